@@ -1,0 +1,43 @@
+"""Root of the ``edgeflow`` command: registers command groups and turns errors into one line."""
+
+from __future__ import annotations
+
+import typer
+
+from edgeflow import __version__
+from edgeflow.cli import data_cmd, train_cmd
+from edgeflow.cli.common import JSON_OPT, STATE, command, emit
+
+app = typer.Typer(
+    name="edgeflow",
+    help="Prune vision backbones (Hyperflows), meta-train a drift network (HyperFlow), export "
+    "bundles for Jetson-class devices, and adapt them on the device without backprop.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    """EdgeFlow: edge deployment with on-device few-shot adaptation."""
+    STATE["debug"] = debug
+
+
+@command(app)
+def version(as_json: bool = JSON_OPT) -> None:
+    """Print the EdgeFlow version."""
+    emit({"edgeflow": __version__}, as_json=as_json, human=f"edgeflow {__version__}")
+
+
+app.add_typer(data_cmd.app, name="data")
+train_cmd.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

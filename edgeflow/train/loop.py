@@ -1,0 +1,163 @@
+"""A small, reusable supervised loop: SGD/Adam, cosine schedule, crop+flip, label smoothing."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeflow.data import ImageDataset, Preprocess, preprocess
+from edgeflow.errors import ConfigError, unknown_name
+from edgeflow.progress import ProgressBar
+from edgeflow.train.augment import random_crop_flip
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of :func:`fit`. ``lr`` is the peak; it decays to ``lr * final_lr_frac`` (cosine)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    final_lr_frac: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: bool = True
+    crop_padding: int = 4
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(f"epochs >= 0, batch_size >= 1 and lr > 0 are required; got "
+                              f"{self.epochs}, {self.batch_size}, {self.lr}")
+
+
+@dataclass
+class History:
+    """Per-epoch metrics (dicts with epoch, loss, train_acc, val_acc, lr, seconds)."""
+
+    epochs: list[dict] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else is checked and returned."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for but CUDA is not available here; use "
+                          "--device cpu (or auto)")
+    return dev
+
+
+def to_tensor(ds: ImageDataset, spec: Preprocess) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess a whole dataset once: (float32 NCHW, int64 labels)."""
+    return torch.from_numpy(preprocess(ds.images, spec)), torch.from_numpy(ds.labels)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool,
+            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Minibatches of (x, y); shuffled with ``generator`` when asked."""
+    n = len(y)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 256,
+             device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy (a fraction) of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for xb, yb in batches(x, y, batch_size=batch_size, shuffle=False):
+        correct += int((model(xb.to(device)).argmax(1).cpu() == yb).sum())
+    model.train(was_training)
+    return correct / max(1, len(y))
+
+
+def make_optimizer(params, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def cosine_lr(step: int, total: int, *, peak: float, final_frac: float) -> float:
+    """Cosine from ``peak`` at step 0 to ``peak * final_frac`` at ``total``."""
+    t = min(1.0, step / max(1, total))
+    return peak * (final_frac + (1 - final_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: TrainConfig,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None, progress: bool = False,
+        on_epoch_end: Callable[[dict], None] | None = None) -> History:
+    """Train ``model`` on preprocessed ``train`` = (x, y); return per-epoch metrics.
+
+    ``on_epoch_end`` receives each epoch's metrics (used by the CLI to stream JSON and by later
+    stages to checkpoint).
+    """
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    model.to(device).train()
+    opt = make_optimizer(model.parameters(), config)
+    x, y = train
+    steps_per_epoch = math.ceil(len(y) / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    history = History()
+    bar = ProgressBar(progress, total, "train")
+    step = 0
+    for epoch in range(config.epochs):
+        t0 = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for xb, yb in batches(x, y, batch_size=config.batch_size, shuffle=True, generator=gen):
+            if config.augment:
+                xb = random_crop_flip(xb, padding=config.crop_padding, generator=gen)
+            lr = cosine_lr(step, total, peak=config.lr, final_frac=config.final_lr_frac)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            xb, yb = xb.to(device), yb.to(device)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            step += 1
+            bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
+                        f"acc {correct / seen:.3f}")
+        metrics = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
+                   "train_acc": correct / max(1, seen), "lr": lr,
+                   "seconds": time.perf_counter() - t0}
+        if val is not None:
+            metrics["val_acc"] = evaluate(model, *val, device=device)
+        history.epochs.append(metrics)
+        if on_epoch_end is not None:
+            on_epoch_end(metrics)
+    bar.close()
+    model.eval()
+    return history
