@@ -1,0 +1,161 @@
+"""DriftNet h(theta, t, z(S)): predicts d theta / dt of fine-tuning from the support set alone.
+
+Two parts, exported as two small graphs so the device computes the task embedding once and then
+only runs the velocity part at every integration step:
+
+- ``TaskEncoder``: class prototypes (B, W, D) + a validity mask (B, W) -> z (B, E). A learnable task
+  token attends over the prototypes through pre-norm transformer blocks; the padding mask makes any
+  number of ways (up to the padded W) work. z is the token's output.
+- ``VelocityNet``: theta (B, P), t (B, 1), z (B, E) -> velocity (B, P). Each input is linearly
+  embedded to H and summed, then residual blocks (RMSNorm -> Linear(H, 2H) -> SwiGLU ->
+  Linear(H, H)); the output layer is zero-initialised so an untrained drift adapts nothing.
+
+Attention and RMSNorm are written out with plain ops so that the ONNX export is a handful of
+MatMul/Softmax nodes that ONNX Runtime and TensorRT both run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Sizes of a DriftNet. ``theta_dim`` and ``feature_dim`` come from the backbone and ThetaSpec."""
+
+    theta_dim: int
+    feature_dim: int
+    hidden: int = 384
+    task_dim: int = 128
+    heads: int = 4
+    encoder_layers: int = 2
+    blocks: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class _SetBlock(nn.Module):
+    """Pre-norm multi-head self-attention + MLP over a padded set."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"task_dim {dim} must be divisible by heads {heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d // h)) + key_bias[:, None, None, :]
+        out = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.proj(out)
+        return x + self.mlp(self.norm2(x))
+
+
+class TaskEncoder(nn.Module):
+    """(prototypes (B, W, D), mask (B, W) with 1 = real class) -> z (B, task_dim)."""
+
+    def __init__(self, config: DriftConfig) -> None:
+        super().__init__()
+        self.inp = nn.Sequential(nn.LayerNorm(config.feature_dim),
+                                 nn.Linear(config.feature_dim, config.task_dim))
+        self.token = nn.Parameter(torch.zeros(1, 1, config.task_dim))
+        self.blocks = nn.ModuleList(_SetBlock(config.task_dim, config.heads)
+                                    for _ in range(config.encoder_layers))
+        self.norm = nn.LayerNorm(config.task_dim)
+
+    def forward(self, prototypes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b = prototypes.shape[0]
+        x = torch.cat([self.token.expand(b, -1, -1), self.inp(prototypes)], dim=1)
+        valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).to(x.dtype)
+        key_bias = (1.0 - valid) * -1e9  # padded ways get no attention
+        for block in self.blocks:
+            x = block(x, key_bias)
+        return self.norm(x[:, 0])
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.up = nn.Linear(dim, 2 * dim)
+        self.down = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, g = self.up(self.norm(x)).chunk(2, dim=-1)
+        return x + self.down(a * F.silu(g))
+
+
+class VelocityNet(nn.Module):
+    """(theta (B, P), t (B, 1), z (B, E)) -> d theta / dt (B, P).
+
+    ``theta_center``/``theta_scale`` normalise theta and ``velocity_scale`` rescales the output;
+    they are buffers set by meta-training from trajectory statistics and travel with the weights.
+    """
+
+    def __init__(self, config: DriftConfig) -> None:
+        super().__init__()
+        p, hdim = config.theta_dim, config.hidden
+        self.theta_in = nn.Linear(p, hdim)
+        self.task_in = nn.Linear(config.task_dim, hdim)
+        self.time_in = nn.Linear(1, hdim)
+        self.blocks = nn.Sequential(*(_ResBlock(hdim) for _ in range(config.blocks)))
+        self.norm = RMSNorm(hdim)
+        self.out = nn.Linear(hdim, p)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.register_buffer("theta_center", torch.zeros(p))
+        self.register_buffer("theta_scale", torch.ones(p))
+        self.register_buffer("velocity_scale", torch.ones(p))
+
+    def forward(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        x = self.theta_in((theta - self.theta_center) / self.theta_scale)
+        x = x + self.task_in(z) + self.time_in(t - 0.5)
+        return self.out(self.norm(self.blocks(x))) * self.velocity_scale
+
+
+class DriftNet(nn.Module):
+    """The whole drift: ``forward(theta, t, prototypes, mask)``; or ``embed_task`` once, then
+    ``velocity`` per step (what the device does)."""
+
+    def __init__(self, config: DriftConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.task_encoder = TaskEncoder(config)
+        self.velocity_net = VelocityNet(config)
+
+    def embed_task(self, prototypes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            mask = torch.ones(prototypes.shape[:2], dtype=prototypes.dtype, device=prototypes.device)
+        return self.task_encoder(prototypes, mask)
+
+    def velocity(self, theta: torch.Tensor, t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(t):
+            t = torch.full((theta.shape[0], 1), float(t), dtype=theta.dtype, device=theta.device)
+        return self.velocity_net(theta, t.reshape(-1, 1).expand(theta.shape[0], 1), z)
+
+    def forward(self, theta: torch.Tensor, t: torch.Tensor | float, prototypes: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.velocity(theta, t, self.embed_task(prototypes, mask))
