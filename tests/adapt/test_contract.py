@@ -47,3 +47,23 @@ def test_prototypes_are_class_means():
     f = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
     torch.testing.assert_close(prototypes(f, torch.tensor([0, 0, 1]), 2),
                                torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
+
+
+def test_drift_checkpoint_round_trip_and_zero_drift_adapts_nothing(tmp_path):
+    from edgeflow.adapt import IntegratorSettings, hyperflow_adapt, load_drift, save_drift
+
+    torch.manual_seed(0)
+    model = create_model("conv4", num_classes=5, width=16).eval()
+    spec = ThetaSpec.from_model(model, max_size=64)
+    drift = DriftNet(DriftConfig(theta_dim=spec.size, feature_dim=16, hidden=32, task_dim=16))
+    settings = IntegratorSettings(method="heun", steps=4)
+    x, y = torch.randn(10, 3, 32, 32), torch.arange(5).repeat(2)
+    theta0 = spec.get(model)
+    torch.testing.assert_close(hyperflow_adapt(model, spec, drift, x, y, 5, settings=settings), theta0)
+    torch.nn.init.normal_(drift.velocity_net.out.weight, std=0.01)
+    path = save_drift(tmp_path / "d.pt", drift=drift, spec=spec, theta0=theta0, settings=settings)
+    drift2, spec2, theta0b, settings2, meta = load_drift(path)
+    torch.testing.assert_close(theta0b, theta0)
+    assert spec2 == spec and settings2 == settings and meta["metric"] == "cosine"
+    torch.testing.assert_close(hyperflow_adapt(model, spec, drift2, x, y, 5, settings=settings),
+                               hyperflow_adapt(model, spec, drift, x, y, 5, settings=settings))

@@ -1,0 +1,67 @@
+"""HyperFlow at inference, in PyTorch: the reference the torch-free runtime must reproduce.
+
+adapt: prototypes at theta0 -> task embedding z (once) -> integrate the drift for ``steps`` ->
+theta_S. classify: prototypes of the support set at theta_S, queries by nearest prototype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from edgeflow.adapt.drift import DriftNet
+from edgeflow.adapt.theta import ThetaSpec, features_with_theta, prototypes
+from edgeflow.errors import unknown_name
+from edgeflow.integrate import STEPPERS, integrate
+from edgeflow.models import Backbone
+
+METRICS = ("cosine", "euclidean")
+
+
+@dataclass(frozen=True)
+class IntegratorSettings:
+    """How the device integrates the drift: ``steps`` of ``dt`` (default 1/steps) with ``method``."""
+
+    method: str = "euler"
+    steps: int = 10
+    dt: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in STEPPERS:
+            raise unknown_name("integrator", self.method, list(STEPPERS))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prototype_logits(query: torch.Tensor, protos: torch.Tensor, *, metric: str = "cosine",
+                     scale: float = 10.0) -> torch.Tensor:
+    """Scores (Q, ways): scaled cosine similarity, or negative squared Euclidean distance."""
+    if metric == "cosine":
+        return scale * F.normalize(query, dim=-1) @ F.normalize(protos, dim=-1).T
+    if metric == "euclidean":
+        return -torch.cdist(query, protos).pow(2)
+    raise unknown_name("metric", metric, METRICS)
+
+
+@torch.no_grad()
+def hyperflow_adapt(model: Backbone, spec: ThetaSpec, drift: DriftNet, support_x: torch.Tensor,
+                    support_y: torch.Tensor, ways: int, *, settings: IntegratorSettings,
+                    theta0: torch.Tensor | None = None) -> torch.Tensor:
+    """theta after integrating the drift conditioned on the support set (no gradients anywhere)."""
+    theta0 = spec.get(model) if theta0 is None else theta0
+    protos = prototypes(features_with_theta(model, support_x, theta0, spec), support_y, ways)
+    z = drift.embed_task(protos[None])
+    f = lambda t, th: drift.velocity(th[None], t, z)[0]  # noqa: E731
+    return integrate(f, theta0, steps=settings.steps, dt=settings.dt, method=settings.method)
+
+
+@torch.no_grad()
+def classify(model: Backbone, spec: ThetaSpec, theta: torch.Tensor, support_x: torch.Tensor,
+             support_y: torch.Tensor, query_x: torch.Tensor, ways: int, *,
+             metric: str = "cosine") -> torch.Tensor:
+    """Query logits (Q, ways) of the prototype classifier at ``theta``."""
+    protos = prototypes(features_with_theta(model, support_x, theta, spec), support_y, ways)
+    return prototype_logits(features_with_theta(model, query_x, theta, spec), protos, metric=metric)
