@@ -1,0 +1,233 @@
+"""The compile configuration: frozen sections, TOML files, command-line flags, one precedence rule.
+
+Precedence: built-in defaults < ``--config FILE`` (TOML) < flags. Every field of every section is a
+flag, generated from the dataclasses below (``--prune-sparsity 0.5`` sets ``[prune] sparsity``), so
+the TOML file and the command line can never disagree about what exists. Unknown sections or keys
+are errors that list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from edgeflow.errors import ConfigError
+
+try:  # Python 3.11+; JetPack 6 ships 3.10, where the tomli backport is a dependency
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where the images come from. 'digits' is built in (no download)."""
+
+    base: str = field(default="digits", metadata={"help": "Training data for the backbone and "
+                                                  "meta-training (directory, .zip or 'digits')."})
+    novel: str = field(default="digits", metadata={"help": "Few-shot evaluation data with classes "
+                                                   "unseen in training."})
+    val: str = field(default="", metadata={"help": "Validation data for hyper-parameters (empty: "
+                                           "part of base)."})
+    base_classes: str = field(default="0-4", metadata={"help": "Classes of 'base' to train on, e.g. "
+                                                       "'0-4' or '0,2,5' (empty: all)."})
+    novel_classes: str = field(default="5-9", metadata={"help": "Classes of 'novel' to evaluate on "
+                                                        "(empty: all)."})
+    size: int = field(default=16, metadata={"help": "Input image side in pixels."})
+    limit: int = field(default=0, metadata={"help": "Use at most N base images (0: all)."})
+
+
+@dataclass(frozen=True)
+class BackboneSection:
+    model: str = field(default="conv4", metadata={"help": "Model name (see `edgeflow train --help`)."})
+    weights: str = field(default="", metadata={"help": "Start from this checkpoint (empty: train "
+                                               "from scratch)."})
+    width: int = field(default=32, metadata={"help": "Model width (0: the model's default)."})
+    epochs: int = field(default=12, metadata={"help": "Backbone training epochs (0: use weights "
+                                              "as they are)."})
+    lr: float = field(default=0.05, metadata={"help": "Peak learning rate (SGD, cosine)."})
+    batch_size: int = field(default=128, metadata={"help": "Batch size for every training stage."})
+
+
+@dataclass(frozen=True)
+class PruneSection:
+    enabled: bool = field(default=True, metadata={"help": "Prune the backbone."})
+    method: str = field(default="hyperflows", metadata={"help": "hyperflows, gmp, magnitude or "
+                                                        "random."})
+    granularity: str = field(default="channel", metadata={"help": "weight, n:m or channel."})
+    sparsity: float = field(default=0.5, metadata={"help": "Fraction of prunable weights to remove, "
+                                                   "in (0, 1)."})
+    epochs: int = field(default=4, metadata={"help": "Pruning epochs."})
+    regrowth_epochs: int = field(default=1, metadata={"help": "Regrowth epochs (pressure off)."})
+    recovery_epochs: int = field(default=2, metadata={"help": "Fine-tune epochs after pruning."})
+
+
+@dataclass(frozen=True)
+class AdaptSection:
+    enabled: bool = field(default=True, metadata={"help": "Meta-train a HyperFlow drift network."})
+    theta_max: int = field(default=256, metadata={"help": "Largest number of adapted biases."})
+    tasks: int = field(default=120, metadata={"help": "Training tasks for trajectories."})
+    meta_epochs: int = field(default=30, metadata={"help": "Drift meta-training epochs."})
+    steps: int = field(default=10, metadata={"help": "Euler steps on the device."})
+    method: str = field(default="euler", metadata={"help": "Integrator: euler, heun or rk4."})
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    target: str = field(default="cpu", metadata={"help": "Device profile name or TOML path."})
+    int8: str = field(default="auto", metadata={"help": "auto (when the target wants INT8), yes or "
+                                                "no."})
+    calibration_samples: int = field(default=256, metadata={"help": "INT8 calibration images."})
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    ways: int = field(default=5, metadata={"help": "Classes per few-shot episode."})
+    shots: str = field(default="1,5", metadata={"help": "Support images per class, e.g. '1,5'."})
+    queries: int = field(default=15, metadata={"help": "Query images per class."})
+    episodes: int = field(default=100, metadata={"help": "Episodes per shot count."})
+    seed: int = field(default=0, metadata={"help": "Seed of the evaluation episodes."})
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """The whole compile configuration; ``output`` is the folder for the bundle and report."""
+
+    output: str = "edgeflow-out"
+    seed: int = 0
+    device: str = "auto"
+    data: DataSection = DataSection()
+    backbone: BackboneSection = BackboneSection()
+    prune: PruneSection = PruneSection()
+    adapt: AdaptSection = AdaptSection()
+    export: ExportSection = ExportSection()
+    eval: EvalSection = EvalSection()
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.prune.sparsity < 1.0:
+            raise ConfigError(f"prune.sparsity must be in (0, 1), got {self.prune.sparsity}; e.g. "
+                              "--prune-sparsity 0.5 removes half the weights")
+        if self.eval.ways < 2:
+            raise ConfigError(f"eval.ways must be at least 2, got {self.eval.ways}")
+        parse_int_list(self.eval.shots, name="eval.shots")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """The resolved configuration as a TOML file that ``--config`` reads back."""
+        top = [f"{k} = {_toml_value(v)}" for k, v in self.to_dict().items() if not isinstance(v, dict)]
+        parts = ["\n".join(top)]
+        for name, section in self.to_dict().items():
+            if isinstance(section, dict):
+                body = "\n".join(f"{k} = {_toml_value(v)}" for k, v in section.items())
+                parts.append(f"[{name}]\n{body}")
+        return "\n\n".join(parts) + "\n"
+
+    def digest(self, *sections: str) -> str:
+        """A stable JSON of the named sections (all when none), used for stage cache keys."""
+        d = self.to_dict()
+        return json.dumps({s: d[s] for s in sections} if sections else d, sort_keys=True)
+
+
+SECTIONS = {f.name: f.type for f in fields(CompileConfig) if dataclasses.is_dataclass(f.default)}
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def parse_int_list(text: str, *, name: str) -> list[int]:
+    """'1,5' -> [1, 5]; '0-4' -> [0, 1, 2, 3, 4]; '' -> []."""
+    out: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in str(text).split(","))):
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot read {text!r} as a list of integers like '1,5' or "
+                          "'0-4'") from exc
+    return out
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(CompileConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _check_keys(kind: str, given: dict, valid: list[str]) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown {kind} {unknown}; valid: {', '.join(valid)}")
+
+
+def _coerce(value: Any, typ: type, where: str) -> Any:
+    try:
+        if typ is bool and isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
+        if typ in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        return typ(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} must be {typ.__name__}, got {value!r}") from exc
+
+
+def build_config(*, file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CompileConfig:
+    """Defaults, then the TOML ``file``, then ``overrides`` ({'prune.sparsity': 0.7, 'seed': 1})."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; `edgeflow compile --print-config "
+                              "> edgeflow.toml` writes one to start from")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    for key, value in (overrides or {}).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            data.setdefault(section, {})[name] = value
+        else:
+            data[key] = value
+    classes = _section_classes()
+    top_types = typing.get_type_hints(CompileConfig)
+    _check_keys("config keys", data, [f.name for f in fields(CompileConfig)])
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in classes:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] must be a table of options")
+            cls = classes[key]
+            hints = typing.get_type_hints(cls)
+            _check_keys(f"[{key}] keys", value, list(hints))
+            kwargs[key] = cls(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
+        else:
+            kwargs[key] = _coerce(value, top_types[key], key)
+    return CompileConfig(**kwargs)
+
+
+def flag_fields() -> list[tuple[str, str, type, Any, str]]:
+    """(dotted key, flag name, type, default, help) for every option: the CLI's flags."""
+    out = [("output", "output", str, CompileConfig.output, "Folder for the bundle and report."),
+           ("seed", "seed", int, CompileConfig.seed, "Seed for training and sampling."),
+           ("device", "device", str, CompileConfig.device, "auto, cpu, cuda or cuda:N.")]
+    for section, cls in _section_classes().items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            out.append((f"{section}.{f.name}", f"{section}-{f.name}".replace("_", "-"), hints[f.name],
+                        f.default, f.metadata.get("help", "")))
+    return out

@@ -1,0 +1,160 @@
+"""The compile report: ``metrics.json`` is the source of truth; ``report.md`` and PNGs render it.
+
+Every number in report.md is read from the metrics dict passed in (a test checks that the two
+agree), so the report can be re-rendered from metrics.json alone: ``render_report(metrics, dir)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+METHOD_LABELS = {"none": "no adaptation", "finetune": "fine-tuning (teacher)",
+                 "hyperflow": "HyperFlow (drift)"}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _acc(entry: dict | None) -> str:
+    if not entry:
+        return "n/a"
+    return f"{100 * entry['acc']:.2f} ± {100 * entry['ci95']:.2f}"
+
+
+def _plots(metrics: dict[str, Any], out: Path) -> dict[str, str]:
+    """Write the PNG plots; return {name: file name}. Headless (Agg) so it runs on servers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files: dict[str, str] = {}
+    layers = metrics.get("prune", {}).get("layers") or []
+    if layers:
+        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(layers)), 3.5))
+        ax.bar(range(len(layers)), [la["density"] for la in layers], color="#4477aa")
+        ax.set_xticks(range(len(layers)), [la["name"] for la in layers], rotation=75, fontsize=7)
+        ax.set_ylabel("density (kept fraction)")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("Per-layer density after pruning")
+        fig.tight_layout()
+        fig.savefig(out / "density.png", dpi=110)
+        plt.close(fig)
+        files["density"] = "density.png"
+    curve = metrics.get("steps_curve") or {}
+    if curve:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for shots, points in curve.items():
+            xs = [p["steps"] for p in points]
+            ys = [100 * p["acc"] for p in points]
+            err = [100 * p["ci95"] for p in points]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{shots}-shot")
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("Euler steps (0 = no adaptation)")
+        ax.set_ylabel("query accuracy (%)")
+        ax.set_title("Accuracy against integration steps")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "steps.png", dpi=110)
+        plt.close(fig)
+        files["steps"] = "steps.png"
+    fewshot = metrics.get("fewshot") or {}
+    if fewshot:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        shots = list(fewshot)
+        methods = [m for m in METHOD_LABELS if any(m in fewshot[s] for s in shots)]
+        width = 0.8 / max(1, len(methods))
+        for i, m in enumerate(methods):
+            ys = [100 * fewshot[s].get(m, {}).get("acc", 0) for s in shots]
+            err = [100 * fewshot[s].get(m, {}).get("ci95", 0) for s in shots]
+            ax.bar([j + i * width for j in range(len(shots))], ys, width, yerr=err, capsize=3,
+                   label=METHOD_LABELS[m])
+        ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(shots))],
+                      [f"{s}-shot" for s in shots])
+        ax.set_ylabel("query accuracy (%)")
+        ax.set_title("Few-shot accuracy on novel classes (95% CI)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "fewshot.png", dpi=110)
+        plt.close(fig)
+        files["fewshot"] = "fewshot.png"
+    return files
+
+
+def render_report(metrics: dict[str, Any], out: Path) -> Path:
+    """Write ``metrics.json``, the PNG plots and ``report.md`` into ``out``; return report.md."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True, default=str))
+    plots = _plots(metrics, out)
+    lines = ["# EdgeFlow compile report", ""]
+    src = metrics.get("source", {})
+    if src:
+        lines += [f"Model `{src.get('model')}` on `{src.get('data')}`, target `{src.get('target')}`, "
+                  f"bundle `{metrics.get('bundle')}`.", ""]
+    prune = metrics.get("prune") or {}
+    if prune:
+        b, a = prune.get("before", {}), prune.get("after", {})
+        lines += ["## Pruning", "",
+                  f"{prune.get('method')} / {prune.get('granularity')}, requested sparsity "
+                  f"{_pct(prune.get('requested'))}, achieved {_pct(prune.get('sparsity'))}.", "",
+                  "| | top-1 | parameters | MACs | size (bytes) |", "|---|---|---|---|---|",
+                  f"| before | {_pct(b.get('top1'))} | {b.get('params', 'n/a')} | "
+                  f"{b.get('macs', 'n/a')} | {b.get('size_bytes', 'n/a')} |",
+                  f"| after | {_pct(a.get('top1'))} | {a.get('params', 'n/a')} | "
+                  f"{a.get('macs', 'n/a')} | {a.get('size_bytes', 'n/a')} |", ""]
+        if "density" in plots:
+            lines += ["![per-layer density](density.png)", ""]
+    fewshot = metrics.get("fewshot") or {}
+    if fewshot:
+        lines += ["## Few-shot accuracy on held-out classes", "",
+                  f"{metrics.get('episodes', '?')} episodes per shot count, "
+                  f"{metrics.get('ways', '?')}-way, the same episodes for every method; "
+                  "mean ± 95% confidence interval (%).", "",
+                  "| shots | " + " | ".join(METHOD_LABELS.values()) + " |",
+                  "|---|" + "---|" * len(METHOD_LABELS)]
+        for shots, row in fewshot.items():
+            lines.append(f"| {shots} | " + " | ".join(_acc(row.get(m)) for m in METHOD_LABELS) + " |")
+        lines.append("")
+        if "fewshot" in plots:
+            lines += ["![few-shot accuracy](fewshot.png)", ""]
+    cost = metrics.get("cost") or {}
+    if cost:
+        lines += ["## Adaptation cost per episode", "",
+                  "| method | median time (ms) | peak memory (bytes) |", "|---|---|---|"]
+        for m, c in cost.get("methods", {}).items():
+            lines.append(f"| {METHOD_LABELS.get(m, m)} | {c.get('time_ms', float('nan')):.2f} | "
+                         f"{c.get('memory_bytes', 'n/a')} |")
+        lines += ["", f"HyperFlow's extra time over no adaptation is "
+                  f"{_pct(cost.get('time_ratio'))} of fine-tuning's; its extra memory "
+                  f"{_pct(cost.get('memory_ratio'))} ({cost.get('memory_method', '')}).", ""]
+    if metrics.get("steps_curve"):
+        lines += ["## Accuracy against Euler steps", "", "![accuracy vs steps](steps.png)", ""]
+        for shots, points in metrics["steps_curve"].items():
+            lines.append(f"- {shots}-shot: " + ", ".join(
+                f"{p['steps']} steps {100 * p['acc']:.2f}%" for p in points))
+        lines.append("")
+    latency = metrics.get("latency") or {}
+    if latency:
+        lines += ["## Latency (median ms)", "", "| backend | batch 1 | batch 32 |", "|---|---|---|"]
+        for name, row in latency.items():
+            lines.append(f"| {name} | {row.get('batch1_ms', float('nan')):.3f} | "
+                         f"{row.get('batch32_ms', float('nan')):.3f} |")
+        lines.append("")
+    checks = metrics.get("checks") or []
+    if checks:
+        lines += ["## Target checks", "", "| check | result | note |", "|---|---|---|"]
+        for c in checks:
+            lines.append(f"| {c['name']} | {'pass' if c['ok'] else 'FAIL'} | {c.get('message', '')} |")
+        lines.append("")
+    seconds = metrics.get("seconds") or {}
+    if seconds:
+        lines += ["## Stage times", "", "| stage | seconds | reused |", "|---|---|---|"]
+        for name, s in seconds.items():
+            lines.append(f"| {name} | {s['seconds']:.1f} | {'yes' if s.get('reused') else 'no'} |")
+        lines.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

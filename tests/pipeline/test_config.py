@@ -1,0 +1,60 @@
+import pytest
+
+from edgeflow.errors import ConfigError
+from edgeflow.pipeline.config import CompileConfig, build_config, flag_fields, parse_int_list
+
+
+def test_precedence_defaults_file_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('seed = 3\n[prune]\nsparsity = 0.7\ngranularity = "n:m"\n[eval]\nways = 3\n')
+    cfg = build_config(file=f, overrides={"prune.sparsity": 0.9, "eval.episodes": 7})
+    assert cfg.seed == 3  # file over default
+    assert cfg.prune.granularity == "n:m"  # file over default
+    assert cfg.prune.sparsity == 0.9  # flag over file
+    assert cfg.eval.episodes == 7 and cfg.eval.ways == 3
+    assert cfg.backbone == CompileConfig().backbone  # untouched section stays default
+
+
+def test_print_config_round_trips(tmp_path):
+    cfg = build_config(overrides={"prune.sparsity": 0.8, "data.size": 24, "adapt.enabled": False})
+    f = tmp_path / "c.toml"
+    f.write_text(cfg.to_toml())
+    assert build_config(file=f) == cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"prune.sparsity": 1.0}, "must be in \\(0, 1\\)"),
+        ({"prune.sparsity": 0.0}, "must be in \\(0, 1\\)"),
+        ({"prune.nope": 1}, "unknown \\[prune\\] keys \\['nope'\\]; valid: enabled"),
+        ({"nosection.x": 1}, "unknown config keys \\['nosection'\\]"),
+        ({"eval.ways": "five"}, "eval.ways must be int"),
+        ({"eval.shots": "1,x"}, "eval.shots"),
+    ],
+)
+def test_bad_values_are_explained(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(overrides=overrides)
+
+
+def test_missing_and_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_config(file=tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[prune\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        build_config(file=bad)
+
+
+def test_every_field_has_a_flag():
+    keys = {k for k, *_ in flag_fields()}
+    d = CompileConfig().to_dict()
+    expected = {k for k, v in d.items() if not isinstance(v, dict)}
+    expected |= {f"{s}.{k}" for s, v in d.items() if isinstance(v, dict) for k in v}
+    assert keys == expected
+
+
+def test_int_lists():
+    assert parse_int_list("0-2,5", name="x") == [0, 1, 2, 5]
+    assert parse_int_list("", name="x") == []
