@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeflow import distributed
 from edgeflow.data import ImageDataset, Preprocess, load_dataset
 from edgeflow.errors import ConfigError, unknown_name
 from edgeflow.models import MODELS, Backbone, create_model
@@ -61,11 +62,16 @@ def train_model(*, model: str, data: str, epochs: int, output: Path, weights: Pa
         val = to_tensor(vds, spec)
     history = fit(net, to_tensor(ds, spec), config=config, val=val, progress=progress)
     net.cpu()
-    out = save_checkpoint(output, state_dict=net.state_dict(),
-                          meta=checkpoint_meta(model, net, ds.classes, spec, model_kwargs,
-                                               train={"data": str(data), "epochs": epochs}))
+    rank = distributed.info()
+    if rank.is_main:  # one writer; the other ranks hold identical weights (DDP)
+        save_checkpoint(output, state_dict=net.state_dict(),
+                        meta=checkpoint_meta(model, net, ds.classes, spec, model_kwargs,
+                                             train={"data": str(data), "epochs": epochs,
+                                                    "world_size": rank.world_size}))
+    distributed.barrier()
     last = history.last
-    return {"output": str(out), "epochs": epochs, "train_acc": last.get("train_acc"),
+    return {"output": str(output), "epochs": epochs, "world_size": rank.world_size,
+            "train_acc": last.get("train_acc"),
             "loss": last.get("loss"), "val_top1": last.get("val_acc"),
             "history": history.epochs}
 

@@ -20,6 +20,8 @@ STATE = {"debug": False}  # set by the root callback on every invocation
 err_console = Console(stderr=True)
 
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout (for scripts).")
+NPROC_OPT = typer.Option(1, "--nproc", min=1, help="Run data-parallel in this many processes "
+                         "(re-launches under torchrun; gloo on CPU, nccl on CUDA).")
 DEVICE_OPT = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda or cuda:N.")
 
 
@@ -63,3 +65,11 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
         return fn
 
     return deco
+
+
+def maybe_relaunch(nproc: int) -> None:
+    """``--nproc K`` outside torchrun: replace this process with ``torchrun ... -m edgeflow``."""
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from edgeflow.distributed import relaunch_with_torchrun
+
+        relaunch_with_torchrun(nproc)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, command, emit
+from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
 MODEL_OPT = typer.Option(..., "--model", "-m", help="Model name: conv4, resnet12, resnet18, "
                          "resnet20/32/56, vgg11, vgg19.")
@@ -41,20 +41,28 @@ def train(
     limit: int = LIMIT_OPT,
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE_OPT,
+    nproc: int = NPROC_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Train (or fine-tune) a model on an ImageFolder dataset and write a checkpoint.
 
     Example: edgeflow train --model resnet20 --data ../shared/data/cifar10/train.zip --epochs 1
     --weights ../shared/weights/cifar10-resnet20-12fca82f.th --output runs/r20.pt
+
+    Data-parallel: add --nproc 2 (or launch with torchrun --nproc-per-node 2 -m edgeflow train ...).
     """
+    from edgeflow import distributed
     from edgeflow.workflows import train_model
+
+    maybe_relaunch(nproc)
 
     result = train_model(model=model, data=data, epochs=epochs, output=output, weights=weights,
                          val_data=val_data, lr=lr, batch_size=batch_size, optimizer=optimizer,
                          weight_decay=weight_decay, label_smoothing=label_smoothing,
                          augment=augment, size=size, split=split, limit=limit, seed=seed,
                          device=device, progress=not as_json)
+    if not distributed.info().is_main:
+        return
     emit(result, as_json=as_json,
          human=f"wrote [bold]{result['output']}[/] after {epochs} epochs: train acc "
                f"{result['train_acc']:.4f}" + (f", val top-1 {result['val_top1']:.4f}"

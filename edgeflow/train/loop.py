@@ -115,41 +115,70 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: T
         on_epoch_end: Callable[[dict], None] | None = None) -> History:
     """Train ``model`` on preprocessed ``train`` = (x, y); return per-epoch metrics.
 
-    ``on_epoch_end`` receives each epoch's metrics (used by the CLI to stream JSON and by later
-    stages to checkpoint).
+    Under ``torchrun`` the model is wrapped in DistributedDataParallel and each rank takes an equal
+    share of one shared permutation per epoch (the same number of steps everywhere, so gradient
+    all-reduces line up); metrics are summed over ranks. On CUDA it trains in mixed precision
+    (bf16 where supported, else fp16 with loss scaling) from pinned host memory.
+    ``on_epoch_end`` receives each epoch's metrics (the CLI streams them; stages checkpoint).
     """
-    device = resolve_device(config.device)
+    from edgeflow import distributed
+
+    device = distributed.device_for_rank(resolve_device(config.device))
+    rank = distributed.setup(device)
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    order_gen = torch.Generator().manual_seed(config.seed)  # identical on every rank
+    aug_gen = torch.Generator().manual_seed(config.seed + 7919 * rank.rank)
     model.to(device).train()
+    net: nn.Module = model
+    if rank.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = make_optimizer(model.parameters(), config)
+    amp_dtype = None
+    if device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     x, y = train
-    steps_per_epoch = math.ceil(len(y) / config.batch_size)
+    # batch_size is the global batch: each rank takes its share, so K processes take the same
+    # optimiser steps with the same schedule as one process.
+    per_rank = len(y) // rank.world_size
+    local_batch = max(1, config.batch_size // rank.world_size)
+    steps_per_epoch = math.ceil(per_rank / local_batch)
     total = steps_per_epoch * config.epochs
     history = History()
-    bar = ProgressBar(progress, total, "train")
+    bar = ProgressBar(progress and rank.is_main, total, "train")
     step = 0
+    lr = config.lr
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        for xb, yb in batches(x, y, batch_size=config.batch_size, shuffle=True, generator=gen):
+        order = torch.randperm(len(y), generator=order_gen)
+        mine = order[rank.rank::rank.world_size][:per_rank]
+        for i in range(0, per_rank, local_batch):
+            idx = mine[i:i + local_batch]
+            xb, yb = x[idx], y[idx]
+            if device.type == "cuda":
+                xb, yb = xb.pin_memory().to(device, non_blocking=True), yb.to(device)
             if config.augment:
-                xb = random_crop_flip(xb, padding=config.crop_padding, generator=gen)
+                xb = random_crop_flip(xb, padding=config.crop_padding, generator=aug_gen)
             lr = cosine_lr(step, total, peak=config.lr, final_frac=config.final_lr_frac)
             for g in opt.param_groups:
                 g["lr"] = lr
             xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = net(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             loss_sum += loss.item() * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             step += 1
             bar.advance(f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.3f} "
                         f"acc {correct / seen:.3f}")
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
         metrics = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen),
                    "train_acc": correct / max(1, seen), "lr": lr,
                    "seconds": time.perf_counter() - t0}
@@ -161,3 +190,4 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: T
     bar.close()
     model.eval()
     return history
+
