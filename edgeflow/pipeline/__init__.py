@@ -1,0 +1,1 @@
+"""``edgeflow compile``: configuration, checkpointed stages and the report."""
