@@ -1,0 +1,100 @@
+"""Calibration samples for INT8: a stratified, seeded draw of preprocessed images, saved as .npy.
+
+The same sample feeds ONNX Runtime's static quantiser (QDQ ONNX) and TensorRT's entropy
+calibrator, so the two INT8 variants of a bundle are calibrated on identical data. The draw is a
+pure function of (labels, samples, seed): every class gets ``samples // classes`` images and the
+remainder goes to classes chosen by the seed, so a rerun, on any machine, picks the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from edgeflow.data import ImageDataset, Preprocess
+from edgeflow.data import preprocess as apply_preprocess  # the keyword below is `preprocess`
+from edgeflow.errors import DataError
+
+
+def calibration_indices(labels: np.ndarray, *, samples: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-stratified sample of ``samples`` images, sorted; reproducible per seed.
+
+    Classes with too few images give all they have and the shortfall is spread over the others.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if samples < 1:
+        raise DataError(f"--samples must be at least 1, got {samples}")
+    if samples > len(labels):
+        raise DataError(f"asked for {samples} calibration images but the data has only "
+                        f"{len(labels)}; lower --samples")
+    rng = np.random.default_rng([seed, samples])
+    classes = np.unique(labels)
+    pools = {int(c): rng.permutation(np.nonzero(labels == c)[0]) for c in classes}
+    sizes = np.asarray([len(p) for p in pools.values()])
+    # Water-filling: the largest per-class level L with sum(min(size, L)) <= samples, then the
+    # remainder (fewer than the classes still above L) to classes above L chosen by the seed.
+    level = 0
+    while level < sizes.max() and np.minimum(sizes, level + 1).sum() <= samples:
+        level += 1
+    quota = np.minimum(sizes, level)
+    above = np.nonzero(sizes > level)[0]
+    remainder = samples - int(quota.sum())
+    if remainder:
+        quota[rng.choice(above, size=remainder, replace=False)] += 1
+    picked = np.concatenate([pool[:q] for pool, q in zip(pools.values(), quota, strict=True)])
+    return np.sort(picked)
+
+
+def draw_calibration_sample(dataset: ImageDataset, *, samples: int, seed: int = 0,
+                            preprocess: Preprocess) -> np.ndarray:
+    """A stratified, seeded sample of ``dataset`` as preprocessed float32 NCHW.
+
+    Example::
+
+        ds = load_dataset("../shared/data/tiny-imagenet/base.zip")
+        x = draw_calibration_sample(ds, samples=512, seed=0, preprocess=Preprocess(size=64))
+        save_sample("calib.npy", x)
+    """
+    idx = calibration_indices(dataset.labels, samples=samples, seed=seed)
+    return apply_preprocess(dataset.images[idx], preprocess)
+
+
+def save_sample(path: str | Path, sample: np.ndarray) -> Path:
+    """Write the sample as a plain .npy (no pickle), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, np.ascontiguousarray(sample, dtype=np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_sample(path: str | Path) -> np.ndarray:
+    """Read a sample written by :func:`save_sample`; checks it is float32 NCHW."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"calibration sample {path} does not exist; draw one with `edgeflow calibrate`")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path} is not a plain .npy array ({exc}); redraw the sample") from exc
+    if x.ndim != 4 or x.dtype != np.float32:
+        raise DataError(f"{path} holds {x.dtype} {x.shape}; a calibration sample is float32 "
+                        "(N, C, H, W)")
+    return x
+
+
+def sample_digest(sample: np.ndarray) -> str:
+    """sha256 of the sample's shape and bytes: keys calibration caches to the data they came from."""
+    h = hashlib.sha256(str(tuple(sample.shape)).encode())
+    h.update(np.ascontiguousarray(sample, dtype=np.float32).tobytes())
+    return h.hexdigest()
