@@ -9,6 +9,7 @@ remainder goes to classes chosen by the seed, so a rerun, on any machine, picks 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -63,19 +64,33 @@ def draw_calibration_sample(dataset: ImageDataset, *, samples: int, seed: int = 
     return apply_preprocess(dataset.images[idx], preprocess)
 
 
-def save_sample(path: str | Path, sample: np.ndarray) -> Path:
-    """Write the sample as a plain .npy (no pickle), atomically."""
+def atomic_write(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename.
+
+    Readers never see a half-written file; the file gets the usual umask permissions (mkstemp's
+    are owner-only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(sample, dtype=np.float32), allow_pickle=False)
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_sample(path: str | Path, sample: np.ndarray) -> Path:
+    """Write the sample as a plain .npy (no pickle), atomically."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(sample, dtype=np.float32), allow_pickle=False)
+    return atomic_write(path, buf.getvalue())
 
 
 def load_sample(path: str | Path) -> np.ndarray:

@@ -47,6 +47,16 @@ def _reader_class():
     return SampleReader
 
 
+def even_batch(n: int, batch_size: int) -> int:
+    """The largest batch <= ``batch_size`` that divides ``n``.
+
+    ORT's histogram collectors stack per-batch arrays (np.asarray of a list), which fails when the
+    last batch is shorter (seen with the percentile method in onnxruntime 1.31), so every batch
+    must have the same size.
+    """
+    return next(b for b in range(min(batch_size, n), 0, -1) if n % b == 0)
+
+
 def _input_name(path: Path) -> str:
     import onnx
 
@@ -106,7 +116,7 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
             src = Path(tmp) / "pre.onnx"
             quant_pre_process(str(fp32_onnx), str(src), skip_symbolic_shape=False)
         dst = Path(tmp) / "int8.onnx"
-        reader = _reader_class()(sample, input_name, batch_size)
+        reader = _reader_class()(sample, input_name, even_batch(len(sample), batch_size))
         # The calibrators print progress with print(); keep stdout clean for `--json` callers.
         with contextlib.redirect_stdout(io.StringIO()):
             quantize_static(

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -120,15 +118,9 @@ class CalibrationCache:
             raise BackendError(f"TensorRT produced a cache with header {first!r}, expected "
                                f"{self.header!r}: the running TensorRT is not {self.trt_version}; "
                                "pass its version (trt.__version__)")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(bytes(data))
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from edgeflow.calibration import atomic_write
+
+        atomic_write(self.path, bytes(data))
         return self.path
 
 

@@ -64,3 +64,10 @@ def test_bad_inputs(tmp_path, resnet20_onnx):
     with pytest.raises(ConfigError, match="does not exist"):
         quantize_onnx_int8(tmp_path / "none.onnx", tmp_path / "o.onnx", sample=good)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_even_batches():
+    from edgeflow.export.int8 import even_batch
+
+    assert even_batch(40, 16) == 10 and even_batch(64, 16) == 16 and even_batch(7, 16) == 7
+    assert even_batch(13, 8) == 1
