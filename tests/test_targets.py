@@ -136,6 +136,9 @@ def test_profiles_ship_in_the_wheel(tmp_path):
     wheel = next((tmp_path / "dist").glob("edgeflow-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"edgeflow/_targets/{n}.toml" for n in target_names()} <= set(names)
+    # every module of the source tree ships too (sub-packages without __init__.py included)
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "edgeflow").rglob("*.py")}
+    assert modules <= set(names), sorted(modules - set(names))[:5]
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "-q", "--no-deps", "--target", str(site), str(wheel)], check=True,
                    capture_output=True, timeout=300)
