@@ -11,14 +11,21 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import sys
 import tempfile
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from edgeflow.data import ImageDataset, Preprocess
 from edgeflow.data import preprocess as apply_preprocess  # the keyword below is `preprocess`
-from edgeflow.errors import DataError
+from edgeflow.errors import ConfigError, DataError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
 
 
 def calibration_indices(labels: np.ndarray, *, samples: int, seed: int = 0) -> np.ndarray:
@@ -113,3 +120,62 @@ def sample_digest(sample: np.ndarray) -> str:
     h = hashlib.sha256(str(tuple(sample.shape)).encode())
     h.update(np.ascontiguousarray(sample, dtype=np.float32).tobytes())
     return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CalibrationRecipe:
+    """How to calibrate one backbone: which images, how many, which method (a ``calibration/*.toml``).
+
+    ``data`` is relative to the recipe file unless absolute. ``None`` fields mean "take it from the
+    model" (size, channels) or ImageNet statistics (mean, std). Explicit command-line options
+    override the recipe.
+    """
+
+    data: str
+    samples: int = 512
+    seed: int = 0
+    method: str = "entropy"
+    per_channel: bool = True
+    split: str | None = None
+    size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    description: str = ""
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationRecipe:
+        """Read a recipe; unknown keys are errors naming them and the valid ones."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"calibration recipe {path} does not exist (see calibration/*.toml)")
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"calibration recipe {path} is not valid TOML: {exc}") from exc
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(table) - set(valid))
+        if unknown or "data" not in table:
+            raise ConfigError(f"calibration recipe {path}: unknown keys {unknown}, "
+                              f"{'' if 'data' in table else 'missing key data, '}valid keys: "
+                              f"{', '.join(valid)}")
+        data = str(table["data"])
+        if data != "digits" and not Path(data).is_absolute():
+            data = str((path.parent / data).resolve())
+        for key in ("mean", "std"):
+            if key in table:
+                table[key] = tuple(float(v) for v in table[key])
+        try:
+            return cls(**{**table, "data": data})
+        except TypeError as exc:
+            raise ConfigError(f"calibration recipe {path}: {exc}") from exc
+
+    def with_overrides(self, **options: object) -> CalibrationRecipe:
+        """A copy with every option that is not None replacing the recipe's value."""
+        given = {k: v for k, v in options.items() if v is not None}
+        valid = {f.name for f in fields(self)}
+        if set(given) - valid:
+            raise ConfigError(f"unknown recipe fields {sorted(set(given) - valid)}")
+        return replace(self, **given)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -77,3 +77,33 @@ def test_load_rejects_pickles_and_wrong_shapes(tmp_path):
         load_sample(tmp_path / "flat.npy")
     with pytest.raises(DataError, match="does not exist"):
         load_sample(tmp_path / "nope.npy")
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "calibration").glob("*.toml")))
+def test_shipped_recipes_load(name):
+    from edgeflow.calibration import CalibrationRecipe
+
+    r = CalibrationRecipe.load(ROOT / "calibration" / name)
+    assert r.samples >= 256 and r.method in ("entropy", "percentile", "minmax")
+    assert r.data.endswith(".zip") and __import__("os").path.isabs(r.data)
+
+
+def test_recipe_strict_keys_and_overrides(tmp_path):
+    from edgeflow.calibration import CalibrationRecipe
+    from edgeflow.errors import ConfigError
+
+    p = tmp_path / "r.toml"
+    p.write_text('data = "imgs.zip"\nsamples = 100\nmethd = "entropy"\n')
+    with pytest.raises(ConfigError, match=r"unknown keys \['methd'\]"):
+        CalibrationRecipe.load(p)
+    p.write_text('data = "imgs.zip"\nsamples = 100\nmean = [0.5]\nstd = [0.25]\n')
+    r = CalibrationRecipe.load(p)
+    assert r.data == str(tmp_path / "imgs.zip") and r.mean == (0.5,) and r.method == "entropy"
+    o = r.with_overrides(samples=64, method=None, seed=3)
+    assert (o.samples, o.method, o.seed, o.data) == (64, "entropy", 3, r.data)
+    p.write_text("samples = 100\n")
+    with pytest.raises(ConfigError, match="missing key data"):
+        CalibrationRecipe.load(p)

@@ -19,15 +19,17 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 
 def calibrate(
     model: Path = typer.Argument(..., help="FP32 backbone .onnx (one NCHW image input). Later: a bundle."),
-    data: str = typer.Option(..., "--data", "-d", help="Calibration images: directory or .zip "
-                             "(ImageFolder layout) from the training domain, or 'digits'."),
-    samples: int = typer.Option(512, "--samples", "-n", min=1, help="Images in the sample, stratified "
-                                "over classes (a few hundred is typical)."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for calibration.npy, "
                                 "<model>.int8.onnx and calibration.json."),
-    method: str = typer.Option("entropy", "--method", help="Activation ranges: entropy (KL, as "
-                               "TensorRT), percentile (99.999% of |x|) or minmax."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the draw; same seed, same images."),
+    data: str = typer.Option(None, "--data", "-d", help="Calibration images: directory or .zip "
+                             "(ImageFolder layout) from the training domain, or 'digits'."),
+    samples: int = typer.Option(None, "--samples", "-n", min=1, help="Images in the sample, "
+                                "stratified over classes (default 512)."),
+    recipe: Path = typer.Option(None, "--recipe", help="A calibration/*.toml recipe; the options "
+                                "given here override its values."),
+    method: str = typer.Option(None, "--method", help="Activation ranges: entropy (KL, as TensorRT; "
+                               "default), percentile (99.999% of |x|) or minmax."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the draw; same seed, same images (default 0)."),
     size: int = typer.Option(None, "--size", min=4, help="Image side (default: the ONNX input's)."),
     split: str = typer.Option(None, "--split", help="Split to read when the archive holds several."),
     mean: str = typer.Option(None, "--mean", help="Normalisation mean per channel, e.g. "
@@ -43,12 +45,19 @@ def calibrate(
 
     Example: edgeflow calibrate backbone.onnx --data ../shared/data/cifar10/train.zip --samples 512
     --output calibration/resnet20 --json
+
+    Example: edgeflow calibrate backbone.onnx --recipe calibration/resnet20-cifar10.toml -o out/calib
     """
+    from edgeflow.calibration import CalibrationRecipe
+    from edgeflow.errors import ConfigError
     from edgeflow.export.calibrate import calibrate_onnx
 
-    rec = calibrate_onnx(model, data=data, samples=samples, output=output, method=method, seed=seed,
-                         size=size, split=split, mean=_floats(mean), std=_floats(std),
-                         progress=not as_json)
+    if recipe is None and data is None:
+        raise ConfigError("give the calibration images with --data PATH, or a --recipe")
+    base = CalibrationRecipe.load(recipe) if recipe is not None else CalibrationRecipe(data=data)
+    r = base.with_overrides(data=data, samples=samples, method=method, seed=seed, size=size,
+                            split=split, mean=_floats(mean), std=_floats(std))
+    rec = calibrate_onnx(model, recipe=r, output=output, progress=not as_json)
     chk = rec["held_out_check"]
     human = (f"wrote [bold]{rec['output']}[/]: {rec['sample']['file']} {tuple(rec['sample']['shape'])}, "
              f"{rec['int8']['file']} ({rec['int8']['QuantizeLinear']} Q nodes), calibration.json")

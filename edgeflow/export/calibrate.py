@@ -21,7 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeflow.calibration import atomic_write, calibration_indices, sample_digest, save_sample
+from edgeflow.calibration import (
+    CalibrationRecipe,
+    atomic_write,
+    calibration_indices,
+    sample_digest,
+    save_sample,
+)
 from edgeflow.data import Preprocess, load_dataset, preprocess
 from edgeflow.errors import ConfigError, unknown_name
 from edgeflow.export.int8 import METHODS, count_qdq, quantize_onnx_int8
@@ -69,28 +75,25 @@ def _compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str) -> dict[str
             "argmax_agreement": float(np.mean(a.argmax(1) == b.argmax(1)))}
 
 
-def calibrate_onnx(model: str | Path, *, data: str | Path, samples: int, output: str | Path,
-                   method: str = "entropy", seed: int = 0, size: int | None = None,
-                   split: str | None = None, mean: tuple[float, ...] | None = None,
-                   std: tuple[float, ...] | None = None, per_channel: bool = True,
+def calibrate_onnx(model: str | Path, *, recipe: CalibrationRecipe, output: str | Path,
                    progress: bool = False) -> dict[str, Any]:
-    """Draw the sample from ``data``, write it and the INT8 model into ``output``; return the record.
+    """Draw the recipe's sample, write it and the INT8 model into ``output``; return the record.
 
-    Example: ``calibrate_onnx("backbone.onnx", data="../shared/data/tiny-imagenet/base.zip",
-    samples=512, output="calibration/r20")``
+    Example: ``calibrate_onnx("backbone.onnx", recipe=CalibrationRecipe(data="digits", samples=64),
+    output="out/calib")``
     """
-    model, output = Path(model), Path(output)
-    if method not in METHODS:  # fail before minutes of decoding images
-        raise unknown_name("calibration method", method, list(METHODS))
+    model, output, r = Path(model), Path(output), recipe
+    if r.method not in METHODS:  # fail before minutes of decoding images
+        raise unknown_name("calibration method", r.method, list(METHODS))
     input_name, channels, side = onnx_image_input(model)
-    size = size or side
+    size = r.size or side
     if size is None:
         raise ConfigError(f"{model} has a dynamic image size; pass --size")
-    spec = Preprocess(size=size, channels=channels,
-                      **({"mean": tuple(mean)} if mean else {}), **({"std": tuple(std)} if std else {}))
+    spec = Preprocess(size=size, channels=channels, **({"mean": r.mean} if r.mean else {}),
+                      **({"std": r.std} if r.std else {}))
     t0 = time.time()
-    ds = load_dataset(data, split=split, progress=progress)
-    idx = calibration_indices(ds.labels, samples=samples, seed=seed)
+    ds = load_dataset(r.data, split=r.split, progress=progress)
+    idx = calibration_indices(ds.labels, samples=r.samples, seed=r.seed)
     sample = preprocess(ds.images[idx], spec)
     rest = np.setdiff1d(np.arange(len(ds)), idx)
     output.mkdir(parents=True, exist_ok=True)
@@ -99,17 +102,18 @@ def calibrate_onnx(model: str | Path, *, data: str | Path, samples: int, output:
     if progress:
         from rich.console import Console
 
-        with Console(stderr=True).status(f"calibrating ({method}) on {samples} images"):
-            quantize_onnx_int8(model, int8_path, sample=sample, method=method, per_channel=per_channel)
+        with Console(stderr=True).status(f"calibrating ({r.method}) on {r.samples} images"):
+            quantize_onnx_int8(model, int8_path, sample=sample, method=r.method, per_channel=r.per_channel)
     else:
-        quantize_onnx_int8(model, int8_path, sample=sample, method=method, per_channel=per_channel)
+        quantize_onnx_int8(model, int8_path, sample=sample, method=r.method, per_channel=r.per_channel)
     check = None
     if len(rest):
-        held = rest[calibration_indices(ds.labels[rest], samples=min(HELD_OUT, len(rest)), seed=seed + 1)]
+        held = rest[calibration_indices(ds.labels[rest], samples=min(HELD_OUT, len(rest)),
+                                        seed=r.seed + 1)]
         check = _compare(model, int8_path, preprocess(ds.images[held], spec), input_name)
     record = {
-        "model": str(model), "model_sha256": _sha256(model), "data": str(data), "split": split,
-        "samples": int(samples), "seed": seed, "method": method, "per_channel": per_channel,
+        "model": str(model), "model_sha256": _sha256(model), "recipe": r.to_dict(),
+        "data": str(r.data), "samples": int(r.samples), "seed": r.seed, "method": r.method,
         "activation": "uint8", "weight": "int8 symmetric", "preprocess": spec.to_dict(),
         "input_name": input_name,
         "class_counts": {ds.classes[c]: int(n) for c, n in

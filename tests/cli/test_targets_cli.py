@@ -93,6 +93,18 @@ def test_calibrate_onnx_end_to_end(tmp_path, r20_onnx):
     assert json.loads(again.stdout)["sample"]["sha256"] == rec["sample"]["sha256"]
 
 
+def test_calibrate_with_recipe_and_override(tmp_path, r20_onnx):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'data = "{shared_file("data/cifar10/test.zip")}"\nsamples = 500\n'
+                      'method = "minmax"\nseed = 7\n')
+    res = run("calibrate", r20_onnx, "--recipe", recipe, "--samples", 30, "--output", tmp_path / "o",
+              "--json")
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout)
+    assert rec["samples"] == 30 and rec["method"] == "minmax" and rec["seed"] == 7
+    assert run("calibrate", r20_onnx, "--output", tmp_path / "x").exit_code == 1  # no data, no recipe
+
+
 def test_calibrate_bad_method(tmp_path, r20_onnx):
     fp32 = r20_onnx
     res = run("calibrate", fp32, "--data", "digits", "--samples", 20, "--output", tmp_path,
