@@ -13,6 +13,24 @@ def register(app: typer.Typer) -> None:
     command(app, "calibrate")(calibrate)
 
 
+def _extra(specs: list[str]) -> dict:
+    """NAME=FILE.npy pairs -> {name: array} (plain .npy only, never pickles)."""
+    import numpy as np
+
+    from edgeflow.errors import ConfigError
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise ConfigError(f"--extra-input {spec!r} must be NAME=FILE.npy with an existing file")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ConfigError(f"--extra-input {path} is not a plain .npy array ({exc})") from exc
+    return out
+
+
 def _floats(text: str | None) -> tuple[float, ...] | None:
     return tuple(float(v) for v in text.split(",")) if text else None
 
@@ -35,6 +53,8 @@ def calibrate(
     mean: str = typer.Option(None, "--mean", help="Normalisation mean per channel, e.g. "
                              "0.485,0.456,0.406 (default ImageNet)."),
     std: str = typer.Option(None, "--std", help="Normalisation std per channel (default ImageNet)."),
+    extra_input: list[str] = typer.Option(None, "--extra-input", help="NAME=FILE.npy: a fixed value "
+                                          "for another graph input, e.g. theta=theta0.npy (repeatable)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Draw a stratified, seeded calibration sample and write an INT8 (QDQ) copy of the model.
@@ -57,7 +77,8 @@ def calibrate(
     base = CalibrationRecipe.load(recipe) if recipe is not None else CalibrationRecipe(data=data)
     r = base.with_overrides(data=data, samples=samples, method=method, seed=seed, size=size,
                             split=split, mean=_floats(mean), std=_floats(std))
-    rec = calibrate_onnx(model, recipe=r, output=output, progress=not as_json)
+    rec = calibrate_onnx(model, recipe=r, output=output, extra_inputs=_extra(extra_input or []),
+                         progress=not as_json)
     chk = rec["held_out_check"]
     human = (f"wrote [bold]{rec['output']}[/]: {rec['sample']['file']} {tuple(rec['sample']['shape'])}, "
              f"{rec['int8']['file']} ({rec['int8']['QuantizeLinear']} Q nodes), calibration.json")

@@ -35,18 +35,19 @@ from edgeflow.export.int8 import METHODS, count_qdq, quantize_onnx_int8
 HELD_OUT = 64  # images (not in the sample) on which INT8 is compared with FP32
 
 
-def onnx_image_input(path: Path) -> tuple[str, int, int | None]:
-    """(name, channels, side or None) of the single NCHW image input of an ONNX graph."""
+def onnx_image_input(path: Path, extra: tuple[str, ...] = ()) -> tuple[str, int, int | None]:
+    """(name, channels, side or None) of the NCHW image input: the one input not in ``extra``."""
     import onnx
 
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; give the FP32 backbone .onnx")
     m = onnx.load(str(path), load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
-    inputs = [i for i in m.graph.input if i.name not in inits]
+    inputs = [i for i in m.graph.input if i.name not in inits and i.name not in extra]
     if len(inputs) != 1 or len(inputs[0].type.tensor_type.shape.dim) != 4:
         raise ConfigError(f"{path}: expected one NCHW image input, got "
-                          f"{[(i.name, len(i.type.tensor_type.shape.dim)) for i in inputs]}")
+                          f"{[(i.name, len(i.type.tensor_type.shape.dim)) for i in inputs]}; give "
+                          "the other inputs fixed values (--extra-input theta=theta0.npy)")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     if dims[1] is None:
         raise ConfigError(f"{path}: the channel dimension of {inputs[0].name} is not fixed")
@@ -62,11 +63,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str) -> dict[str, float]:
+def _compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str,
+             extra_inputs: dict[str, np.ndarray]) -> dict[str, float]:
     """INT8 vs FP32 outputs on ``x``: mean cosine, relative error, argmax agreement."""
     import onnxruntime as ort
 
-    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {input_name: x})[0]
+    feed = {input_name: x, **extra_inputs}
+    outs = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feed)[0]
             for p in (fp32, int8)]
     a, b = (o.reshape(len(x), -1).astype(np.float64) for o in outs)
     cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
@@ -76,8 +79,11 @@ def _compare(fp32: Path, int8: Path, x: np.ndarray, input_name: str) -> dict[str
 
 
 def calibrate_onnx(model: str | Path, *, recipe: CalibrationRecipe, output: str | Path,
+                   extra_inputs: dict[str, np.ndarray] | None = None,
                    progress: bool = False) -> dict[str, Any]:
     """Draw the recipe's sample, write it and the INT8 model into ``output``; return the record.
+
+    ``extra_inputs`` fixes the other graph inputs (a bundle backbone's theta: theta0).
 
     Example: ``calibrate_onnx("backbone.onnx", recipe=CalibrationRecipe(data="digits", samples=64),
     output="out/calib")``
@@ -85,7 +91,8 @@ def calibrate_onnx(model: str | Path, *, recipe: CalibrationRecipe, output: str 
     model, output, r = Path(model), Path(output), recipe
     if r.method not in METHODS:  # fail before minutes of decoding images
         raise unknown_name("calibration method", r.method, list(METHODS))
-    input_name, channels, side = onnx_image_input(model)
+    extra_inputs = dict(extra_inputs or {})
+    input_name, channels, side = onnx_image_input(model, tuple(extra_inputs))
     size = r.size or side
     if size is None:
         raise ConfigError(f"{model} has a dynamic image size; pass --size")
@@ -103,19 +110,21 @@ def calibrate_onnx(model: str | Path, *, recipe: CalibrationRecipe, output: str 
         from rich.console import Console
 
         with Console(stderr=True).status(f"calibrating ({r.method}) on {r.samples} images"):
-            quantize_onnx_int8(model, int8_path, sample=sample, method=r.method, per_channel=r.per_channel)
+            quantize_onnx_int8(model, int8_path, sample=sample, method=r.method, per_channel=r.per_channel,
+                               extra_inputs=extra_inputs)
     else:
-        quantize_onnx_int8(model, int8_path, sample=sample, method=r.method, per_channel=r.per_channel)
+        quantize_onnx_int8(model, int8_path, sample=sample, method=r.method, per_channel=r.per_channel,
+                           extra_inputs=extra_inputs)
     check = None
     if len(rest):
         held = rest[calibration_indices(ds.labels[rest], samples=min(HELD_OUT, len(rest)),
                                         seed=r.seed + 1)]
-        check = _compare(model, int8_path, preprocess(ds.images[held], spec), input_name)
+        check = _compare(model, int8_path, preprocess(ds.images[held], spec), input_name, extra_inputs)
     record = {
         "model": str(model), "model_sha256": _sha256(model), "recipe": r.to_dict(),
         "data": str(r.data), "samples": int(r.samples), "seed": r.seed, "method": r.method,
         "activation": "uint8", "weight": "int8 symmetric", "preprocess": spec.to_dict(),
-        "input_name": input_name,
+        "input_name": input_name, "extra_inputs": sorted(extra_inputs),
         "class_counts": {ds.classes[c]: int(n) for c, n in
                          zip(*np.unique(ds.labels[idx], return_counts=True), strict=True)},
         "sample": {"file": sample_path.name, "shape": list(sample.shape),

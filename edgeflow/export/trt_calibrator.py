@@ -133,10 +133,14 @@ class EntropyCalibratorCore:
     """What the TensorRT calibrator does, minus the device copy (the subclass adds that)."""
 
     def __init__(self, sample: np.ndarray, *, input_name: str, batch_size: int,
-                 cache_dir: str | Path, trt_version: str, model_digest: str = "") -> None:
+                 cache_dir: str | Path, trt_version: str, model_digest: str = "",
+                 extra_inputs: dict[str, np.ndarray] | None = None) -> None:
         from edgeflow.calibration import sample_digest
 
         self.input_name = input_name
+        # Fixed values of the other network inputs (a bundle backbone's theta -> theta0).
+        self.extra_inputs = {k: np.ascontiguousarray(v, dtype=np.float32)
+                             for k, v in (extra_inputs or {}).items()}
         self.batches = CalibrationBatches(sample, batch_size=batch_size)
         key = cache_key(sample_digest=sample_digest(self.batches.sample), model_digest=model_digest,
                         batch_size=batch_size)
@@ -145,13 +149,18 @@ class EntropyCalibratorCore:
     def get_batch_size(self) -> int:
         return self.batches.batch_size
 
-    def next_host_batch(self, names: list[str]) -> np.ndarray | None:
-        """The next batch for ``names`` (TensorRT passes the network's input names), or None."""
-        if list(names) != [self.input_name]:
+    def next_host_batch(self, names: list[str]) -> list[np.ndarray] | None:
+        """Host arrays for ``names`` (TensorRT passes the network's input names, in its order): the
+        next sample batch for the image input, the fixed value for each extra input; None at the end."""
+        known = {self.input_name, *self.extra_inputs}
+        if set(names) != known:
             raise BackendError(f"TensorRT asks calibration data for inputs {list(names)} but the "
-                               f"sample feeds only {self.input_name!r}; calibrate the image backbone "
-                               "alone")
-        return self.batches.next()
+                               f"calibrator feeds {sorted(known)}; pass the missing ones as "
+                               "extra_inputs (e.g. theta=theta0)")
+        batch = self.batches.next()
+        if batch is None:
+            return None
+        return [batch if n == self.input_name else self.extra_inputs[n] for n in names]
 
     def read_calibration_cache(self) -> bytes | None:
         return self.cache.read()
@@ -161,7 +170,8 @@ class EntropyCalibratorCore:
 
 
 def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: int,
-                            cache_dir: str | Path, model_digest: str = "") -> Any:
+                            cache_dir: str | Path, model_digest: str = "",
+                            extra_inputs: dict[str, np.ndarray] | None = None) -> Any:
     """A ``trt.IInt8EntropyCalibrator2`` for ``config.int8_calibrator`` (needs tensorrt + pycuda).
 
     Example (on the device)::
@@ -169,6 +179,8 @@ def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: 
         calib = make_entropy_calibrator(load_sample("calib.npy"), input_name="images",
                                         batch_size=16, cache_dir="calibration/cache")
         config.set_flag(trt.BuilderFlag.INT8); config.int8_calibrator = calib
+        config.set_calibration_profile(profile)  # dynamic batch: a profile whose shapes are the
+                                                 # calibration batch (batch_size, C, H, W)
     """
     try:
         import tensorrt as trt
@@ -184,23 +196,26 @@ def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: 
 
     core = EntropyCalibratorCore(sample, input_name=input_name, batch_size=batch_size,
                                  cache_dir=cache_dir, trt_version=trt.__version__,
-                                 model_digest=model_digest)
+                                 model_digest=model_digest, extra_inputs=extra_inputs)
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.core = core
-            self.device = cuda.mem_alloc(core.batches.batch_nbytes)  # one batch, reused
+            # one device buffer per input, reused for every batch
+            self.device = {core.input_name: cuda.mem_alloc(core.batches.batch_nbytes),
+                           **{n: cuda.mem_alloc(v.nbytes) for n, v in core.extra_inputs.items()}}
 
         def get_batch_size(self) -> int:
             return core.get_batch_size()
 
         def get_batch(self, names: list[str]) -> list[int] | None:
-            batch = core.next_host_batch(names)
-            if batch is None:
+            arrays = core.next_host_batch(names)
+            if arrays is None:
                 return None
-            cuda.memcpy_htod(self.device, batch)
-            return [int(self.device)]
+            for name, host in zip(names, arrays, strict=True):
+                cuda.memcpy_htod(self.device[name], host)
+            return [int(self.device[name]) for name in names]
 
         def read_calibration_cache(self) -> bytes | None:
             return core.read_calibration_cache()

@@ -71,3 +71,82 @@ def test_even_batches():
 
     assert even_batch(40, 16) == 10 and even_batch(64, 16) == 16 and even_batch(7, 16) == 7
     assert even_batch(13, 8) == 1
+
+
+def test_theta_input_graph(tmp_path, cifar_small):
+    """A backbone whose BatchNorm biases come from a `theta` input (as in a bundle) quantises with
+    theta0 fed during calibration, keeps the theta path in float, and tracks FP32 when theta moves."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from edgeflow.models import create_model
+    from tests.conftest import shared_file
+
+    model = copy.deepcopy(create_model("resnet20",
+                                       weights=shared_file("weights/cifar10-resnet20-12fca82f.th")).eval())
+    theta0 = torch.cat([p.detach() for _, p in model.adaptable_biases()])
+
+    class ThetaBN(torch.nn.Module):
+        """BatchNorm (eval) whose bias is the current slice of theta."""
+
+        def __init__(self, bn):
+            super().__init__()
+            self.bn, self.bias = bn, None
+
+        def forward(self, x):
+            bn = self.bn
+            return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, self.bias, False, 0.0, bn.eps)
+
+    wrapped = []
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(mod, child_name, ThetaBN(child))
+                wrapped.append(getattr(mod, child_name))
+    assert sum(w.bn.num_features for w in wrapped) == theta0.numel()
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x, theta):
+            for w, t in zip(wrapped, torch.split(theta, [w.bn.num_features for w in wrapped]), strict=True):
+                w.bias = t
+            return self.m.features(x)
+
+    fp32 = tmp_path / "theta.onnx"
+    with torch.no_grad():
+        torch.onnx.export(Graph().eval(), (torch.zeros(2, 3, 32, 32), theta0), str(fp32),
+                          input_names=["images", "theta"], output_names=["features"], opset_version=17,
+                          dynamo=False, dynamic_axes={"images": {0: "N"}, "features": {0: "N"}})
+    calib_pool, evaluation, spec = cifar_small
+    sample = draw_calibration_sample(calib_pool, samples=32, seed=0, preprocess=spec)
+    th0 = theta0.numpy()
+    with pytest.raises(ConfigError, match="extra_inputs"):
+        quantize_onnx_int8(fp32, tmp_path / "x.onnx", sample=sample)
+    out = quantize_onnx_int8(fp32, tmp_path / "theta.int8.onnx", sample=sample, extra_inputs={"theta": th0})
+    assert count_qdq(out)["QuantizeLinear"] > 10
+    import onnx
+
+    consumers = [n.op_type for n in onnx.load(str(out)).graph.node if "theta" in n.input]
+    assert consumers and "QuantizeLinear" not in consumers  # theta itself stays float
+
+    x = preprocess(evaluation.images[:64], spec)
+    s32 = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    moved = th0 + np.random.default_rng(0).normal(size=th0.shape).astype(np.float32) * 0.3 * th0.std()
+    reference = create_model("resnet20", weights=shared_file("weights/cifar10-resnet20-12fca82f.th")).eval()
+    with torch.no_grad():  # the FP32 theta graph at theta0 is the plain model
+        np.testing.assert_allclose(s32.run(None, {"images": x, "theta": th0})[0],
+                                   reference.features(torch.from_numpy(x)).numpy(), atol=1e-4, rtol=1e-3)
+    for theta in (th0, moved):
+        a = s32.run(None, {"images": x, "theta": theta})[0]
+        b = s8.run(None, {"images": x, "theta": theta})[0]
+        cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cos.mean() > 0.99, cos.mean()
+    # and moving theta really changes the features (the input is wired, not folded away)
+    assert not np.allclose(s8.run(None, {"images": x, "theta": moved})[0],
+                           s8.run(None, {"images": x, "theta": th0})[0], atol=1e-3)

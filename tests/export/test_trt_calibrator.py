@@ -58,8 +58,8 @@ def test_core_drives_like_tensorrt(tmp_path):
                                  trt_version="10.3.0")
     assert core.get_batch_size() == 3 and core.read_calibration_cache() is None
     fed = []
-    while (batch := core.next_host_batch(["images"])) is not None:
-        fed.append(batch)
+    while (arrays := core.next_host_batch(["images"])) is not None:
+        fed.append(arrays[0])
     np.testing.assert_array_equal(np.concatenate(fed), x)
     written = b"TRT-100300-EntropyCalibration2\nimages: 3c010a14\n"
     core.write_calibration_cache(memoryview(written))  # TensorRT hands a buffer, not bytes
@@ -71,8 +71,19 @@ def test_core_drives_like_tensorrt(tmp_path):
     other = EntropyCalibratorCore(x[:6], input_name="images", batch_size=3, cache_dir=tmp_path,
                                   trt_version="10.3.0")
     assert other.cache.path != core.cache.path and other.read_calibration_cache() is None
-    with pytest.raises(BackendError, match="inputs"):
+    with pytest.raises(BackendError, match="extra_inputs"):
         core.next_host_batch(["images", "theta"])
+
+
+def test_core_feeds_extra_inputs_in_tensorrt_order(tmp_path):
+    theta = np.linspace(-1, 1, 7, dtype=np.float32)
+    core = EntropyCalibratorCore(_sample(4), input_name="images", batch_size=2, cache_dir=tmp_path,
+                                 trt_version="8.6.1", extra_inputs={"theta": theta})
+    first = core.next_host_batch(["theta", "images"])
+    np.testing.assert_array_equal(first[0], theta)
+    np.testing.assert_array_equal(first[1], _sample(4)[:2])
+    assert core.next_host_batch(["images", "theta"])[0].shape == (2, 3, 4, 4)
+    assert core.next_host_batch(["images", "theta"]) is None
 
 
 def test_cache_of_other_version_is_refused(tmp_path):
