@@ -202,6 +202,18 @@ class Target:
         """Whether the device runs ``precision`` (fp32, fp16, int8)."""
         return precision in self.precisions
 
+    def pick_precision(self, available: list[str] | tuple[str, ...] | dict) -> str:
+        """The fastest precision that both the bundle carries and the device runs.
+
+        Order: int8, fp16, fp32 (a bundle only carries INT8 after calibration passed its check).
+        Example: ``Target.load("cpu").pick_precision({"fp32": ..., "int8": ...})`` -> ``"int8"``.
+        """
+        for p in ("int8", "fp16", "fp32"):
+            if p in available and p in self.precisions:
+                return p
+        raise ConfigError(f"target {self.name} runs {', '.join(self.precisions)} but the bundle "
+                          f"carries {', '.join(available) or 'nothing'}; export an fp32 bundle")
+
     def supports_trt(self, version: str) -> bool:
         """Whether TensorRT ``version`` ('10.3' or '10.3.0.30') is one this target lists."""
         major_minor = ".".join(version.split(".")[:2])

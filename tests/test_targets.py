@@ -55,6 +55,15 @@ def test_device_facts():
     assert Target.load("cuda").backend == "tensorrt"
 
 
+def test_pick_precision():
+    cpu, nano = Target.load("cpu"), Target.load("jetson-orin-nano-8gb")
+    assert cpu.pick_precision({"fp32": "b.onnx", "int8": "b.int8.onnx"}) == "int8"
+    assert cpu.pick_precision(["fp32", "fp16"]) == "fp32"  # the CPU profile has no fp16
+    assert nano.pick_precision(["fp32", "fp16"]) == "fp16"
+    with pytest.raises(ConfigError, match="carries fp16"):
+        cpu.pick_precision(["fp16"])
+
+
 def test_user_profile_by_path(tmp_path):
     p = tmp_path / "my-board.toml"
     p.write_text(_text("jetson-orin-nano-8gb").replace('name = "jetson-orin-nano-8gb"',

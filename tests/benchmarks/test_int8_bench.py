@@ -32,4 +32,7 @@ def test_int8_benchmark_quick(tmp_path):
     assert 0.5 < res["cifar10_top1"]["fp32"] <= 1 and res["cifar10_top1"]["agreement"] > 0.9
     assert set(res["fewshot_5w5s"]) == {"tiny-imagenet/novel", "gtsrb/test"}
     assert all(v["with_adaptation"] is None for v in res["fewshot_5w5s"].values())
+    theta = res["theta_graph"]
+    assert theta["ort_graph_ops"]["int8"]["QLinearConv"] > 0
+    assert theta["relative_feature_error"]["move0.3"]["int8"] < 0.2
     assert "| 1 | 32 |" in (tmp_path / "int8-quick.md").read_text()
