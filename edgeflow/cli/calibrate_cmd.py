@@ -1,0 +1,88 @@
+"""``edgeflow calibrate``: INT8 calibration sample + QDQ INT8 model for an FP32 ONNX backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeflow.cli.common import JSON_OPT, command, emit
+
+
+def register(app: typer.Typer) -> None:
+    command(app, "calibrate")(calibrate)
+
+
+def _extra(specs: list[str]) -> dict:
+    """NAME=FILE.npy pairs -> {name: array} (plain .npy only, never pickles)."""
+    import numpy as np
+
+    from edgeflow.errors import ConfigError
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not Path(path).is_file():
+            raise ConfigError(f"--extra-input {spec!r} must be NAME=FILE.npy with an existing file")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ConfigError(f"--extra-input {path} is not a plain .npy array ({exc})") from exc
+    return out
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in text.split(",")) if text else None
+
+
+def calibrate(
+    model: Path = typer.Argument(..., help="FP32 backbone .onnx (one NCHW image input). Later: a bundle."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for calibration.npy, "
+                                "<model>.int8.onnx and calibration.json."),
+    data: str = typer.Option(None, "--data", "-d", help="Calibration images: directory or .zip "
+                             "(ImageFolder layout) from the training domain, or 'digits'."),
+    samples: int = typer.Option(None, "--samples", "-n", min=1, help="Images in the sample, "
+                                "stratified over classes (default 512)."),
+    recipe: Path = typer.Option(None, "--recipe", help="A calibration/*.toml recipe; the options "
+                                "given here override its values."),
+    method: str = typer.Option(None, "--method", help="Activation ranges: entropy (KL, as TensorRT; "
+                               "default), percentile (99.999% of |x|) or minmax."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the draw; same seed, same images (default 0)."),
+    size: int = typer.Option(None, "--size", min=4, help="Image side (default: the ONNX input's)."),
+    split: str = typer.Option(None, "--split", help="Split to read when the archive holds several."),
+    mean: str = typer.Option(None, "--mean", help="Normalisation mean per channel, e.g. "
+                             "0.485,0.456,0.406 (default ImageNet)."),
+    std: str = typer.Option(None, "--std", help="Normalisation std per channel (default ImageNet)."),
+    extra_input: list[str] = typer.Option(None, "--extra-input", help="NAME=FILE.npy: a fixed value "
+                                          "for another graph input, e.g. theta=theta0.npy (repeatable)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Draw a stratified, seeded calibration sample and write an INT8 (QDQ) copy of the model.
+
+    The sample is saved as calibration.npy (it also feeds TensorRT's entropy calibrator on the
+    device); the INT8 model runs on ONNX Runtime's CPU provider; calibration.json records the
+    settings, hashes and an INT8-vs-FP32 check on held-out images.
+
+    Example: edgeflow calibrate backbone.onnx --data ../shared/data/cifar10/train.zip --samples 512
+    --output calibration/resnet20 --json
+
+    Example: edgeflow calibrate backbone.onnx --recipe calibration/resnet20-cifar10.toml -o out/calib
+    """
+    from edgeflow.calibration import CalibrationRecipe
+    from edgeflow.errors import ConfigError
+    from edgeflow.export.calibrate import calibrate_onnx
+
+    if recipe is None and data is None:
+        raise ConfigError("give the calibration images with --data PATH, or a --recipe")
+    base = CalibrationRecipe.load(recipe) if recipe is not None else CalibrationRecipe(data=data)
+    r = base.with_overrides(data=data, samples=samples, method=method, seed=seed, size=size,
+                            split=split, mean=_floats(mean), std=_floats(std))
+    rec = calibrate_onnx(model, recipe=r, output=output, extra_inputs=_extra(extra_input or []),
+                         progress=not as_json)
+    chk = rec["held_out_check"]
+    human = (f"wrote [bold]{rec['output']}[/]: {rec['sample']['file']} {tuple(rec['sample']['shape'])}, "
+             f"{rec['int8']['file']} ({rec['int8']['QuantizeLinear']} Q nodes), calibration.json")
+    if chk:
+        human += (f"\nheld-out check on {chk['images']} images: cosine {chk['mean_cosine']:.4f}, "
+                  f"argmax agreement {chk['argmax_agreement']:.1%}")
+    emit(rec, as_json=as_json, human=human)

@@ -1,0 +1,1 @@
+"""Export: ONNX graphs, INT8 variants and TensorRT helpers (the torch side of deployment)."""
