@@ -23,8 +23,14 @@ from edgeflow.adapt import DriftNet, IntegratorSettings, ThetaSpec, features_wit
 from edgeflow.adapt.apply import METRICS
 from edgeflow.data import Preprocess, preprocess
 from edgeflow.errors import ConfigError, DataError, unknown_name
-from edgeflow.export.onnx_graphs import (backbone_parity, check_theta_spec, drift_parity,
-                                         export_backbone, export_drift, graph_io)
+from edgeflow.export.onnx_graphs import (
+    backbone_parity,
+    check_theta_spec,
+    drift_parity,
+    export_backbone,
+    export_drift,
+    graph_io,
+)
 from edgeflow.runtime.bundle import METRIC_SCALE, BundleWriter, load_bundle
 
 
