@@ -223,7 +223,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-Builder = Callable[..., bytes]  # (onnx_path, inputs, options, plan, timing_cache) -> engine bytes
+Builder = Callable[..., tuple[bytes, bytes]]  # (onnx, inputs, options, plan, timing) -> (engine, timing)
 Loader = Callable[[bytes], bool]  # engine bytes -> usable on this device?
 
 
