@@ -125,9 +125,10 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, *, threads: int | None = None,
-                 providers: list[str] | None = None) -> None:
+                 providers: list[str] | None = None, arena: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
+        self.arena = arena
         self.threads = threads or default_threads()
         self.providers = providers or ["CPUExecutionProvider"]
         self._session = None
@@ -142,6 +143,10 @@ class OrtRunner(Runner):
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if not self.arena:
+            # ORT's arena keeps the largest batch's activations forever; without it memory goes back
+            # after each run (lower peak RSS on 8 GB devices, measured ~no latency cost here).
+            opts.enable_cpu_mem_arena = False
         try:
             self._session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
