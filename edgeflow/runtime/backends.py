@@ -37,7 +37,7 @@ def tensorrt_available() -> str | None:
     missing = [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
     if missing:
         return (f"{' and '.join(missing)} not installed (TensorRT comes with JetPack on Jetson; "
-                "elsewhere `pip install 'edgeflow[trt]'`)")
+                "elsewhere `pip install tensorrt pycuda`)")
     return None
 
 

@@ -295,7 +295,7 @@ def import_tensorrt() -> Any:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendError("TensorRT is not installed: on Jetson it comes with JetPack "
-                           "(python3-libnvinfer); elsewhere `pip install 'edgeflow[trt]'`") from exc
+                           "(python3-libnvinfer); elsewhere `pip install tensorrt pycuda`") from exc
     return trt
 
 
