@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgeflow import __version__
-from edgeflow.cli import calibrate_cmd, data_cmd, targets_cmd, train_cmd
+from edgeflow.cli import calibrate_cmd, data_cmd, export_cmd, runtime_cmd, targets_cmd, train_cmd
 from edgeflow.cli.common import JSON_OPT, STATE, command, emit
 
 app = typer.Typer(
@@ -35,6 +35,8 @@ app.add_typer(data_cmd.app, name="data")
 train_cmd.register(app)
 app.add_typer(targets_cmd.app, name="targets")
 calibrate_cmd.register(app)
+export_cmd.register(app)
+runtime_cmd.register(app)
 
 
 def main() -> None:

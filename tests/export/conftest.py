@@ -1,10 +1,11 @@
-"""A real backbone as ONNX: the pretrained CIFAR ResNet-20, exported once per session."""
+"""Export fixtures: the pretrained CIFAR ResNet-20 as ONNX, and bundles with and without a drift."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.conftest import shared_file
+from tests.export.helpers import build_bundle
 
 
 def export_onnx(module, path, *, size: int = 32, output: str = "logits") -> None:
@@ -13,9 +14,16 @@ def export_onnx(module, path, *, size: int = 32, output: str = "logits") -> None
 
     module.eval()
     with torch.no_grad():
-        torch.onnx.export(module, torch.zeros(1, 3, size, size), str(path), input_names=["images"],
-                          output_names=[output], opset_version=17, dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}})
+        torch.onnx.export(
+            module,
+            torch.zeros(1, 3, size, size),
+            str(path),
+            input_names=["images"],
+            output_names=[output],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}},
+        )
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +48,13 @@ def cifar_small():
     ds = load_dataset(shared_file("data/cifar10/test.zip"))
     idx = np.arange(len(ds))
     return ds.subset(idx[idx % 2 == 0]), ds.subset(idx[idx % 2 == 1]), Preprocess(size=32)
+
+
+@pytest.fixture(scope="session")
+def drift_bundle(tmp_path_factory):
+    return build_bundle(tmp_path_factory.getbasetemp(), drift=True)
+
+
+@pytest.fixture(scope="session")
+def plain_bundle(tmp_path_factory):
+    return build_bundle(tmp_path_factory.getbasetemp(), drift=False)

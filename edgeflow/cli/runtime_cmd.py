@@ -1,0 +1,288 @@
+"""On-device commands: inspect, build, adapt, predict, bench, doctor (torch is never imported)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgeflow.cli.common import JSON_OPT, command, console, emit
+
+BACKEND_OPT = typer.Option("auto", "--backend", "-b", help="auto (TensorRT when it works, else ONNX "
+                           "Runtime), onnxruntime or tensorrt.")
+PRECISION_OPT = typer.Option(None, "--precision", help="fp32 (CPU default), fp16 (TensorRT default) "
+                             "or int8 (when the bundle has a Q/DQ backbone).")
+THREADS_OPT = typer.Option(None, "--threads", min=1, help="CPU threads for ONNX Runtime (default: "
+                           "all cores this process may use).")
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn in (("inspect", inspect), ("build", build), ("adapt", adapt), ("predict", predict),
+                     ("bench", bench), ("doctor", doctor)):
+        command(app, name)(fn)
+
+
+def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_json: bool = JSON_OPT) -> None:
+    """Show a bundle: files and whether their hashes check out, tensors, theta, sparsity, metrics.
+
+    Exits 1 when a file is missing, truncated or altered.
+
+    Example: edgeflow inspect runs/r20.bundle
+    """
+    from edgeflow.errors import BundleError
+    from edgeflow.runtime.bundle import read_manifest, verify_files
+
+    path, man, digest = read_manifest(bundle)
+    files = verify_files(path, man)
+    res = {"bundle": str(path), "fingerprint": digest, "schema_version": man["schema_version"],
+           "files": files, "ok": all(f["status"] == "ok" for f in files),
+           "graphs": man["graphs"], "precisions": man["precisions"],
+           "theta_size": man["theta"]["size"], "theta_layers": len(man["theta"]["layout"]),
+           "adaptation": man["adaptation"], "preprocess": man["preprocess"],
+           "sparsity": {k: v for k, v in man.get("sparsity", {}).items() if k != "per_layer"},
+           "target": man.get("target"), "source": man.get("source"), "metrics": man.get("metrics")}
+    if as_json:
+        emit(res, as_json=True)
+    else:
+        from rich.table import Table
+
+        t = Table(title=f"{path} (schema {man['schema_version']}, fingerprint {digest[:12]})")
+        for col in ("file", "bytes", "sha256", "status"):
+            t.add_column(col)
+        for f in files:
+            color = "green" if f["status"] == "ok" else "red"
+            t.add_row(f["file"], str(f["bytes"]), f["sha256"][:16], f"[{color}]{f['status']}[/]")
+        console.print(t)
+        for g, spec in man["graphs"].items():
+            ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in spec["inputs"])
+            outs = ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in spec["outputs"])
+            console.print(f"[bold]{g}[/]: {ins} -> {outs}", highlight=False)
+        a, sp = man["adaptation"], res["sparsity"]
+        console.print(f"theta: {res['theta_size']} values over {res['theta_layers']} layers; "
+                      f"adaptation: {a['mode']} ({a['integrator']['method']}, "
+                      f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False)
+        console.print(f"sparsity: {sp.get('fraction', 0):.2%} of conv weights zero"
+                      f"{' (2:4 pattern)' if sp.get('two_four') else ''}; precisions: "
+                      f"{', '.join(man['precisions'])}; target: {man.get('target')}", highlight=False)
+        parity = (man.get("metrics") or {}).get("parity", {}).get("backbone", {})
+        if parity:
+            console.print(f"export parity: max abs diff {parity['max_abs_diff_theta0']:.2e} at "
+                          f"theta0 on {parity['images']} real images", highlight=False)
+    if not res["ok"]:
+        bad = [f"{f['file']} ({f['status']})" for f in files if f["status"] != "ok"]
+        raise BundleError(f"bundle {path} failed verification: {', '.join(bad)}")
+
+
+def build(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    target: str = typer.Option(None, "--target", "-t", help="Target profile (edgeflow.targets) whose "
+                               "precision, 2:4, DLA, workspace and batch sizes to use."),
+    precision: str = typer.Option("fp16", "--precision", help="fp32, fp16 or int8."),
+    workspace_mb: int = typer.Option(None, "--workspace-mb", min=1, help="Builder workspace limit."),
+    max_batch: int = typer.Option(None, "--max-batch", min=1, help="Largest batch of the profile."),
+    dla_core: int = typer.Option(None, "--dla-core", min=0, help="Run on this DLA core (+GPU fallback)."),
+    sparse: bool = typer.Option(None, "--sparse/--no-sparse", help="SPARSE_WEIGHTS (2:4) on SM >= 8.0."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when a cached engine fits."),
+    cache: Path = typer.Option(None, "--cache", help="Engine cache dir (default BUNDLE/engines)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Build (or reuse) TensorRT engines for the bundle on this device.
+
+    Engines are cached under a key of (TensorRT version, GPU, SM, ONNX hash, build options), with a
+    timing cache beside them.
+
+    Example: edgeflow build runs/r20.bundle --target orin-nano --precision fp16
+    """
+    import dataclasses
+
+    from edgeflow.runtime import load_bundle
+    from edgeflow.runtime.backends import open_trt
+    from edgeflow.runtime.trt_build import BuildOptions
+
+    b = load_bundle(bundle)
+    options = BuildOptions.for_precision(precision)
+    if target is not None:
+        options = BuildOptions.from_target(_load_target(target), precision=precision)
+    changes = {}
+    if workspace_mb is not None:
+        changes["workspace_bytes"] = workspace_mb << 20
+    if max_batch is not None:
+        lo = min(options.batch[0], max_batch)
+        changes["batch"] = (lo, min(max(options.batch[1], lo), max_batch), max_batch)
+    if dla_core is not None:
+        changes["dla_core"] = dla_core
+    if sparse is not None:
+        changes["sparse_weights"] = sparse
+    options = dataclasses.replace(options, **changes)
+    opened = open_trt(b, precision=precision, engine_cache=cache, build_options=options, force=force)
+    for r in opened.runners.values():
+        r.deactivate()
+    res = {"bundle": str(b.path), "target": target, "precision": precision,
+           "options": options.to_dict(), "engines": opened.engines}
+    emit(res, as_json=as_json, human="\n".join(f"{g}: {how}" for g, how in opened.engines.items()))
+
+
+def _load_target(name: str):
+    try:
+        from edgeflow.targets import load_target  # provided by the targets work
+    except ImportError as exc:
+        from edgeflow.errors import ConfigError
+
+        raise ConfigError("target profiles are not available in this installation; pass "
+                          "--precision/--sparse/--dla-core/--workspace-mb instead of --target") from exc
+    return load_target(name)
+
+
+def adapt(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    support: Path = typer.Option(..., "--support", "-s", help="Labelled images: a directory or .zip "
+                                 "with one folder per class."),
+    output: Path = typer.Option(..., "--output", "-o", help="Task file to write (.npz)."),
+    backend: str = BACKEND_OPT,
+    precision: str = PRECISION_OPT,
+    steps: int = typer.Option(None, "--steps", min=0, help="Integration steps (default: manifest)."),
+    threads: int = THREADS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Adapt the bundle to new classes from a few labelled images (no gradients) -> TASK.npz.
+
+    Example: edgeflow adapt runs/r20.bundle --support my_classes/ --output task.npz
+    """
+    from edgeflow.data import load_image_folder
+    from edgeflow.runtime import Session
+
+    with Session(bundle, backend=backend, precision=precision, threads=threads) as s:
+        pre = s.preprocess
+        ds = load_image_folder(support, mode="L" if pre.channels == 1 else "RGB",
+                               size=pre.size if s.bundle.allow_resize else None, cache=False)
+        task = s.adapt(ds.images, ds.labels, class_names=ds.classes, steps=steps)
+        path = task.save(output)
+        res = {"task": str(path), "classes": list(task.class_names or ()), "shots": task.info["shots"],
+               "mode": task.info["mode"], "backend": s.backend, "precision": s.precision,
+               "theta_change_max": float(abs(task.theta - s.theta0).max()),
+               "fallback_reason": s.fallback_reason}
+    emit(res, as_json=as_json,
+         human=f"wrote [bold]{path}[/]: {len(res['classes'])} classes "
+               f"({', '.join(res['classes'][:6])}{'...' if len(res['classes']) > 6 else ''}), "
+               f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}")
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    from edgeflow.data.imagefolder import IMAGE_SUFFIXES
+    from edgeflow.errors import DataError
+
+    out = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise DataError(f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p} does not exist; pass image files or directories")
+    return out
+
+
+def predict(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    images: list[Path] = typer.Argument(..., help="Image files and/or directories of images."),
+    task: Path = typer.Option(..., "--task", help="Task file from `edgeflow adapt`."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Classes to show per image."),
+    backend: str = BACKEND_OPT,
+    precision: str = PRECISION_OPT,
+    threads: int = THREADS_OPT,
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Classify images with an adapted task: top-k classes with scores (softmax over the task).
+
+    Example: edgeflow predict runs/r20.bundle --task task.npz photos/ --top-k 2 --json
+    """
+    import numpy as np
+
+    from edgeflow.data.imagefolder import decode_image
+    from edgeflow.runtime import Session, Task
+
+    t = Task.load(task)
+    files = _image_files(images)
+    with Session(bundle, backend=backend, precision=precision, threads=threads) as s:
+        mode = "L" if s.preprocess.channels == 1 else "RGB"
+        arrays = [decode_image(f.read_bytes(), name=str(f), mode=mode) for f in files]
+        _, scores = s.predict(arrays, t)
+    names = list(t.class_names) if t.class_names else [str(c) for c in t.classes]
+    k = min(top_k, len(names))
+    rows = []
+    for f, sc in zip(files, scores, strict=True):
+        order = np.argsort(-sc)[:k]
+        rows.append({"image": str(f), "top": [{"class": names[i], "label": int(t.classes[i]),
+                                               "score": float(sc[i])} for i in order]})
+    if as_json:
+        emit({"task": str(task), "predictions": rows}, as_json=True)
+        return
+    for r in rows:
+        tops = ", ".join(f"{x['class']} {x['score']:.3f}" for x in r["top"])
+        console.print(f"{r['image']}: {tops}", highlight=False)
+
+
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle directory."),
+    backend: str = typer.Option("onnxruntime", "--backend", "-b", help="onnxruntime or tensorrt."),
+    precision: str = PRECISION_OPT,
+    threads: int = THREADS_OPT,
+    repeats: int = typer.Option(100, "--repeats", min=3, help="Timed runs per case (after warm-up)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """B3 latency of a bundle on this machine: backbone batch 1/32, drift step, adapt, predict.
+
+    Example: edgeflow bench runs/r20.bundle --threads 2 --repeats 100
+    """
+    from edgeflow.runtime.bench import bench_session
+
+    res = bench_session(bundle, backend=backend, precision=precision, threads=threads,
+                        repeats=repeats, progress=not as_json)
+    if as_json:
+        emit(res, as_json=True)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{bundle} on {res['backend']} {res['precision']} ({repeats} runs, ms)")
+    for col in ("case", "median", "p90", "p99"):
+        t.add_column(col)
+    for name, r in res["cases"].items():
+        t.add_row(name, f"{r['median_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}")
+    console.print(t)
+
+
+def doctor(as_json: bool = JSON_OPT) -> None:
+    """What is installed and which backends work, as a pass/fail table.
+
+    Runs a tiny graph on ONNX Runtime against numpy; where TensorRT is installed, builds fp32 and
+    fp16 engines for it, runs them and compares with ONNX Runtime. Exits 1 when a check fails;
+    TensorRT being absent is reported, not a failure.
+
+    Example: edgeflow doctor --json
+    """
+    from edgeflow.errors import BackendError
+    from edgeflow.runtime.doctor import run_checks
+
+    res = run_checks()
+    if as_json:
+        emit(res, as_json=True)
+    else:
+        from rich.markup import escape
+        from rich.table import Table
+
+        env = res["environment"]
+        console.print(", ".join(f"{k} {v}" for k, v in env.items() if not isinstance(v, list)),
+                      highlight=False)
+        t = Table(title="edgeflow doctor")
+        for col in ("check", "result", "detail"):
+            t.add_column(col)
+        for r in res["checks"]:
+            mark = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]absent[/]"}[r["ok"]]
+            t.add_row(escape(r["check"]), mark, escape(r["detail"]))
+        console.print(t)
+    if not res["ok"]:
+        raise BackendError("some backend checks failed (see the table); fix the failing backend or "
+                           "use another with --backend")

@@ -1,0 +1,192 @@
+"""ONNX export of the three bundle graphs, each checked by ``onnx.checker`` and against PyTorch.
+
+- ``backbone.onnx``: images float32 (N, C, H, W) [dynamic N], theta float32 (P,) -> features (N, D)
+- ``task_encoder.onnx``: prototypes (1, W, D) [dynamic W], mask (1, W) -> z (1, E)
+- ``drift.onnx``: theta (1, P), t (1, 1), z (1, E) -> velocity (1, P)
+
+The TorchScript-based exporter (``dynamo=False``, opset 17) is used: it gives compact graphs with
+constant-folded weights that ONNX Runtime and TensorRT's parser both take.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edgeflow.adapt import DriftNet, ThetaSpec, features_with_theta
+from edgeflow.errors import ConfigError, EdgeflowError
+from edgeflow.export.fold import ThetaFeatures
+
+OPSET = 17
+PARITY_TOL = 1e-4
+
+
+class ExportError(EdgeflowError):
+    """An export that failed its checks (onnx.checker or parity against PyTorch)."""
+
+
+class _TaskEncoderGraph(nn.Module):
+    def __init__(self, drift: DriftNet) -> None:
+        super().__init__()
+        self.enc = drift.task_encoder
+
+    def forward(self, prototypes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.enc(prototypes, mask)
+
+
+class _VelocityGraph(nn.Module):
+    def __init__(self, drift: DriftNet) -> None:
+        super().__init__()
+        self.vel = drift.velocity_net
+
+    def forward(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.vel(theta, t, z)
+
+
+def _export(module: nn.Module, args: tuple, path: Path, *, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, dict[int, str]]) -> Path:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notes are not actionable
+        example = module(*args)
+        torch.onnx.export(module, args, buf, input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True,
+                          dynamo=False)
+    model = onnx.load_from_string(buf.getvalue())
+    # The exporter names every output dim after a dynamic input symbolically (e.g. the feature
+    # dim after Flatten); pin the ones that are not dynamic to the traced size.
+    out = model.graph.output[0].type.tensor_type.shape
+    for axis, dim in enumerate(out.dim):
+        if axis not in dynamic.get(outputs[0], {}):
+            dim.Clear()
+            dim.dim_value = int(example.shape[axis])
+        else:
+            dim.Clear()
+            dim.dim_param = dynamic[outputs[0]][axis]
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"onnx.checker rejected the exported {path.name}: {exc}") from exc
+    onnx.save(model, str(path))
+    return path
+
+
+def export_backbone(model: nn.Module, spec: ThetaSpec, path: str | Path, *, size: int,
+                    channels: int) -> Path:
+    """Write ``model.features`` with theta as an input (BN folded) to ``path``; checker-validated."""
+    model = model.eval()
+    graph = ThetaFeatures(model, spec).eval()
+    theta0 = spec.get(model)
+    x = torch.zeros(2, channels, size, size)
+    return _export(graph, (x, theta0), Path(path), inputs=["images", "theta"], outputs=["features"],
+                   dynamic={"images": {0: "N"}, "features": {0: "N"}})
+
+
+def export_drift(drift: DriftNet, directory: str | Path) -> tuple[Path, Path]:
+    """Write ``task_encoder.onnx`` and ``drift.onnx`` into ``directory``."""
+    drift = drift.eval()
+    cfg = drift.config
+    directory = Path(directory)
+    protos, mask = torch.randn(1, 5, cfg.feature_dim), torch.ones(1, 5)
+    enc = _export(_TaskEncoderGraph(drift), (protos, mask), directory / "task_encoder.onnx",
+                  inputs=["prototypes", "mask"], outputs=["z"],
+                  dynamic={"prototypes": {1: "W"}, "mask": {1: "W"}})
+    theta, t, z = torch.zeros(1, cfg.theta_dim), torch.zeros(1, 1), torch.zeros(1, cfg.task_dim)
+    vel = _export(_VelocityGraph(drift), (theta, t, z), directory / "drift.onnx",
+                  inputs=["theta", "t", "z"], outputs=["velocity"], dynamic={})
+    return enc, vel
+
+
+def graph_io(path: str | Path) -> dict[str, list[dict]]:
+    """Names, shapes (str for symbolic dims) and dtypes of a graph's inputs and outputs."""
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(v: onnx.ValueInfoProto) -> dict:
+        t = v.type.tensor_type
+        dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
+                for d in t.shape.dim]
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
+        return {"name": v.name, "shape": dims, "dtype": dtype}
+
+    init = {i.name for i in model.graph.initializer}
+    return {"inputs": [spec(v) for v in model.graph.input if v.name not in init],
+            "outputs": [spec(v) for v in model.graph.output]}
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def backbone_parity(model: nn.Module, spec: ThetaSpec, path: str | Path, images: np.ndarray, *,
+                    seed: int = 0, tol: float = PARITY_TOL) -> dict[str, float]:
+    """Max |ORT - features_with_theta| on ``images`` (float32 NCHW) at theta0 and at a moved theta.
+
+    The moved theta (theta0 + N(0, 0.1 * std(theta0))) checks that theta really is wired into the
+    graph and not constant-folded away. Raises :class:`ExportError` above ``tol``.
+    """
+    model = model.eval()
+    sess = _ort_session(Path(path))
+    theta0 = spec.get(model)
+    gen = torch.Generator().manual_seed(seed)
+    moved = theta0 + torch.randn(theta0.shape, generator=gen) * (0.1 * float(theta0.std()) + 1e-3)
+    out = {}
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    for key, theta in (("theta0", theta0), ("theta_moved", moved)):
+        with torch.no_grad():
+            ref = features_with_theta(model, x, theta, spec).numpy()
+        got = sess.run(["features"], {"images": x.numpy(), "theta": theta.numpy()})[0]
+        out[f"max_abs_diff_{key}"] = float(np.max(np.abs(ref - got)))
+        out[f"max_abs_{key}"] = float(np.max(np.abs(ref)))
+    out["images"] = len(images)
+    worst = max(out["max_abs_diff_theta0"], out["max_abs_diff_theta_moved"])
+    if not worst <= tol:
+        raise ExportError(f"backbone.onnx differs from PyTorch by {worst:.3g} (> {tol:g}) on "
+                          f"{len(images)} real images; the model uses an op the export does not "
+                          "fold correctly")
+    return out
+
+
+def drift_parity(drift: DriftNet, directory: str | Path, protos: np.ndarray, theta: np.ndarray, *,
+                 tol: float = PARITY_TOL) -> dict[str, float]:
+    """Max |ORT - PyTorch| of both drift graphs on real prototypes ``protos`` (W, D)."""
+    directory = Path(directory)
+    enc, vel = _ort_session(directory / "task_encoder.onnx"), _ort_session(directory / "drift.onnx")
+    p = protos[None].astype(np.float32)
+    mask = np.ones(p.shape[:2], np.float32)
+    th = theta[None].astype(np.float32)
+    t = np.full((1, 1), 0.3, np.float32)
+    with torch.no_grad():
+        z_ref = drift.embed_task(torch.from_numpy(p), torch.from_numpy(mask)).numpy()
+        v_ref = drift.velocity(torch.from_numpy(th), torch.from_numpy(t), torch.from_numpy(z_ref))
+    z = enc.run(["z"], {"prototypes": p, "mask": mask})[0]
+    v = vel.run(["velocity"], {"theta": th, "t": t, "z": z_ref})[0]
+    out = {"max_abs_diff_z": float(np.max(np.abs(z - z_ref))),
+           "max_abs_diff_velocity": float(np.max(np.abs(v - v_ref.numpy()))),
+           "max_abs_velocity": float(np.max(np.abs(v_ref.numpy())))}
+    worst = max(out["max_abs_diff_z"], out["max_abs_diff_velocity"])
+    if not worst <= tol:
+        raise ExportError(f"drift graphs differ from PyTorch by {worst:.3g} (> {tol:g})")
+    return out
+
+
+def check_theta_spec(model: nn.Module, spec: ThetaSpec) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in spec.names if n not in params]
+    if missing:
+        raise ConfigError(f"theta names {missing} are not parameters of {type(model).__name__}; "
+                          "was the drift trained for another backbone?")
+    wrong = [(n, params[n].numel(), s) for n, s in zip(spec.names, spec.sizes, strict=True)
+             if params[n].numel() != s]
+    if wrong:
+        raise ConfigError(f"theta layout does not fit the model (name, model size, layout size): "
+                          f"{wrong[:3]}; was the drift trained for another (pruned) backbone?")

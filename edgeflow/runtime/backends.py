@@ -1,0 +1,135 @@
+"""Backend choice for a Session: which runners serve a bundle's graphs, and why.
+
+``"auto"`` means TensorRT when it is installed and an engine can be built or loaded, else ONNX
+Runtime; the reason for falling back is returned (and the Session records it) rather than printed.
+An explicit ``"tensorrt"`` that cannot work is an error. "None means default" is resolved here only:
+precision defaults to fp32 on ONNX Runtime and fp16 on TensorRT.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeflow.errors import BackendError, ConfigError, EdgeflowError, unknown_name
+from edgeflow.runtime.bundle import Bundle
+from edgeflow.runtime.runners import OrtRunner, Runner
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
+ORT_PRECISIONS = ("fp32", "int8")
+
+
+@dataclass
+class Opened:
+    backend: str
+    precision: str
+    runners: dict[str, Runner]
+    max_batch: int | None = None
+    fallback_reason: str | None = None
+    engines: dict[str, str] = field(default_factory=dict)  # graph -> "cached"/"built"/...
+
+
+def tensorrt_available() -> str | None:
+    """None when tensorrt and pycuda can be imported, else the reason they cannot."""
+    missing = [m for m in ("tensorrt", "pycuda") if importlib.util.find_spec(m) is None]
+    if missing:
+        return (f"{' and '.join(missing)} not installed (TensorRT comes with JetPack on Jetson; "
+                "elsewhere `pip install tensorrt pycuda`)")
+    return None
+
+
+def _graphs(bundle: Bundle) -> list[str]:
+    return ["backbone", "task_encoder", "drift"] if bundle.has_drift else ["backbone"]
+
+
+def open_ort(bundle: Bundle, *, precision: str | None, threads: int | None) -> Opened:
+    precision = precision or "fp32"
+    if precision not in ORT_PRECISIONS:
+        raise ConfigError(f"ONNX Runtime (CPU) runs the bundle at {', '.join(ORT_PRECISIONS)}; "
+                          f"{precision!r} needs the tensorrt backend")
+    runners: dict[str, Runner] = {}
+    try:
+        for g in _graphs(bundle):
+            path = bundle.graph_path(g, precision=precision) if g == "backbone" else bundle.graph_path(g)
+            # The drift graphs are a few small matmuls per call: one thread is as fast and saves a
+            # thread pool per session (memory on the device, contention with the backbone).
+            runners[g] = OrtRunner(path, threads=threads if g == "backbone" else 1).activate()
+    except BaseException:
+        for r in runners.values():
+            r.deactivate()
+        raise
+    return Opened("onnxruntime", precision, runners)
+
+
+def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path | None,
+             build_options: Any = None, force: bool = False) -> Opened:
+    """Runners on TensorRT engines built (or taken from the cache) for this machine."""
+    reason = tensorrt_available()
+    if reason:
+        raise BackendError(f"TensorRT backend unavailable: {reason}")
+    from edgeflow.runtime.trt_build import BuildOptions, EngineCache, build_engine, device_info, select_flags
+    from edgeflow.runtime.trt_runner import TrtRunner, deserializes
+
+    precision = precision or "fp16"
+    if precision not in ("fp32", "fp16", "int8"):
+        raise unknown_name("precision", precision, ["fp32", "fp16", "int8"])
+    options = build_options or BuildOptions.for_precision(precision)
+    device = device_info()
+    cache = EngineCache(engine_cache or bundle.path / "engines")
+    runners: dict[str, Runner] = {}
+    engines = {}
+    try:
+        for g in _graphs(bundle):
+            onnx_precision = "int8" if (g == "backbone" and precision == "int8") else "fp32"
+            path = bundle.graph_path(g, precision=onnx_precision) if g == "backbone" \
+                else bundle.graph_path(g)
+            # The drift graphs integrate theta over several steps: keep them fp32 everywhere.
+            opts = options if g == "backbone" else BuildOptions(precisions=("fp32",),
+                                                                workspace_bytes=options.workspace_bytes)
+            plan = select_flags(opts, device, has_qdq=onnx_precision == "int8")
+            inputs, _ = bundle.tensors(g)
+            engine, how = cache.get(g, path, inputs, opts, device, builder=build_engine,
+                                    loader=deserializes, plan=plan, force=force)
+            engines[g] = how
+            runners[g] = TrtRunner(engine).activate()
+    except BaseException:
+        for r in runners.values():
+            r.deactivate()
+        raise
+    max_batch = getattr(runners["backbone"], "max_batch", None)
+    return Opened("tensorrt", precision, runners, max_batch=max_batch, engines=engines)
+
+
+def open_runners(bundle: Bundle, *, backend: str = "auto", precision: str | None = None,
+                 threads: int | None = None, engine_cache: str | Path | None = None,
+                 build_options: Any = None) -> Opened:
+    """Open every graph of ``bundle`` on ``backend`` (see the module docstring)."""
+    backend = ALIASES.get(backend, backend)
+    if backend not in BACKENDS:
+        raise unknown_name("backend", backend, BACKENDS)
+    if backend == "onnxruntime":
+        return open_ort(bundle, precision=precision, threads=threads)
+    if backend == "tensorrt":
+        return open_trt(bundle, precision=precision, engine_cache=engine_cache,
+                        build_options=build_options)
+    reason = tensorrt_available()
+    if reason is None:
+        try:
+            return open_trt(bundle, precision=precision, engine_cache=engine_cache,
+                            build_options=build_options)
+        except EdgeflowError as exc:
+            reason = f"TensorRT failed, so ONNX Runtime runs the bundle: {exc}"
+        except Exception as exc:  # pycuda/TensorRT raise their own types; auto must not die of them
+            reason = (f"TensorRT failed ({type(exc).__name__}: {exc}), so ONNX Runtime runs the "
+                      "bundle")
+    else:
+        reason = f"TensorRT backend unavailable: {reason}"
+    ort_precision = precision if precision in ORT_PRECISIONS else None
+    if precision is not None and ort_precision is None:
+        reason += f"; {precision} does not run on ONNX Runtime (CPU), so fp32 is used"
+    opened = open_ort(bundle, precision=ort_precision, threads=threads)
+    opened.fallback_reason = reason
+    return opened

@@ -1,0 +1,241 @@
+"""Session: adapt a bundle to new classes and predict, with forward passes only (numpy + runners).
+
+``adapt`` mirrors :func:`edgeflow.adapt.hyperflow_adapt` and ``predict`` mirrors
+:func:`edgeflow.adapt.classify` step for step (same prototype formula, same integrator code from
+:mod:`edgeflow.integrate`, same cosine/euclidean logits with the same scale), so a bundle gives the
+labels PyTorch gives. A Session holds no per-task state: tasks are values, many may be live, and
+one Session may be used from several threads at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeflow.errors import BundleError, DataError
+from edgeflow.integrate import integrate
+from edgeflow.runtime.backends import open_runners
+from edgeflow.runtime.bundle import Bundle, load_bundle
+from edgeflow.runtime.inputs import check_labels, prepare_images
+
+log = logging.getLogger("edgeflow.runtime")
+TASK_FORMAT = "edgeflow-task/1"
+
+
+def prototypes(features: np.ndarray, episode_labels: np.ndarray, ways: int) -> np.ndarray:
+    """Class means (W, D); the same one-hot matmul as :func:`edgeflow.adapt.prototypes`."""
+    onehot = np.zeros((len(episode_labels), ways), dtype=features.dtype)
+    onehot[np.arange(len(episode_labels)), episode_labels] = 1
+    counts = np.maximum(onehot.sum(0), 1)
+    return (onehot.T @ features) / counts[:, None]
+
+
+def _normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    # torch.nn.functional.normalize: x / max(||x||, eps)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def prototype_logits(query: np.ndarray, protos: np.ndarray, *, metric: str = "cosine",
+                     scale: float = 10.0) -> np.ndarray:
+    """Scores (Q, W): scaled cosine similarity or negative squared Euclidean distance."""
+    if metric == "cosine":
+        return scale * (_normalize(query) @ _normalize(protos).T)
+    if metric == "euclidean":
+        return -np.sum((query[:, None, :] - protos[None, :, :]) ** 2, axis=-1)
+    raise BundleError(f"unknown metric {metric!r} in the bundle; valid metrics: cosine, euclidean")
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Task:
+    """An adapted task: theta, the class prototypes at that theta, and the caller's class ids."""
+
+    theta: np.ndarray  # (P,) float32
+    prototypes: np.ndarray  # (W, D) float32, at theta
+    classes: np.ndarray  # (W,) int64: the labels the caller used, in prototype order
+    bundle: str  # fingerprint (manifest sha256) of the bundle that made it
+    class_names: tuple[str, ...] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ways(self) -> int:
+        return len(self.classes)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the task as .npz (no pickles), atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": TASK_FORMAT, "bundle": self.bundle, "info": self.info,
+                "class_names": list(self.class_names) if self.class_names is not None else None}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+        os.close(fd)
+        try:
+            np.savez(tmp, theta=self.theta, prototypes=self.prototypes, classes=self.classes,
+                     meta=np.asarray(json.dumps(meta)))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Task:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"task file {path} does not exist; make one with `edgeflow adapt`")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                theta, protos, classes = z["theta"], z["prototypes"], z["classes"]
+                meta = json.loads(str(z["meta"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"{path} is not an EdgeFlow task file ({exc})") from exc
+        if meta.get("format") != TASK_FORMAT:
+            raise DataError(f"{path} has task format {meta.get('format')!r}, expected {TASK_FORMAT}")
+        names = meta.get("class_names")
+        return cls(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
+                   bundle=meta["bundle"], class_names=tuple(names) if names is not None else None,
+                   info=meta.get("info", {}))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.array(a, copy=True)
+    a.flags.writeable = False
+    return a
+
+
+class Session:
+    """Adapt and predict with a bundle. ``backend``: "auto", "onnxruntime" or "tensorrt".
+
+    ``precision`` picks the backbone variant: "fp32" (default on ONNX Runtime), "int8" where the
+    bundle has one; on TensorRT also "fp16" (the default there). ``"auto"`` tries TensorRT and falls
+    back to ONNX Runtime, recording why in ``fallback_reason``.
+
+    Example::
+
+        with Session("r20.bundle") as s:
+            task = s.adapt(support_images, support_labels)       # uint8 (N, H, W, C), ints
+            labels, scores = s.predict(query_images, task)
+    """
+
+    def __init__(self, bundle: str | Path | Bundle, *, backend: str = "auto",
+                 precision: str | None = None, threads: int | None = None, verify: bool = True,
+                 engine_cache: str | Path | None = None, build_options: Any = None,
+                 batch_size: int = 64) -> None:
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        opened = open_runners(self.bundle, backend=backend, precision=precision, threads=threads,
+                              engine_cache=engine_cache, build_options=build_options)
+        self.backend, self.precision = opened.backend, opened.precision
+        self.fallback_reason = opened.fallback_reason
+        if self.fallback_reason:  # a warning when TensorRT is there but failed; else just info
+            level = logging.INFO if "unavailable" in self.fallback_reason else logging.WARNING
+            log.log(level, "using %s: %s", self.backend, self.fallback_reason)
+        self.runners = opened.runners
+        self.batch_size = min(batch_size, opened.max_batch) if opened.max_batch else batch_size
+        self.preprocess = self.bundle.preprocess
+        self.theta0 = _frozen(self.bundle.theta0())
+        integ = self.bundle.integrator
+        self.method, self.steps, self.dt = integ["method"], int(integ["steps"]), integ.get("dt")
+        self.metric, self.scale = self.bundle.metric, self.bundle.scale
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        for r in self.runners.values():
+            r.deactivate()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- building blocks ------------------------------------------------------------------------
+    def prepare(self, images: np.ndarray | Sequence[np.ndarray], *, what: str = "images") -> np.ndarray:
+        """Check and preprocess images as the bundle's manifest says (see :func:`prepare_images`)."""
+        return prepare_images(images, self.preprocess, allow_resize=self.bundle.allow_resize,
+                              what=what)
+
+    def features(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
+        """Backbone features (N, D) of preprocessed ``x`` at ``theta``, in batches."""
+        runner = self.runners["backbone"]
+        out = [runner.infer({"images": x[i:i + self.batch_size], "theta": theta})["features"]
+               for i in range(0, len(x), self.batch_size)]
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def embed_task(self, protos: np.ndarray) -> np.ndarray:
+        p = protos[None].astype(np.float32)
+        return self.runners["task_encoder"].infer({"prototypes": p,
+                                                   "mask": np.ones(p.shape[:2], np.float32)})["z"]
+
+    def velocity(self, theta: np.ndarray, t: float, z: np.ndarray) -> np.ndarray:
+        feed = {"theta": theta[None], "t": np.full((1, 1), t, np.float32), "z": z}
+        return self.runners["drift"].infer(feed)["velocity"][0]
+
+    def integrate_theta(self, z: np.ndarray, *, steps: int | None = None,
+                        method: str | None = None) -> np.ndarray:
+        """theta0 moved by the drift: the same :func:`edgeflow.integrate.integrate` as training."""
+        steps = self.steps if steps is None else steps
+        return integrate(lambda t, th: self.velocity(th, t, z), self.theta0, steps=steps,
+                         dt=self.dt, method=method or self.method)
+
+    # -- the two verbs --------------------------------------------------------------------------
+    def adapt(self, images: np.ndarray | Sequence[np.ndarray], labels: Sequence[int] | np.ndarray,
+              *, ways: int | None = None, class_names: Sequence[str] | None = None,
+              steps: int | None = None) -> Task:
+        """Adapt to the support set (``images``, integer ``labels``) and return a :class:`Task`.
+
+        ``ways`` (or ``class_names``) declares the classes 0..W-1 so that one with no image is an
+        error instead of silently dropped. ``steps`` overrides the manifest's integration steps.
+        """
+        if class_names is not None:
+            class_names = tuple(str(c) for c in class_names)
+            if ways is not None and ways != len(class_names):
+                raise DataError(f"ways={ways} but {len(class_names)} class_names")
+            ways = len(class_names)
+        x = self.prepare(images, what="support images")
+        classes, ep = check_labels(labels, len(x), ways=ways)
+        w = len(classes)
+        protos = prototypes(self.features(x, self.theta0), ep, w)
+        if self.bundle.has_drift and (steps is None or steps > 0):
+            theta = self.integrate_theta(self.embed_task(protos), steps=steps).astype(np.float32)
+            protos = prototypes(self.features(x, theta), ep, w)
+            mode = "hyperflow"
+        else:
+            theta, mode = self.theta0, "prototypes-at-theta0"
+        info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
+                "steps": self.steps if steps is None else steps, "method": self.method,
+                "backend": self.backend, "precision": self.precision}
+        if class_names is not None:
+            class_names = tuple(class_names[int(c)] for c in classes)
+        return Task(theta=_frozen(theta), prototypes=_frozen(protos.astype(np.float32)),
+                    classes=_frozen(classes), bundle=self.bundle.fingerprint,
+                    class_names=class_names, info=info)
+
+    def logits(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
+        """Raw prototype scores (Q, W) of query images (columns follow ``task.classes``)."""
+        if task.bundle != self.bundle.fingerprint:
+            raise DataError("this task was adapted with another bundle (fingerprint "
+                            f"{task.bundle[:12]} != {self.bundle.fingerprint[:12]}); adapt it again "
+                            "with this bundle")
+        x = self.prepare(images, what="query images")
+        return prototype_logits(self.features(x, task.theta), task.prototypes, metric=self.metric,
+                                scale=self.scale)
+
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> tuple[np.ndarray,
+                                                                                     np.ndarray]:
+        """(labels (Q,) in the caller's label ids, scores (Q, W) softmax probabilities)."""
+        logits = self.logits(images, task)
+        return task.classes[np.argmax(logits, axis=1)], softmax(logits)

@@ -1,0 +1,136 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeflow.errors import BundleError
+from edgeflow.runtime import BundleWriter, load_bundle, verify_files
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_load_verifies_every_file(plain_bundle, tmp_path):
+    good = load_bundle(plain_bundle[0])
+    assert all(r["status"] == "ok" for r in verify_files(good.path, good.manifest))
+
+    tampered = _copy(plain_bundle[0], tmp_path / "tampered")
+    data = bytearray((tampered / "backbone.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte flipped
+    (tampered / "backbone.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"backbone\.onnx: sha256 mismatch"):
+        load_bundle(tampered)
+
+    truncated = _copy(plain_bundle[0], tmp_path / "truncated")
+    raw = (truncated / "theta0.npy").read_bytes()
+    (truncated / "theta0.npy").write_bytes(raw[:-10])
+    with pytest.raises(BundleError, match=r"theta0\.npy: truncated"):
+        load_bundle(truncated)
+
+    missing = _copy(plain_bundle[0], tmp_path / "missing")
+    (missing / "backbone.onnx").unlink()
+    with pytest.raises(BundleError, match=r"backbone\.onnx: missing"):
+        load_bundle(missing)
+
+    no_manifest = _copy(plain_bundle[0], tmp_path / "nomanifest")
+    (no_manifest / "manifest.json").unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        load_bundle(no_manifest)
+
+
+def test_schema_checks(plain_bundle, tmp_path):
+    for name, edit, msg in [("v2", lambda m: m.update(schema_version=2), "schema version 2"),
+                            ("foreign", lambda m: m.update(schema="other"), "not an EdgeFlow"),
+                            ("nograph", lambda m: m.pop("graphs"), "lacks the 'graphs'")]:
+        b = _copy(plain_bundle[0], tmp_path / name)
+        man = json.loads((b / "manifest.json").read_text())
+        edit(man)
+        (b / "manifest.json").write_text(json.dumps(man))
+        with pytest.raises(BundleError, match=msg):
+            load_bundle(b)
+    broken = _copy(plain_bundle[0], tmp_path / "badjson")
+    (broken / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(broken)
+
+
+def test_writer_leaves_nothing_on_error(tmp_path):
+    out = tmp_path / "b"
+    with pytest.raises(RuntimeError), BundleWriter(out) as w:
+        np.save(w.path("theta0.npy"), np.zeros(3, np.float32))
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    sys.path.insert(0, {root!r})
+    import numpy as np, torch
+    from edgeflow.data import Preprocess
+    from edgeflow.export import export_bundle
+    from edgeflow.models import create_model
+
+    stop_at = sys.argv[2]
+    def on_file(name):
+        print("wrote", name, flush=True)
+        if name == stop_at:
+            time.sleep(60)  # the test kills us here
+    torch.manual_seed(1)
+    model = create_model("conv4", num_classes=5, width=8).eval()
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    export_bundle(model, output=sys.argv[1], preprocess_spec=Preprocess(size=32),
+                  parity_images=images, on_file=on_file)
+    print("done", flush=True)
+""")
+
+
+@pytest.mark.parametrize(("sig", "stop_at"), [(signal.SIGKILL, "manifest.json"),
+                                              (signal.SIGINT, "backbone.onnx")])
+def test_killed_export_keeps_previous_bundle(tmp_path, plain_bundle, sig, stop_at):
+    out = _copy(plain_bundle[0], tmp_path / "bundle")
+    before = load_bundle(out).fingerprint
+    script = tmp_path / "export_and_wait.py"
+    script.write_text(_KILL_SCRIPT.format(root=str(ROOT)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), stop_at], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.strip() == f"wrote {stop_at}":
+                break
+        else:
+            pytest.fail(f"exporter ended early: {proc.stderr.read()}")
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    after = load_bundle(out)  # still loads and verifies: the previous bundle, untouched
+    assert after.fingerprint == before
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".bundle."))
+    if sig == signal.SIGINT:  # Ctrl-C cleans its temporary directory up
+        assert leftovers == []
+    else:  # SIGKILL cannot clean up: a hidden temp dir may stay, the bundle is not touched
+        assert all(".tmp-" in n for n in leftovers)
+
+
+def test_overwrite_replaces_atomically(tmp_path):
+    out = tmp_path / "b"
+    for value in (1.0, 2.0):
+        with BundleWriter(out) as w:
+            np.save(w.path("theta0.npy"), np.full(3, value, np.float32))
+            w.commit({"graphs": {}, "precisions": {}, "preprocess": {}, "adaptation": {},
+                      "theta": {"file": "theta0.npy", "size": 3}})
+        assert np.load(out / "theta0.npy")[0] == value
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

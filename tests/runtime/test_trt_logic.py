@@ -1,0 +1,159 @@
+"""Everything around TensorRT that does not need a GPU: flags, profiles, cache keys and
+invalidation, error translation, and the Session's fallback to ONNX Runtime.
+
+The engine cache is exercised with stand-in builder/loader callables (TensorRT cannot be installed
+here); the real ones are run by `edgeflow doctor` and the runner conformance test on a device.
+"""
+
+import hashlib
+import json
+
+import pytest
+
+from edgeflow.errors import BackendError, ConfigError
+from edgeflow.runtime import BuildOptions, DeviceInfo, EngineCache, Session, TensorSpec, cache_key
+from edgeflow.runtime.trt_build import profile_shapes, select_flags, translate_error
+
+ORIN = DeviceInfo("10.3.0", "Orin", (8, 7), dla_cores=2)
+ORIN_NANO = DeviceInfo("10.3.0", "Orin Nano", (8, 7), dla_cores=0)
+XAVIER = DeviceInfo("8.5.2", "Xavier", (7, 2), dla_cores=2)
+
+
+def test_flags_from_target_options():
+    fp16 = BuildOptions.for_precision("fp16")
+    assert select_flags(fp16, ORIN).flags == ("FP16",)
+    assert select_flags(BuildOptions.for_precision("fp32"), ORIN).flags == ()
+    int8 = BuildOptions.for_precision("int8")
+    assert select_flags(int8, ORIN, has_qdq=True).flags == ("FP16", "INT8")
+    with pytest.raises(ConfigError, match="INT8 needs a Q/DQ"):
+        select_flags(int8, ORIN)
+    sparse = BuildOptions(precisions=("fp32", "fp16"), sparse_weights=True)
+    assert "SPARSE_WEIGHTS" in select_flags(sparse, ORIN).flags
+    plan = select_flags(sparse, XAVIER)  # SM 7.2: no sparse tensor cores
+    assert "SPARSE_WEIGHTS" not in plan.flags and "no sparse tensor cores" in plan.notes[0]
+    dla = BuildOptions(precisions=("fp32", "fp16"), dla_core=1)
+    plan = select_flags(dla, ORIN)
+    assert plan.dla_core == 1 and plan.flags == ("FP16", "GPU_FALLBACK")
+    plan = select_flags(dla, ORIN_NANO)  # Orin Nano has no DLA: build for the GPU and say so
+    assert plan.dla_core is None and "has 0 DLA cores" in plan.notes[0]
+    with pytest.raises(ConfigError, match="DLA runs FP16/INT8 only"):
+        select_flags(BuildOptions(precisions=("fp32",), dla_core=0), ORIN)
+    trt11 = select_flags(fp16, DeviceInfo("11.4.1", "Thor", (11, 0)))
+    assert trt11.flags == () and "precision from the ONNX" in trt11.notes[0]
+
+
+def test_options_validation_and_target_mapping():
+    with pytest.raises(ConfigError, match="unknown precision"):
+        BuildOptions(precisions=("fp8",))
+    with pytest.raises(ConfigError, match="batch range"):
+        BuildOptions(batch=(4, 2, 8))
+
+    class Target:  # duck-typed stand-in for edgeflow.targets.Target
+        sparse_2_4 = True
+        dla_cores = 2
+        use_dla = True
+        workspace_mb = 256
+        batch_sizes = (1, 8, 32)
+
+    opts = BuildOptions.from_target(Target(), precision="fp16")
+    assert opts.sparse_weights and opts.dla_core == 0 and opts.workspace_bytes == 256 << 20
+    assert opts.batch == (1, 8, 32)
+
+
+def test_profile_shapes_cover_dynamic_dims_only():
+    inputs = [TensorSpec("images", ("N", 3, 32, 32), "float32"), TensorSpec("theta", (688,), "float32")]
+    opts = BuildOptions(batch=(1, 16, 64))
+    assert profile_shapes(inputs, opts) == {"images": ((1, 3, 32, 32), (16, 3, 32, 32), (64, 3, 32, 32))}
+    enc = [TensorSpec("prototypes", (1, "W", 64), "float32"), TensorSpec("mask", (1, "W"), "float32")]
+    shapes = profile_shapes(enc, BuildOptions(ways=(2, 5, 20)))
+    assert shapes["prototypes"] == ((1, 2, 64), (1, 5, 64), (1, 20, 64))
+    assert shapes["mask"][2] == (1, 20)
+
+
+def test_cache_key_changes_with_every_ingredient():
+    opts = BuildOptions()
+    base = cache_key(ORIN, "a" * 64, opts)
+    assert base == cache_key(ORIN, "a" * 64, BuildOptions())
+    variants = [cache_key(DeviceInfo("10.4.0", "Orin", (8, 7), 2), "a" * 64, opts),
+                cache_key(DeviceInfo("10.3.0", "Orin Nano", (8, 7), 2), "a" * 64, opts),
+                cache_key(DeviceInfo("10.3.0", "Orin", (7, 2), 2), "a" * 64, opts),
+                cache_key(ORIN, "b" * 64, opts),
+                cache_key(ORIN, "a" * 64, BuildOptions(workspace_bytes=1 << 28))]
+    assert len({base, *variants}) == 6
+
+
+class FakeTRT:
+    """Stand-in builder/loader: an 'engine' is bytes naming the device it was built for."""
+
+    def __init__(self, device: DeviceInfo) -> None:
+        self.device, self.builds = device, 0
+
+    def builder(self, onnx_path, inputs, options, plan, timing):
+        self.builds += 1
+        return (f"engine:{self.device.trt_version}:{onnx_path.read_bytes().hex()[:8]}".encode(),
+                timing + b"t")
+
+    def loader(self, data: bytes) -> bool:
+        return data.startswith(f"engine:{self.device.trt_version}:".encode())
+
+
+def test_engine_cache_reuses_rebuilds_stale_and_foreign(tmp_path):
+    onnx = tmp_path / "backbone.onnx"
+    onnx.write_bytes(b"graph-v1")
+    inputs = [TensorSpec("images", ("N", 3, 32, 32), "float32")]
+    cache, fake, opts = EngineCache(tmp_path / "engines"), FakeTRT(ORIN), BuildOptions()
+    plan = select_flags(opts, ORIN)
+    get = lambda **kw: cache.get("backbone", onnx, inputs, opts, ORIN, builder=fake.builder,  # noqa: E731
+                                 loader=fake.loader, plan=plan, **kw)
+    path, how = get()
+    assert how == "built" and fake.builds == 1
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["key"] == cache_key(ORIN, hashlib.sha256(b"graph-v1").hexdigest(), opts)
+    assert side["flags"] == ["FP16"] and cache.timing_cache_path(ORIN).read_bytes() == b"t"
+    assert get() == (path, "cached") and fake.builds == 1
+    # a foreign engine under the right name (copied from another TensorRT): rebuilt
+    path.write_bytes(b"engine:8.5.2:xxxx")
+    side["engine_sha256"] = hashlib.sha256(b"engine:8.5.2:xxxx").hexdigest()
+    path.with_suffix(".json").write_text(json.dumps(side))
+    assert get()[1].startswith("rebuilt: TensorRT could not deserialize")
+    # a truncated engine: rebuilt
+    path.write_bytes(path.read_bytes()[:5])
+    assert get()[1] == "rebuilt: engine file changed or truncated"
+    # the timing cache grows and is passed back in
+    assert cache.timing_cache_path(ORIN).read_bytes() == b"ttt"
+    # a new ONNX (re-exported bundle): new key, the stale engine of that graph is removed
+    onnx.write_bytes(b"graph-v2")
+    new_path, how = get()
+    assert how == "built" and new_path != path and not path.exists()
+    assert sorted(p.name for p in (tmp_path / "engines").glob("backbone-*.engine")) == [new_path.name]
+    assert get(force=True)[1] == "rebuilt: forced"
+
+
+def test_error_translation_names_the_fix():
+    e = translate_error("IRuntime::deserializeCudaEngine: Error Code 1: Serialization (Serialization "
+                        "assertion magicTagRead == kMAGIC_TAG failed.Magic tag does not match)")
+    assert isinstance(e, BackendError) and "--force" in str(e)
+    assert "workspace" in str(translate_error("Requested amount of GPU memory (1073741824 bytes) "
+                                              "could not be allocated"))
+    assert "thread" in str(translate_error("cuMemcpyHtoDAsync failed: invalid device context"))
+    assert "GPU fallback" in str(translate_error("Layer X is not supported on DLA"))
+    assert str(translate_error("something odd")) == "TensorRT failed: something odd"
+
+
+def test_session_falls_back_to_onnxruntime_and_says_why(plain_bundle, monkeypatch):
+    from edgeflow.runtime import backends
+
+    with Session(plain_bundle[0], backend="auto") as s:
+        assert s.backend == "onnxruntime" and "not installed" in s.fallback_reason
+    with pytest.raises(BackendError, match="TensorRT backend unavailable"):
+        Session(plain_bundle[0], backend="tensorrt")
+    # TensorRT "installed" but unusable (here: the import fails inside engine building)
+    monkeypatch.setattr(backends, "tensorrt_available", lambda: None)
+    with Session(plain_bundle[0], backend="auto", precision="fp16") as s:
+        assert s.backend == "onnxruntime" and s.precision == "fp32"
+        assert s.fallback_reason.startswith("TensorRT failed")
+        assert "fp16 does not run on ONNX Runtime" in s.fallback_reason
+    with pytest.raises(ConfigError, match="unknown backend"):
+        Session(plain_bundle[0], backend="cuda")
+    with pytest.raises(ConfigError, match="needs the tensorrt backend"):
+        Session(plain_bundle[0], backend="onnxruntime", precision="fp16")
