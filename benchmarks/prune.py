@@ -131,19 +131,22 @@ def run_one(run: str, args: dict) -> dict:
     t0 = time.perf_counter()
     name, _, level = run.partition(":")
     (x, y), (xt, yt) = _data(args["limit"], args["test_limit"])
-    method = {"hf": "hyperflows", "hfpl": "hyperflows", "dense": "magnitude", "nm": "hyperflows",
-              "channel": "hyperflows"}.get(name, name)
+    method = {"hf": "hyperflows", "hfpl": "hyperflows", "hfm": "hyperflows", "dense": "magnitude",
+              "nm": "hyperflows", "channel": "hyperflows"}.get(name, name)
     granularity = {"nm": "2:4", "channel": "channel"}.get(name, "weight")
     sparsity = 0.0 if name in ("dense", "nm") else float(level)
     config = PruneConfig(sparsity=sparsity if name != "nm" else 0.5, granularity=granularity,
                          method=method, epochs=args["epochs"], regrowth_epochs=args["regrowth"],
                          batch_size=args["batch_size"], lr=args["lr"], ft_lr=args["ft_lr"],
                          budget="flops" if name == "channel" else "weights",
-                         power_law_start=name == "hfpl", sweep_steps=args["sweep_steps"],
+                         power_law_start=name == "hfpl",
+                         score_init_order="magnitude" if name == "hfm" else "random",
+                         sweep_steps=args["sweep_steps"],
                          sweep_gammas=tuple(args["sweep_gammas"]),
                          channel_multiple=args["channel_multiple"] if name == "channel" else 1,
                          score_init=tuple(args["score_init"]), score_lr=args["score_lr"],
                          controller_every=args["controller_every"],
+                         controller_step=args["controller_step"],
                          seed=args["seed"], device="cpu")
     model = create_model("resnet20", num_classes=10, weights=WEIGHTS)
     reference = {n: m.weight.numel() for n, m in model.named_modules()
@@ -240,6 +243,7 @@ def main() -> None:
     ap.add_argument("--score-init", default="0.2,0.5")
     ap.add_argument("--score-lr", type=float, default=None)
     ap.add_argument("--controller-every", type=int, default=0)
+    ap.add_argument("--controller-step", type=float, default=0.2)
     ap.add_argument("--channel-multiple", type=int, default=8)
     ap.add_argument("--latency-repeats", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
@@ -257,12 +261,13 @@ def main() -> None:
             "sweep_gammas": [float(g) for g in a.sweep_gammas.split(",")],
             "channel_multiple": a.channel_multiple,
             "score_init": [float(v) for v in a.score_init.split(",")], "score_lr": a.score_lr,
-            "controller_every": a.controller_every, "latency_repeats": a.latency_repeats,
+            "controller_every": a.controller_every, "controller_step": a.controller_step,
+            "latency_repeats": a.latency_repeats,
             "seed": a.seed}
     meta = {**args, "mode": "quick" if a.quick else "full", "jobs": a.jobs,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": runs}
-    out = Path(a.out)
+    out = Path(a.out + ".json").with_suffix("")
     out.parent.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
 

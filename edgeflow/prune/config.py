@@ -66,6 +66,11 @@ class PruneConfig:
     # scores (Hyperflows): Adam, own learning rate, no weight decay
     score_lr: float | None = None
     score_init: tuple[float, float] = (0.2, 0.5)
+    # "random": t ~ U(low, high) (the spec). "magnitude": the same range, ordered by global |w|
+    # rank, so that under uniform pressure weights cross zero in global-magnitude order and flows
+    # only have to correct that order (helps short budgets, where there are too few steps to
+    # average the flows that must otherwise undo a random pruning order).
+    score_init_order: str = "random"
     ste_slope: float = 0.25
     score_lr_decay: float = 0.75  # phase 2: score lr multiplied by this per epoch ...
     score_freeze_frac: float = 50 / 60  # ... and 0 after this fraction of phase 2 (mask frozen)
@@ -112,6 +117,8 @@ class PruneConfig:
         if not 0.0 <= lo <= hi:
             raise ConfigError(f"score_init must be (low, high) with 0 <= low <= high; got "
                               f"{self.score_init}")
+        if self.score_init_order not in ("random", "magnitude"):
+            raise unknown_name("score_init_order", self.score_init_order, ("random", "magnitude"))
         if self.min_channels < 1 or self.channel_multiple < 1:
             raise ConfigError("min_channels and channel_multiple must be >= 1")
 

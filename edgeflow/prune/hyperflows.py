@@ -119,6 +119,7 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     model.to(device).train()
     ms = attach_scores(model, granularity=config.granularity, exclude=config.exclude,
                        score_init=config.score_init, slope=config.ste_slope,
+                       init_order=config.score_init_order,
                        generator=torch.Generator().manual_seed(config.seed + 1))
     for s in ms.scores():
         s.data = s.data.to(device)
@@ -134,8 +135,8 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     learn = config.method == "hyperflows"
     for s in ms.scores():
         s.requires_grad_(learn)
-    score_lr = config.score_lr if config.score_lr is not None else max(1e-3, 2.0 / max(1, p_steps))
-    every = config.controller_every or max(1, p_steps // 50)
+    score_lr = config.score_lr if config.score_lr is not None else max(1e-3, 10.0 / max(1, p_steps))
+    every = config.controller_every or max(1, p_steps // 25)
     updates = max(1, p_steps // every)
     trajectory = solve_trajectory(target, updates, ceiling=config.trajectory_ceiling,
                                   steepness=config.trajectory_steepness)[1] if use_pressure else []

@@ -250,7 +250,7 @@ class MaskSet:
 
 def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tuple[str, ...] = (),
                   score_init: tuple[float, float] = (0.2, 0.5), slope: float = 0.25,
-                  generator: torch.Generator | None = None) -> MaskSet:
+                  init_order: str = "random", generator: torch.Generator | None = None) -> MaskSet:
     """Register score masks on ``model`` (in place) and return the :class:`MaskSet`.
 
     Example: ``ms = attach_scores(net, granularity="2:4")``; ``net(x)`` then runs masked.
@@ -302,8 +302,25 @@ def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tup
             mk = ScoreMask(kind, scores.to(w.device, w.dtype), slope=slope, n=n, m=m)
             parametrize.register_parametrization(layer, "weight", mk)
             masks[name] = mk
+        if kind == "weight" and init_order == "magnitude" and masks:
+            _magnitude_ordered(masks, layers, lo, hi)
     return MaskSet(model=model, kind=kind, masks=masks, layers=layers, positions=positions,
                    plan=plan, n=n, m=m)
+
+
+def _magnitude_ordered(masks: dict[str, ScoreMask], layers: dict[str, nn.Module], lo: float,
+                       hi: float) -> None:
+    """Scores spread evenly over [lo, hi] in the order of global |w| (largest -> hi)."""
+    mags = torch.cat([latent_weight(layers[n]).detach().abs().reshape(-1).cpu() for n in masks])
+    ranks = torch.empty_like(mags)
+    ranks[mags.argsort()] = torch.arange(len(mags), dtype=mags.dtype)
+    vals = lo + (hi - lo) * ranks / max(1, len(mags) - 1)
+    i = 0
+    with torch.no_grad():
+        for mk in masks.values():
+            k = mk.scores.numel()
+            mk.scores.copy_(vals[i:i + k].view_as(mk.scores).to(mk.scores.device))
+            i += k
 
 
 def nm_group_max(a: torch.Tensor, m: int) -> torch.Tensor:
