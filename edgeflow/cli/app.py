@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgeflow import __version__
-from edgeflow.cli import calibrate_cmd, data_cmd, export_cmd, runtime_cmd, targets_cmd, train_cmd
+from edgeflow.cli import calibrate_cmd, data_cmd, export_cmd, prune_cmd, runtime_cmd, targets_cmd, train_cmd
 from edgeflow.cli.common import JSON_OPT, STATE, command, emit
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ def version(as_json: bool = JSON_OPT) -> None:
 
 app.add_typer(data_cmd.app, name="data")
 train_cmd.register(app)
+prune_cmd.register(app)
 app.add_typer(targets_cmd.app, name="targets")
 calibrate_cmd.register(app)
 export_cmd.register(app)
