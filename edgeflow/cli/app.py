@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgeflow import __version__
-from edgeflow.cli import data_cmd, train_cmd
+from edgeflow.cli import adapt_cmd, data_cmd, train_cmd
 from edgeflow.cli.common import JSON_OPT, STATE, command, emit
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ def version(as_json: bool = JSON_OPT) -> None:
 
 app.add_typer(data_cmd.app, name="data")
 train_cmd.register(app)
+adapt_cmd.register(app)
 
 
 def main() -> None:
