@@ -5,7 +5,16 @@ from __future__ import annotations
 import typer
 
 from edgeflow import __version__
-from edgeflow.cli import calibrate_cmd, data_cmd, export_cmd, prune_cmd, runtime_cmd, targets_cmd, train_cmd
+from edgeflow.cli import (
+    adapt_cmd,
+    calibrate_cmd,
+    data_cmd,
+    export_cmd,
+    prune_cmd,
+    runtime_cmd,
+    targets_cmd,
+    train_cmd,
+)
 from edgeflow.cli.common import JSON_OPT, STATE, command, emit
 
 app = typer.Typer(
@@ -38,6 +47,7 @@ app.add_typer(targets_cmd.app, name="targets")
 calibrate_cmd.register(app)
 export_cmd.register(app)
 runtime_cmd.register(app)
+adapt_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,197 @@
+"""Teacher trajectories on base-split tasks: the training data of the drift network.
+
+For every task (a seeded episode of the base split, with a per-task domain shift drawn from
+:data:`edgeflow.adapt.tasks.SHIFTS` or none) and several starts (the clean theta0, then theta0 plus
+Gaussian noise of ``noise`` times theta0's standard deviation), the teacher runs ``T`` Adam steps and
+records the task's own query accuracy along the way. The *stopping step* k* is the fewest steps
+whose (smoothed) query accuracy is within ``tolerance`` of the best: the drift is taught to go
+exactly as far as adaptation helps (k* = 0: stay put).
+
+Storage: ``<dir>/manifest.json`` (the config) and ``<dir>/chunk_00000.npz`` ... (float32 starts
+and float16 moves from them, (n, T+1, P), stopping steps, query-accuracy curves, float16 support
+prototypes at theta0 that the drift conditions on). Generation is deterministic per task index,
+written chunk by chunk atomically, and resumes by skipping the chunks already on disk.
+
+Example::
+
+    generate_trajectories(model, spec, base_ds, Preprocess(size=32), "runs/traj",
+                          config=TrajectoryConfig(tasks=600), progress=True)
+    data = load_trajectories("runs/traj")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeflow.adapt.split import SplitFeatures, select
+from edgeflow.adapt.tasks import make_task, sample_shift
+from edgeflow.adapt.teacher import TeacherConfig, finetune, flip_cache, stopping_step
+from edgeflow.adapt.theta import ThetaSpec, prototypes
+from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess
+from edgeflow.errors import ConfigError, DataError
+from edgeflow.models import Backbone
+from edgeflow.progress import ProgressBar
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """What to generate. ``shots`` are drawn per task; ``starts`` includes the clean one."""
+
+    tasks: int = 600
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    queries: int = 15
+    starts: int = 2
+    noise: float = 0.1
+    plain_fraction: float = 0.35
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(lr=2e-2, steps=24))
+    eval_every: int = 2
+    tolerance: float = 0.005
+    smooth: int = 3
+    chunk: int = 25
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shots"] = list(self.shots)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrajectoryConfig:
+        d = dict(d)
+        d["teacher"] = TeacherConfig(**d["teacher"])
+        d["shots"] = tuple(d["shots"])
+        return cls(**d)
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds: ImageDataset,
+                      pre: Preprocess, samplers: dict[int, EpisodeSampler], index: int,
+                      config: TrajectoryConfig) -> dict[str, np.ndarray]:
+    """All starts of task ``index``: arrays of one task (paths, curves, k*, prototypes)."""
+    rng = np.random.default_rng([config.seed, index])
+    shots = int(rng.choice(config.shots))
+    shift = sample_shift(rng, plain_fraction=config.plain_fraction)
+    task = make_task(ds, samplers[shots].episode(index), pre, shift=shift,
+                     seed=[config.seed, index, 1])
+    theta0 = spec.get(model)
+    sup = flip_cache(split, task.support_x) if shots == 1 else split.prefix(task.support_x)
+    qry = split.prefix(task.query_x)
+    with torch.no_grad():
+        feats = split.suffix(select(sup, slice(0, len(task.support_y))), theta0)
+        protos = prototypes(feats, task.support_y, task.ways)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    paths, accs, stops = [], [], []
+    for s in range(config.starts):
+        start = theta0 if s == 0 else theta0 + config.noise * theta0.std() * torch.randn(
+            theta0.shape, generator=gen)
+        res = finetune(split, sup, task.support_y, task.ways, start, config=config.teacher,
+                       query=qry, query_y=task.query_y, eval_every=config.eval_every)
+        paths.append(res.path.numpy())
+        accs.append(res.query_acc.numpy())
+        stops.append(stopping_step(res.query_acc, tolerance=config.tolerance, smooth=config.smooth))
+    starts = np.stack([p[0] for p in paths])
+    # float16 deltas from the start keep the small per-step moves precise; the start stays float32
+    deltas = np.stack([p - p[0] for p in paths]).astype(np.float16)
+    return {"start": starts.astype(np.float32), "delta": deltas,
+            "query_acc": np.stack(accs).astype(np.float16),
+            "stop": np.asarray(stops, np.int16), "protos": protos.numpy().astype(np.float16)[None],
+            "shots": np.asarray([shots], np.int16), "shift": np.asarray(["+".join(shift)])}
+
+
+def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre: Preprocess,
+                          out_dir: str | Path, *, config: TrajectoryConfig, progress: bool = False,
+                          extra_meta: dict | None = None) -> Path:
+    """Write (or complete) a trajectory folder; returns it. Resumes where chunks already exist."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = {"config": config.to_dict(), "theta_layout": spec.layout(), **(extra_meta or {})}
+    mpath = out / "manifest.json"
+    if mpath.exists():
+        old = json.loads(mpath.read_text())
+        if old.get("config") != manifest["config"] or old.get("theta_layout") != spec.layout():
+            raise ConfigError(f"{out} holds trajectories of another configuration; use a new "
+                              "folder (or delete it) to generate these")
+    else:
+        mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    model.eval()
+    split = SplitFeatures(model, spec)
+    samplers = {k: EpisodeSampler(ds.labels, ways=config.ways, shots=k, queries=config.queries,
+                                  seed=config.seed) for k in config.shots}
+    n_chunks = -(-config.tasks // config.chunk)
+    bar = ProgressBar(progress, config.tasks, "trajectories")
+    for c in range(n_chunks):
+        path = out / f"chunk_{c:05d}.npz"
+        lo, hi = c * config.chunk, min(config.tasks, (c + 1) * config.chunk)
+        if path.exists():
+            bar.advance(f"chunk {c} (on disk)", steps=hi - lo)
+            continue
+        parts = []
+        for i in range(lo, hi):
+            parts.append(task_trajectories(model, spec, split, ds, pre, samplers, i, config))
+            bar.advance(f"chunk {c + 1}/{n_chunks}")
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        arrays["task"] = np.repeat(np.arange(lo, hi), config.starts).astype(np.int32)
+        _save_npz(path, **arrays)
+    bar.close()
+    return out
+
+
+@dataclass
+class Trajectories:
+    """All chunks of a folder. Rows are (task, start) pairs; ``task_row`` indexes ``protos``."""
+
+    paths: torch.Tensor  # (N, T+1, P) float32
+    stop: torch.Tensor  # (N,) int64, stopping step k*
+    query_acc: torch.Tensor  # (N, T+1)
+    task_row: torch.Tensor  # (N,) row in protos
+    protos: torch.Tensor  # (n_tasks, W, D)
+    shots: torch.Tensor  # (n_tasks,)
+    shift: list[str]  # (n_tasks,)
+    config: TrajectoryConfig
+
+    def __len__(self) -> int:
+        return len(self.stop)
+
+
+def load_trajectories(folder: str | Path) -> Trajectories:
+    """Read every chunk of ``folder`` (written by :func:`generate_trajectories`)."""
+    folder = Path(folder)
+    mpath = folder / "manifest.json"
+    chunks = sorted(folder.glob("chunk_*.npz"))
+    if not mpath.exists() or not chunks:
+        raise DataError(f"{folder} holds no trajectories; generate them first (edgeflow meta-train "
+                        "does)")
+    config = TrajectoryConfig.from_dict(json.loads(mpath.read_text())["config"])
+    parts = []
+    for c in chunks:
+        with np.load(c, allow_pickle=False) as z:
+            parts.append({k: z[k] for k in z.files})
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    tasks = np.concatenate([np.unique(p["task"]) for p in parts])
+    row_of = {int(t): i for i, t in enumerate(tasks)}
+    return Trajectories(
+        paths=torch.from_numpy(cat["start"][:, None, :] + cat["delta"].astype(np.float32)),
+        stop=torch.from_numpy(cat["stop"].astype(np.int64)),
+        query_acc=torch.from_numpy(cat["query_acc"].astype(np.float32)),
+        task_row=torch.tensor([row_of[int(t)] for t in cat["task"]]),
+        protos=torch.from_numpy(cat["protos"].astype(np.float32)),
+        shots=torch.from_numpy(cat["shots"].astype(np.int64)),
+        shift=[str(s) for s in cat["shift"]], config=config)

@@ -1,0 +1,159 @@
+"""``meta-train`` and ``evaluate`` as functions (the CLI and the benchmark are thin shells on these).
+
+meta-train: backbone checkpoint -> teacher recipe chosen on val episodes -> trajectories on base
+tasks (with domain shifts, stopped where each task's query accuracy peaks) -> drift regression with
+early stopping on val episodes -> Euler step count chosen on val -> drift checkpoint (whose meta
+carries the backbone meta, theta layout, integrator, metric and the val-chosen teacher recipe).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation
+from edgeflow.adapt.io import load_drift, save_drift
+from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
+from edgeflow.adapt.split import SplitFeatures, TaskCache
+from edgeflow.adapt.tasks import make_task, sample_shift
+from edgeflow.adapt.teacher import TeacherConfig, finetune
+from edgeflow.adapt.theta import ThetaSpec
+from edgeflow.adapt.trajectories import TrajectoryConfig, generate_trajectories, load_trajectories
+from edgeflow.checkpoint import load_checkpoint
+from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess, load_dataset
+from edgeflow.errors import ConfigError, unknown_name
+from edgeflow.models import MODELS, Backbone, create_model
+from edgeflow.workflows import preprocess_for
+
+
+def load_backbone(model: str, weights: Path) -> tuple[Backbone, dict, Preprocess]:
+    """(model in eval mode, checkpoint meta, preprocessing) of a trained backbone checkpoint."""
+    if model not in MODELS:
+        raise unknown_name("model", model, list(MODELS))
+    sd, meta = load_checkpoint(weights)
+    if meta.get("model") not in (None, model):
+        raise ConfigError(f"{weights} holds a {meta['model']}, not a {model}; pass --model "
+                          f"{meta['model']}")
+    head = next((v for k, v in sd.items() if k.split(".")[0] in ("linear", "classifier")
+                 and k.endswith("weight")), None)
+    num_classes = int(head.shape[0]) if head is not None else int(meta.get("num_classes", 10))
+    net = create_model(model, num_classes=num_classes, weights=weights,
+                       **meta.get("model_kwargs", {}))
+    return net.eval(), meta, preprocess_for(net, meta, None)
+
+
+def val_tasks(split: SplitFeatures, ds: ImageDataset, pre: Preprocess, *, count: int,
+              shots: tuple[int, ...] = (1, 5), ways: int = 5, queries: int = 15,
+              shifted_fraction: float = 0.5, seed: int = 1) -> list[TaskCache]:
+    """Cached val-split tasks; a ``shifted_fraction`` of them with a random domain shift."""
+    samplers = {k: EpisodeSampler(ds.labels, ways=ways, shots=k, queries=queries, seed=seed)
+                for k in shots}
+    out = []
+    for i in range(count):
+        rng = np.random.default_rng([seed, i, 7])
+        k = shots[i % len(shots)]
+        shift = sample_shift(rng, plain_fraction=0.0) if rng.random() < shifted_fraction else ()
+        task = make_task(ds, samplers[k].episode(i), pre, shift=shift, seed=[seed, i])
+        out.append(TaskCache(split, task.support_x, task.support_y, task.query_x, task.query_y, ways,
+                             shift=shift))
+    return out
+
+
+def choose_teacher(split: SplitFeatures, tasks: list[TaskCache], theta0: torch.Tensor, *,
+                   lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2), max_steps: int = 40,
+                   step_choices: tuple[int, ...] = (5, 10, 20, 40)) -> tuple[TeacherConfig, dict]:
+    """The (lr, steps) with the best mean query accuracy on ``tasks`` (ties: fewer steps)."""
+    table: dict[str, float] = {}
+    for lr in lrs:
+        curves = [finetune(split, t.support, t.support_y, t.ways, theta0,
+                           config=TeacherConfig(lr=lr, steps=max_steps), query=t.query,
+                           query_y=t.query_y, eval_every=1).query_acc for t in tasks]
+        mean = torch.stack(curves).mean(0)
+        for s in step_choices:
+            table[f"{lr:g}@{s}"] = float(mean[s])
+    best_key = max(table, key=lambda k: (round(table[k], 6), -int(k.split("@")[1])))
+    lr, steps = best_key.split("@")
+    return TeacherConfig(lr=float(lr), steps=int(steps)), {"val_acc": table, "chosen": best_key,
+                                                          "no_adaptation": float(mean[0])}
+
+
+def run_meta_train(*, model: str, weights: Path, data: str, val_data: str, output: Path,
+                   trajectories: Path | None = None, theta_size: int = 128,
+                   traj_config: TrajectoryConfig | None = None,
+                   train_config: MetaTrainConfig | None = None, val_count: int = 60,
+                   teacher_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2), limit: int | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """The whole offline stage; returns a JSON-able report (times included)."""
+    traj_config = traj_config or TrajectoryConfig()
+    train_config = train_config or MetaTrainConfig()
+    net, meta, pre = load_backbone(model, weights)
+    spec = ThetaSpec.from_model(net, max_size=theta_size)
+    split = SplitFeatures(net, spec)
+    theta0 = spec.get(net)
+    base = load_dataset(data, size=pre.size, limit=limit, progress=progress)
+    val = load_dataset(val_data, size=pre.size, progress=progress)
+    t0 = time.perf_counter()
+    vtasks = val_tasks(split, val, pre, count=val_count)
+    teacher, teacher_report = choose_teacher(split, [t for t in vtasks if not t.shift], theta0,
+                                             lrs=teacher_lrs)
+    t_teacher = time.perf_counter() - t0
+    traj_dir = Path(trajectories) if trajectories else output.with_suffix(".trajectories")
+    t0 = time.perf_counter()
+    generate_trajectories(net, spec, base, pre, traj_dir, config=traj_config, progress=progress,
+                          extra_meta={"backbone": str(weights)})
+    t_traj = time.perf_counter() - t0
+    data_t = load_trajectories(traj_dir)
+    drift, report = meta_train(data_t, vtasks, split, theta0, config=train_config,
+                               progress=progress)
+    from edgeflow.adapt.apply import IntegratorSettings
+
+    settings = IntegratorSettings(**report["integrator"])
+    stops = data_t.stop.float()
+    summary = {"output": str(output), "trajectories": str(traj_dir), "theta_size": spec.size,
+               "theta_layers": list(spec.names), "teacher": teacher.to_dict(),
+               "teacher_selection": teacher_report, "integrator": settings.to_dict(),
+               "val_acc_no_adaptation": report["val_acc_no_adaptation"],
+               "val_acc_hyperflow": report["val_acc_by_euler_steps"][settings.steps],
+               "val_acc_by_euler_steps": report["val_acc_by_euler_steps"],
+               "trajectory_rows": len(data_t), "mean_stop_step": float(stops.mean()),
+               "fraction_stopped_at_0": float((stops == 0).float().mean()),
+               "seconds": {"teacher_selection": t_teacher, "trajectories": t_traj,
+                           "meta_train": report["seconds"]},
+               "history": report["history"], "trajectory_config": traj_config.to_dict(),
+               "meta_train_config": train_config.to_dict()}
+    save_drift(output, drift=drift, spec=spec, theta0=theta0, settings=settings, metric="cosine",
+               backbone_meta=meta, teacher=teacher.to_dict(), model=model,
+               report={k: v for k, v in summary.items() if k != "history"})
+    return summary
+
+
+def run_evaluate(*, model: str, weights: Path, drift: Path, data: str, ways: int = 5,
+                 shots: tuple[int, ...] = (1, 5), episodes: int = 600, queries: int = 15,
+                 seed: int = 0, methods: tuple[str, ...] | None = None,
+                 teacher: TeacherConfig | None = None, steps: int | None = None,
+                 step_sweep: tuple[int, ...] = (), timing_episodes: int = 50,
+                 full_episodes: int = 20, progress: bool = False) -> dict[str, Any]:
+    """Evaluate every method on the same seeded episodes of ``data``."""
+    net, _, pre = load_backbone(model, weights)
+    drift_net, spec, theta0, settings, dmeta = load_drift(drift)
+    if spec.layout() != ThetaSpec.from_model(net, names=list(spec.names)).layout() or not \
+            torch.allclose(spec.get(net), theta0):
+        raise ConfigError(f"{drift} was meta-trained on another backbone than {weights}; pass the "
+                          "backbone checkpoint it was trained with")
+    if steps is not None:
+        settings = type(settings)(method=settings.method, steps=steps)
+    teacher = teacher or TeacherConfig(**dmeta.get("teacher", {}))
+    ds = load_dataset(data, size=pre.size, progress=progress)
+    config = EvalConfig(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed,
+                        timing_episodes=timing_episodes, full_episodes=full_episodes,
+                        step_sweep=step_sweep,
+                        **({"methods": methods} if methods else {}))
+    res = evaluate_adaptation(net, spec, ds, pre, drift=drift_net, theta0=theta0,
+                              settings=settings, teacher=teacher, config=config,
+                              metric=dmeta.get("metric", "cosine"), progress=progress)
+    res.update({"data": str(data), "model": model, "weights": str(weights), "drift": str(drift)})
+    return res
