@@ -90,7 +90,7 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
                        method: str = "entropy", per_channel: bool = True, batch_size: int = 16,
                        pre_process: bool = True, percentile: float = 99.999,
                        activation: str = "uint8", extra_inputs: dict[str, np.ndarray] | None = None,
-                       op_types: tuple[str, ...] | str | None = None) -> Path:
+                       op_types: tuple[str, ...] | str | None = None, theta_mode: str = "auto") -> Path:
     """Write a QDQ INT8 copy of ``fp32_onnx`` to ``out_onnx``, calibrated on ``sample``.
 
     ``sample`` is preprocessed float32 NCHW (see :func:`edgeflow.calibration.draw_calibration_sample`).
@@ -126,6 +126,25 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
                         f"{sample.shape}; draw it with draw_calibration_sample")
     extra_inputs = {k: np.asarray(v) for k, v in (extra_inputs or {}).items()}
     input_name = _image_input(fp32_onnx, extra_inputs)
+    if theta_mode not in ("auto", "bias", "float"):
+        raise ConfigError(f"theta_mode must be auto, bias or float, got {theta_mode!r}")
+    if len(extra_inputs) == 1 and theta_mode != "float":
+        from edgeflow.export.int8_theta import quantize_theta_int8
+
+        ((theta, theta0),) = extra_inputs.items()
+        out_onnx.parent.mkdir(parents=True, exist_ok=True)
+
+        def plain(src: Path, dst: Path) -> None:
+            quantize_onnx_int8(src, dst, sample=sample, method=method, per_channel=per_channel,
+                               batch_size=batch_size, pre_process=pre_process, percentile=percentile,
+                               activation=activation, op_types=op_types)
+
+        if quantize_theta_int8(fp32_onnx, out_onnx, theta=theta, theta0=theta0, image_input=input_name,
+                               sample=sample, quantize=plain):
+            return out_onnx
+        if theta_mode == "bias":
+            raise ConfigError(f"{fp32_onnx}: {theta} does not enter only as Add(Conv, theta slice); "
+                              "use theta_mode='float'")
     if op_types is None and extra_inputs:
         op_types = CONV_OPS
     if op_types == "all":
