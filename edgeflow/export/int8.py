@@ -59,12 +59,11 @@ def even_batch(n: int, batch_size: int) -> int:
     return next(b for b in range(min(batch_size, n), 0, -1) if n % b == 0)
 
 
-# Quantised op types for graphs with extra (theta) inputs. A bundle's backbone adds theta slices to
-# the folded conv outputs; quantising those Adds per tensor ties their ranges to theta0, and the
-# error grows as adaptation moves theta (ResNet-20, onnxruntime 1.31: relative feature error 0.039
-# at theta0 -> 0.071 at a 0.3-std move with every op quantised; 0.033 -> 0.031 with convolutions
-# only, at the same 1.45x speed). So by default only the convolutions (and matmuls) run in INT8
-# there and the theta Adds stay FP32.
+# Quantised op types for graphs with extra (theta) inputs in theta_mode "float" (the fallback when
+# theta cannot go into the conv biases). Quantising the theta Adds per tensor ties their ranges to
+# theta0 and the error grows as adaptation moves theta (ResNet-20, onnxruntime 1.31: relative
+# feature error 0.039 at theta0 -> 0.071 at a 0.3-std move with every op quantised; 0.033 -> 0.031
+# with convolutions only, at the same speed), so only convolutions and matmuls run in INT8 there.
 CONV_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "GlobalAveragePool", "AveragePool", "MaxPool")
 
 
@@ -175,9 +174,11 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
 
 
 def count_qdq(path: str | Path) -> dict[str, int]:
-    """Number of QuantizeLinear / DequantizeLinear nodes (0 means the file is not quantised)."""
+    """Q/DQ node counts (0 means not quantised) and whether theta feeds the INT8 conv biases."""
     import onnx
 
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    g = onnx.load(str(path)).graph
+    ops = [n.op_type for n in g.node]
     return {"QuantizeLinear": ops.count("QuantizeLinear"),
-            "DequantizeLinear": ops.count("DequantizeLinear")}
+            "DequantizeLinear": ops.count("DequantizeLinear"),
+            "theta_in_bias": any(i.name == "edgeflow_theta_index" for i in g.initializer)}

@@ -196,6 +196,7 @@ def test_theta_in_bias_fuses_and_tracks_theta(tmp_path):
                              theta_mode="bias")
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert "Gather" in ops and "Split" in ops and ops.count("Add") == 1  # only the bias computation
+    assert count_qdq(out)["theta_in_bias"]
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
     s8 = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
@@ -223,3 +224,4 @@ def test_theta_used_otherwise_falls_back_to_float_adds(tmp_path):
     out = quantize_onnx_int8(fp32, tmp_path / "b.onnx", sample=sample, extra_inputs={"theta": th0})
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert "Gather" not in ops and ops.count("QuantizeLinear") > 0  # the auto fallback quantised
+    assert not count_qdq(out)["theta_in_bias"]
