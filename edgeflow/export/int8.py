@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from edgeflow.errors import ConfigError, DataError
+from edgeflow.errors import BackendError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 # Name -> onnxruntime.quantization.CalibrationMethod attribute (resolved lazily: importing
 # onnxruntime.quantization pulls in onnx and sympy).
@@ -138,9 +141,14 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
                                batch_size=batch_size, pre_process=pre_process, percentile=percentile,
                                activation=activation, op_types=op_types)
 
-        if quantize_theta_int8(fp32_onnx, out_onnx, theta=theta, theta0=theta0, image_input=input_name,
-                               sample=sample, quantize=plain):
-            return out_onnx
+        try:
+            if quantize_theta_int8(fp32_onnx, out_onnx, theta=theta, theta0=theta0,
+                                   image_input=input_name, sample=sample, quantize=plain):
+                return out_onnx
+        except BackendError as exc:  # the surgery's own check failed: the float path still works
+            if theta_mode == "bias":
+                raise
+            log.warning("theta-in-bias INT8 failed (%s); quantising with FP32 theta Adds", exc)
         if theta_mode == "bias":
             raise ConfigError(f"{fp32_onnx}: {theta} does not enter only as Add(Conv, theta slice); "
                               "use theta_mode='float'")

@@ -16,6 +16,11 @@ QLinearConv with a bias that follows theta:
    bias scale the quantiser chose), all convs at once: Gather, Add, Mul, Round, Cast, Split.
 
 At theta0 the result is bit-identical to the baked INT8 graph (checked before writing).
+
+This graph is for ONNX Runtime. TensorRT's ONNX parser wants convolution biases as build-time
+constants, so a TensorRT INT8 build takes ``theta_mode="float"`` with ``activation="int8"``
+(symmetric, TensorRT's QDQ form; it fuses the theta Adds into the convolutions itself) or the FP32
+graph with the entropy calibrator of :mod:`edgeflow.export.trt_calibrator`.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from edgeflow.errors import BackendError, ConfigError
 class BiasAdd:
     """One ``Add(conv_out, T)`` with ``T = offset + theta[index]`` (flattened, one per channel)."""
 
-    conv: str  # conv node name
-    add: str  # add node name
+    conv: int  # index of the Conv node in graph.node (node names may be empty)
+    add: int  # index of the Add node
     operand: str  # T
     offset: np.ndarray
     index: np.ndarray
@@ -73,13 +78,13 @@ def find_bias_adds(model, *, theta: str, image_feed: dict[str, np.ndarray],
     """Every ``Add(Conv, T(theta))`` of the graph, or None when theta is used any other way."""
     g = model.graph
     derived = _derived(g, theta)
-    producer = {o: n for n in g.node for o in n.output}
-    users: dict[str, list] = {}
-    for n in g.node:
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
+    users: dict[str, list[int]] = {}
+    for k, n in enumerate(g.node):
         for i in n.input:
-            users.setdefault(i, []).append(n)
-    found, boundary = [], set()
-    for n in g.node:
+            users.setdefault(i, []).append(k)
+    found = []
+    for k, n in enumerate(g.node):
         if n.op_type != "Add" or n.output[0] in derived:
             continue
         sides = [i for i in n.input if i in derived]
@@ -87,17 +92,19 @@ def find_bias_adds(model, *, theta: str, image_feed: dict[str, np.ndarray],
             continue
         other = n.input[1] if n.input[0] == sides[0] else n.input[0]
         conv = producer.get(other)
-        if len(sides) != 1 or conv is None or conv.op_type != "Conv" or len(users.get(other, [])) != 1:
+        if (len(sides) != 1 or conv is None or g.node[conv].op_type != "Conv"
+                or len(users.get(other, [])) != 1):
             return None  # theta reaches the features some other way
-        found.append((conv, n, sides[0]))
-        boundary.add(sides[0])
-    # every theta-derived tensor must end in one of those Adds
+        found.append((conv, k, sides[0]))
+    # every use of a theta-derived tensor outside the theta path must be one of those Adds
+    adds = {k for _, k, _ in found}
     for name in derived:
         for u in users.get(name, []):
-            if u.output[0] not in derived and name not in boundary:
+            if g.node[u].output[0] not in derived and u not in adds:
                 return None
     if not found:
         return None
+    inits = {i.name: i for i in g.initializer}
     operands = [t for _, _, t in found]
     zero = _eval_tensors(model, operands, {**image_feed, theta: np.zeros(size, np.float32)})
     ramp = _eval_tensors(model, operands, {**image_feed, theta: np.arange(1, size + 1, dtype=np.float32)})
@@ -105,11 +112,15 @@ def find_bias_adds(model, *, theta: str, image_feed: dict[str, np.ndarray],
     check = _eval_tensors(model, operands, {**image_feed, theta: rnd})
     out = []
     for (conv, add, t), o, r, c in zip(found, zero, ramp, check, strict=True):
+        w = inits.get(g.node[conv].input[1])
+        channels = int(w.dims[0]) if w is not None else -1
+        if o.shape not in ((1, channels, 1, 1), (channels, 1, 1)):
+            return None  # not one value per output channel
         o, r, c = o.reshape(-1), r.reshape(-1), c.reshape(-1)
         idx = np.rint(r - o - 1).astype(np.int64)
         if idx.min() < 0 or idx.max() >= size or not np.allclose(c, o + rnd[idx], atol=1e-5):
             return None  # not a selection of theta elements: keep the generic path
-        out.append(BiasAdd(conv=conv.name, add=add.name, operand=t, offset=o.astype(np.float32), index=idx))
+        out.append(BiasAdd(conv=conv, add=add, operand=t, offset=o.astype(np.float32), index=idx))
     return out
 
 
@@ -123,7 +134,7 @@ def _baked(model, adds: list[BiasAdd], theta: str, theta0: np.ndarray):
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    nodes = {n.name: n for n in g.node}
+    nodes = list(g.node)
     inits = {i.name: i for i in g.initializer}
     rename: dict[str, str] = {}
     drop, consts = set(), []
@@ -141,7 +152,7 @@ def _baked(model, adds: list[BiasAdd], theta: str, theta0: np.ndarray):
         conv.input[2] = bias.name
         rename[nodes[a.add].output[0]] = conv.output[0]
         drop.add(a.add)
-    kept = [n for n in g.node if n.name not in drop]
+    kept = [n for k, n in enumerate(nodes) if k not in drop]
     for n in kept:
         for j, i in enumerate(n.input):
             n.input[j] = rename.get(i, i)
