@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from edgeflow.errors import ConfigError, DataError
+from edgeflow.errors import BackendError, ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 # Name -> onnxruntime.quantization.CalibrationMethod attribute (resolved lazily: importing
 # onnxruntime.quantization pulls in onnx and sympy).
@@ -59,12 +62,11 @@ def even_batch(n: int, batch_size: int) -> int:
     return next(b for b in range(min(batch_size, n), 0, -1) if n % b == 0)
 
 
-# Quantised op types for graphs with extra (theta) inputs. A bundle's backbone adds theta slices to
-# the folded conv outputs; quantising those Adds per tensor ties their ranges to theta0, and the
-# error grows as adaptation moves theta (ResNet-20, onnxruntime 1.31: relative feature error 0.039
-# at theta0 -> 0.071 at a 0.3-std move with every op quantised; 0.033 -> 0.031 with convolutions
-# only, at the same 1.45x speed). So by default only the convolutions (and matmuls) run in INT8
-# there and the theta Adds stay FP32.
+# Quantised op types for graphs with extra (theta) inputs in theta_mode "float" (the fallback when
+# theta cannot go into the conv biases). Quantising the theta Adds per tensor ties their ranges to
+# theta0 and the error grows as adaptation moves theta (ResNet-20, onnxruntime 1.31: relative
+# feature error 0.039 at theta0 -> 0.071 at a 0.3-std move with every op quantised; 0.033 -> 0.031
+# with convolutions only, at the same speed), so only convolutions and matmuls run in INT8 there.
 CONV_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "GlobalAveragePool", "AveragePool", "MaxPool")
 
 
@@ -90,7 +92,7 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
                        method: str = "entropy", per_channel: bool = True, batch_size: int = 16,
                        pre_process: bool = True, percentile: float = 99.999,
                        activation: str = "uint8", extra_inputs: dict[str, np.ndarray] | None = None,
-                       op_types: tuple[str, ...] | str | None = None) -> Path:
+                       op_types: tuple[str, ...] | str | None = None, theta_mode: str = "auto") -> Path:
     """Write a QDQ INT8 copy of ``fp32_onnx`` to ``out_onnx``, calibrated on ``sample``.
 
     ``sample`` is preprocessed float32 NCHW (see :func:`edgeflow.calibration.draw_calibration_sample`).
@@ -126,6 +128,30 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
                         f"{sample.shape}; draw it with draw_calibration_sample")
     extra_inputs = {k: np.asarray(v) for k, v in (extra_inputs or {}).items()}
     input_name = _image_input(fp32_onnx, extra_inputs)
+    if theta_mode not in ("auto", "bias", "float"):
+        raise ConfigError(f"theta_mode must be auto, bias or float, got {theta_mode!r}")
+    if len(extra_inputs) == 1 and theta_mode != "float":
+        from edgeflow.export.int8_theta import quantize_theta_int8
+
+        ((theta, theta0),) = extra_inputs.items()
+        out_onnx.parent.mkdir(parents=True, exist_ok=True)
+
+        def plain(src: Path, dst: Path) -> None:
+            quantize_onnx_int8(src, dst, sample=sample, method=method, per_channel=per_channel,
+                               batch_size=batch_size, pre_process=pre_process, percentile=percentile,
+                               activation=activation, op_types=op_types)
+
+        try:
+            if quantize_theta_int8(fp32_onnx, out_onnx, theta=theta, theta0=theta0,
+                                   image_input=input_name, sample=sample, quantize=plain):
+                return out_onnx
+        except BackendError as exc:  # the surgery's own check failed: the float path still works
+            if theta_mode == "bias":
+                raise
+            log.warning("theta-in-bias INT8 failed (%s); quantising with FP32 theta Adds", exc)
+        if theta_mode == "bias":
+            raise ConfigError(f"{fp32_onnx}: {theta} does not enter only as Add(Conv, theta slice); "
+                              "use theta_mode='float'")
     if op_types is None and extra_inputs:
         op_types = CONV_OPS
     if op_types == "all":
@@ -156,9 +182,11 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
 
 
 def count_qdq(path: str | Path) -> dict[str, int]:
-    """Number of QuantizeLinear / DequantizeLinear nodes (0 means the file is not quantised)."""
+    """Q/DQ node counts (0 means not quantised) and whether theta feeds the INT8 conv biases."""
     import onnx
 
-    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    g = onnx.load(str(path)).graph
+    ops = [n.op_type for n in g.node]
     return {"QuantizeLinear": ops.count("QuantizeLinear"),
-            "DequantizeLinear": ops.count("DequantizeLinear")}
+            "DequantizeLinear": ops.count("DequantizeLinear"),
+            "theta_in_bias": any(i.name == "edgeflow_theta_index" for i in g.initializer)}

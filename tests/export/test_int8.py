@@ -150,3 +150,78 @@ def test_theta_input_graph(tmp_path, cifar_small):
     # and moving theta really changes the features (the input is wired, not folded away)
     assert not np.allclose(s8.run(None, {"images": x, "theta": moved})[0],
                            s8.run(None, {"images": x, "theta": th0})[0], atol=1e-3)
+
+
+def _tiny_theta_graph(path, *, nonlinear=False):
+    """Two convs whose outputs get `theta` slices added (the bundle layout); random weights."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+
+        def forward(self, x, theta):
+            t = theta * theta if nonlinear else theta
+            h = torch.relu(self.c1(x) + t[:8].view(1, 8, 1, 1))
+            h = torch.relu(self.c2(h) + (0.5 + t[8:24]).view(1, 16, 1, 1))
+            return h.mean((2, 3))
+
+    theta0 = torch.linspace(-0.5, 0.5, 24)
+    with torch.no_grad():
+        torch.onnx.export(Tiny().eval(), (torch.zeros(2, 3, 8, 8), theta0), str(path),
+                          input_names=["images", "theta"], output_names=["features"], opset_version=17,
+                          dynamo=False, dynamic_axes={"images": {0: "N"}, "features": {0: "N"}})
+    return theta0.numpy()
+
+
+def test_theta_in_bias_fuses_and_tracks_theta(tmp_path):
+    import onnx
+
+    from edgeflow.export.int8_theta import find_bias_adds
+
+    fp32 = tmp_path / "tiny.onnx"
+    th0 = _tiny_theta_graph(fp32)
+    rng = np.random.default_rng(0)
+    sample = rng.normal(size=(32, 3, 8, 8)).astype(np.float32)
+    adds = find_bias_adds(onnx.load(str(fp32)), theta="theta", image_feed={"images": sample[:1]}, size=24)
+    assert [len(a.index) for a in adds] == [8, 16]
+    np.testing.assert_array_equal(np.concatenate([a.index for a in adds]), np.arange(24))
+    np.testing.assert_allclose(adds[1].offset, 0.5)  # the constant part of the second bias
+
+    out = quantize_onnx_int8(fp32, tmp_path / "tiny.int8.onnx", sample=sample, extra_inputs={"theta": th0},
+                             theta_mode="bias")
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "Gather" in ops and "Split" in ops and ops.count("Add") == 1  # only the bias computation
+    assert count_qdq(out)["theta_in_bias"]
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    s8 = ort.InferenceSession(str(out), opts, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert fused.count("QLinearConv") == 2  # both convolutions run in INT8 with a theta bias
+    s32 = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    x = rng.normal(size=(16, 3, 8, 8)).astype(np.float32)
+    for theta in (th0, th0 + 0.3, -th0):
+        a = s32.run(None, {"images": x, "theta": theta})[0]
+        b = s8.run(None, {"images": x, "theta": theta})[0]
+        assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.1
+    moved = s8.run(None, {"images": x, "theta": th0 + 0.3})[0]
+    assert not np.allclose(moved, s8.run(None, {"images": x, "theta": th0})[0], atol=1e-3)
+
+
+def test_theta_used_otherwise_falls_back_to_float_adds(tmp_path):
+    import onnx
+
+    fp32 = tmp_path / "sq.onnx"
+    th0 = _tiny_theta_graph(fp32, nonlinear=True)
+    sample = np.random.default_rng(0).normal(size=(16, 3, 8, 8)).astype(np.float32)
+    with pytest.raises(ConfigError, match="theta_mode='float'"):
+        quantize_onnx_int8(fp32, tmp_path / "a.onnx", sample=sample, extra_inputs={"theta": th0},
+                           theta_mode="bias")
+    out = quantize_onnx_int8(fp32, tmp_path / "b.onnx", sample=sample, extra_inputs={"theta": th0})
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    assert "Gather" not in ops and ops.count("QuantizeLinear") > 0  # the auto fallback quantised
+    assert not count_qdq(out)["theta_in_bias"]
