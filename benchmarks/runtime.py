@@ -141,13 +141,15 @@ def run_latency(bundle: Path, work: Path, *, repeats: int, warmup: int) -> dict:
     with Session(bundle, backend="onnxruntime", threads=THREADS) as s, torch.no_grad():
         pre = s.preprocess
         theta0 = torch.from_numpy(np.array(s.theta0))
+        backbone = s.runners["backbone"]  # one call at batch b (Session.features would chunk)
         for b in (1, 32):
             x = s.prepare(ds.images[:b])
             xt = torch.from_numpy(x)
-            res[f"backbone_b{b}"] = _pair(lambda x=x: s.features(x, s.theta0),
+            res[f"backbone_b{b}"] = _pair(lambda x=x: backbone.infer({"images": x, "theta": s.theta0}),
                                           lambda xt=xt: model.features(xt), repeats=repeats,
                                           warmup=warmup)
-            res[f"backbone_theta_b{b}"] = _pair(lambda x=x: s.features(x, s.theta0),
+            res[f"backbone_theta_b{b}"] = _pair(lambda x=x: backbone.infer({"images": x,
+                                                                             "theta": s.theta0}),
                                                 lambda xt=xt: features_with_theta(model, xt, theta0, spec),
                                                 repeats=repeats, warmup=warmup)
         task = s.adapt(sx, sy)
