@@ -89,6 +89,18 @@ def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return scale, -bn.running_mean * scale, beta
 
 
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """deepcopy that also takes masked/parametrised modules: a computed weight (torch.nn.utils.prune
+    sets ``weight = weight_orig * mask`` as a plain attribute) is not a graph leaf and refuses
+    deepcopy, so it is copied as a detached tensor."""
+    memo: dict[int, object] = {}
+    for mod in model.modules():
+        for value in vars(mod).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -100,7 +112,7 @@ class ThetaFeatures(nn.Module):
 
     def __init__(self, model: nn.Module, spec: ThetaSpec) -> None:
         super().__init__()
-        net = copy.deepcopy(model).eval().float()
+        net = _deepcopy(model).eval().float()
         self.source = _ThetaSource()
         slots, offset = {}, 0
         for name, size in zip(spec.names, spec.sizes, strict=True):

@@ -12,7 +12,7 @@ Example::
 """
 
 from edgeflow.runtime.backends import BACKENDS, open_runners, tensorrt_available
-from edgeflow.runtime.bundle import Bundle, BundleWriter, TensorSpec, load_bundle, verify_files
+from edgeflow.runtime.bundle import Bundle, BundleWriter, TensorSpec, load_bundle, update_bundle, verify_files
 from edgeflow.runtime.runners import OrtRunner, Runner
 from edgeflow.runtime.session import Session, Task, prototype_logits, prototypes
 from edgeflow.runtime.trt_build import BuildOptions, DeviceInfo, EngineCache, cache_key, select_flags
@@ -21,4 +21,4 @@ from edgeflow.runtime.trt_runner import TrtRunner
 __all__ = ["BACKENDS", "BuildOptions", "Bundle", "BundleWriter", "DeviceInfo", "EngineCache",
            "OrtRunner", "Runner", "Session", "Task", "TensorSpec", "TrtRunner", "cache_key",
            "load_bundle", "open_runners", "prototype_logits", "prototypes", "select_flags",
-           "tensorrt_available", "verify_files"]
+           "tensorrt_available", "update_bundle", "verify_files"]

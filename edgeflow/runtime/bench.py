@@ -47,7 +47,8 @@ def bench_session(bundle: str | Path, *, backend: str = "onnxruntime", precision
         cases: dict[str, Callable[[], Any]] = {}
         for b in batches:
             x = s.prepare(rng.integers(0, 256, (b, *shape), dtype=np.uint8))
-            cases[f"backbone_b{b}"] = lambda x=x: s.features(x, s.theta0)
+            runner = s.runners["backbone"]  # one call at batch b (Session.features would chunk)
+            cases[f"backbone_b{b}"] = lambda x=x, r=runner: r.infer({"images": x, "theta": s.theta0})
         task = s.adapt(support, labels)
         if s.bundle.has_drift:
             z = s.embed_task(task.prototypes)

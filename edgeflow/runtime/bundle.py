@@ -308,3 +308,29 @@ def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
     if unlisted:
         raise BundleError(f"bundle {path}: manifest refers to files it does not hash: {unlisted}")
     return Bundle(path, manifest, digest)
+
+
+def update_bundle(path: str | Path, *, add: dict[str, str | Path] | None = None,
+                  precisions: dict[str, str] | None = None,
+                  manifest: dict[str, Any] | None = None) -> Bundle:
+    """Rewrite a verified bundle with extra files / manifest entries, atomically.
+
+    ``add`` maps bundle file names to source files (e.g. ``{"backbone.int8.onnx": tmp_path}``),
+    ``precisions`` adds backbone variants (``{"int8": "backbone.int8.onnx"}``), ``manifest``
+    updates top-level sections (e.g. ``{"metrics": {...}}``). The old bundle stays in place until
+    the new one is complete.
+    """
+    old = load_bundle(path)
+    keep = {k: v for k, v in old.manifest.items()
+            if k not in ("schema", "schema_version", "files")}
+    keep.update(manifest or {})
+    if precisions:
+        keep["precisions"] = {**keep["precisions"], **precisions}
+    with BundleWriter(old.path) as w:
+        for name in old.manifest["files"]:
+            shutil.copy2(old.path / name, w.path(name))
+        for name, src in (add or {}).items():
+            shutil.copy2(src, w.path(name))
+            w.file_written(name)
+        w.commit(keep)
+    return load_bundle(old.path)

@@ -134,7 +134,7 @@ class Session:
     def __init__(self, bundle: str | Path | Bundle, *, backend: str = "auto",
                  precision: str | None = None, threads: int | None = None, verify: bool = True,
                  engine_cache: str | Path | None = None, build_options: Any = None,
-                 batch_size: int = 64) -> None:
+                 batch_size: int | None = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
         opened = open_runners(self.bundle, backend=backend, precision=precision, threads=threads,
                               engine_cache=engine_cache, build_options=build_options)
@@ -144,6 +144,11 @@ class Session:
             level = logging.INFO if "unavailable" in self.fallback_reason else logging.WARNING
             log.log(level, "using %s: %s", self.backend, self.fallback_reason)
         self.runners = opened.runners
+        # Backbone calls are chunked. On the CPU 16 images per call is as fast per image as 64 and
+        # keeps the peak RSS ~10 MB lower (measured: ResNet-20, 2 cores); a GPU wants big batches
+        # up to the engine profile's maximum.
+        if batch_size is None:
+            batch_size = 16 if self.backend == "onnxruntime" else 64
         self.batch_size = min(batch_size, opened.max_batch) if opened.max_batch else batch_size
         self.preprocess = self.bundle.preprocess
         self.theta0 = _frozen(self.bundle.theta0())

@@ -134,3 +134,18 @@ def test_overwrite_replaces_atomically(tmp_path):
                       "theta": {"file": "theta0.npy", "size": 3}})
         assert np.load(out / "theta0.npy")[0] == value
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_update_bundle_adds_a_precision_atomically(plain_bundle, tmp_path):
+    from edgeflow.runtime.bundle import update_bundle
+
+    b = _copy(plain_bundle[0], tmp_path / "b")
+    variant = tmp_path / "int8.onnx"
+    shutil.copy(b / "backbone.onnx", variant)  # stands in for the calibrated Q/DQ graph
+    new = update_bundle(b, add={"backbone.int8.onnx": variant}, precisions={"int8": "backbone.int8.onnx"},
+                        manifest={"metrics": {"int8_top1_delta": -0.01}})
+    assert new.precisions == {"fp32": "backbone.onnx", "int8": "backbone.int8.onnx"}
+    assert "backbone.int8.onnx" in new.manifest["files"] and new.manifest["metrics"]["int8_top1_delta"]
+    assert new.graph_path("backbone", precision="int8").name == "backbone.int8.onnx"
+    with pytest.raises(BundleError, match="no fp16 backbone"):
+        new.graph_path("backbone", precision="fp16")

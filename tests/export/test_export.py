@@ -142,3 +142,23 @@ def test_export_rejects_bad_inputs(tmp_path):
         export_bundle(model, output=tmp_path / "b", preprocess_spec=Preprocess(size=32),
                       parity_images=cifar_test().images[:4], spec=other)
     assert not (tmp_path / "b").exists()
+
+
+def test_masked_weights_export_with_their_zeros(tmp_path):
+    """A model pruned with torch's masks (weight = weight_orig * mask) exports the masked weights;
+    the manifest's sparsity reflects them."""
+    from torch.nn.utils import prune
+
+    from edgeflow.export import backbone_parity, weight_sparsity
+
+    torch.manual_seed(0)
+    model = create_model("conv4", num_classes=5, width=16).eval()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        prune.l1_unstructured(conv, "weight", amount=0.75)
+    spec = ThetaSpec.from_model(model, max_size=32)
+    path = export_backbone(model, spec, tmp_path / "masked.onnx", size=32, channels=3)
+    parity = backbone_parity(model, spec, path, as_float(cifar_test().images[:8]))
+    assert parity["max_abs_diff_theta_moved"] <= 1e-4
+    sp = weight_sparsity(model)
+    assert abs(sp["fraction"] - 0.75) < 0.01 and not sp["two_four"]
