@@ -17,7 +17,7 @@ def prune(
     model: str = typer.Option(..., "--model", "-m", help="Model name, e.g. resnet20, vgg11, conv4."),
     data: str = typer.Option(..., "--data", "-d", help="Training data: directory or .zip (ImageFolder)."),
     sparsity: float = typer.Option(..., "--sparsity", "-s", min=0.0, max=0.9999,
-                                   help="Fraction of conv+linear weights to zero, e.g. 0.95 (n:m: "
+                                   help="Fraction of conv+linear weights to zero, e.g. 0.95 (for n:m, "
                                    "0.5 is the 2:4 pattern; channel: see --budget)."),
     output: Path = typer.Option(..., "--output", "-o", help="Pruned checkpoint to write (.pt)."),
     granularity: str = typer.Option("weight", "--granularity", "-g",
@@ -37,11 +37,14 @@ def prune(
     lr: float = typer.Option(0.1, "--lr", help="Peak weight lr of the pruning phase (cosine to /30)."),
     ft_lr: float = typer.Option(1e-3, "--ft-lr", help="Weight lr of the regrowth phase (to /10)."),
     score_lr: float = typer.Option(None, "--score-lr", help="Score Adam lr (default: auto, "
-                                   "max(1e-3, 2 / pruning steps); the spec's value is 1e-3)."),
+                                   "max(1e-3, 10 / pruning steps); the spec's value is 1e-3)."),
     batch_size: int = typer.Option(128, "--batch-size", min=1),
     controller_every: int = typer.Option(0, "--controller-every", min=0,
                                          help="Steps between pressure-controller moves (0: auto, "
-                                         "~50 moves; steps per epoch = the spec's once per epoch)."),
+                                         "~25 moves; steps per epoch = the spec's once per epoch)."),
+    score_init_order: str = typer.Option("random", "--score-init-order",
+                                         help="random (the spec: t ~ U(0.2, 0.5)) or magnitude "
+                                         "(same range ordered by |w|; helps short runs)."),
     budget: str = typer.Option("weights", "--budget", help="channel only: count removed 'weights' "
                                "or 'flops' (multiply-accumulates) against --sparsity."),
     exclude: list[str] = typer.Option([], "--exclude", help="Layer to keep dense (repeatable), "
@@ -67,7 +70,8 @@ def prune(
                          weights=weights, val_data=val_data, limit=limit, val_limit=val_limit,
                          exclude=tuple(exclude), progress=not as_json, lr=lr, ft_lr=ft_lr,
                          score_lr=score_lr, batch_size=batch_size,
-                         controller_every=controller_every, budget=budget, seed=seed, device=device)
+                         controller_every=controller_every, budget=budget,
+                         score_init_order=score_init_order, seed=seed, device=device)
     top1 = f", top-1 {result['top1']:.4f}" if "top1" in result else ""
     emit(result, as_json=as_json,
          human=f"wrote [bold]{result['output']}[/]: sparsity {result['sparsity']:.4f} "

@@ -3,13 +3,20 @@
 Defaults follow the Hyperflows spec (``docs/hyperflows.md``) where it gives a value. Two defaults
 differ on purpose because runs here are short (a few epochs, not 100 + 60):
 
-* ``controller_every``: the spec updates the pressure once per epoch. With 3-10 epochs that gives
-  the bang-bang controller 3-10 moves, far too coarse to follow a trajectory, so by default it moves
-  ~50 times over the pruning phase (``0`` = auto); set it to the steps per epoch for the spec.
-* ``score_lr``: Adam moves a score by about ``lr`` per step whatever the gradient's size, so a score
-  starting in U(0.2, 0.5) needs a few hundred steps at 1e-3 to cross zero. The spec's 1e-3 assumes
-  ~40k pruning steps; ``None`` (auto) uses ``max(1e-3, 2 / pruning_steps)`` so every score can
-  travel ~2 units within the pruning phase. Pass 1e-3 for the spec's value.
+* ``controller_every``: the spec updates the pressure once per epoch (100 updates in 100 epochs).
+  With 3-10 epochs that gives the bang-bang controller 3-10 moves, far too coarse to follow a
+  trajectory, so by default (``0`` = auto) it moves ~25 times over the pruning phase; set it to the
+  steps per epoch for the spec's behaviour.
+* ``score_lr``: Adam moves a score by about ``lr`` per step whatever the gradient's size. In the
+  spec (lr 1e-3, ~390 steps per epoch) a score can travel ~0.39 between two controller moves,
+  about the width of its initial range U(0.2, 0.5), so each move's effect is visible before the
+  next. ``None`` (auto) keeps that ratio for short runs: ``max(1e-3, 10 / pruning_steps)``, i.e.
+  ~0.4 per controller move with ~25 moves. Pass 1e-3 for the spec's value.
+
+Short budgets remain hard for Hyperflows: a flow is a noisy per-batch estimate that Adam averages
+over many steps, and a run of a few hundred steps cannot average much. ``score_init_order=
+"magnitude"`` (same range, ordered by |w|) is offered for that regime; the spec's random order is
+the default. See ``benchmarks/results/prune.md`` for measured numbers.
 """
 
 from __future__ import annotations
