@@ -8,6 +8,7 @@ from edgeflow import __version__
 from edgeflow.cli import (
     adapt_cmd,
     calibrate_cmd,
+    compile_cmd,
     data_cmd,
     export_cmd,
     prune_cmd,
@@ -48,6 +49,7 @@ calibrate_cmd.register(app)
 export_cmd.register(app)
 runtime_cmd.register(app)
 adapt_cmd.register(app)
+compile_cmd.register(app)
 
 
 def main() -> None:

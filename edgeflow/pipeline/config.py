@@ -69,10 +69,13 @@ class PruneSection:
 @dataclass(frozen=True)
 class AdaptSection:
     enabled: bool = field(default=True, metadata={"help": "Meta-train a HyperFlow drift network."})
-    theta_max: int = field(default=256, metadata={"help": "Largest number of adapted biases."})
-    tasks: int = field(default=120, metadata={"help": "Training tasks for trajectories."})
-    meta_epochs: int = field(default=30, metadata={"help": "Drift meta-training epochs."})
-    steps: int = field(default=10, metadata={"help": "Euler steps on the device."})
+    theta_max: int = field(default=64, metadata={"help": "Largest number of adapted biases."})
+    tasks: int = field(default=100, metadata={"help": "Base-class training tasks for trajectories."})
+    starts: int = field(default=2, metadata={"help": "Noisy starts per training task."})
+    val_tasks: int = field(default=24, metadata={"help": "Validation tasks (early stopping, teacher "
+                                                 "recipe, Euler step count)."})
+    meta_steps: int = field(default=500, metadata={"help": "Drift meta-training steps."})
+    steps: int = field(default=0, metadata={"help": "Euler steps on the device (0: chosen on val)."})
     method: str = field(default="euler", metadata={"help": "Integrator: euler, heun or rk4."})
 
 

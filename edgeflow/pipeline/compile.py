@@ -1,0 +1,160 @@
+"""``run_compile``: backbone -> prune -> recover -> meta-train -> export -> INT8 -> engines ->
+evaluate -> report, each a checkpointed stage (see :mod:`edgeflow.pipeline.stages`).
+
+Layout of ``cfg.output``::
+
+    bundle/            the deployable bundle (written atomically by the exporter)
+    report/            report.md, PNG plots, metrics.json
+    stages/<name>/     each stage's outputs + done.json (what --resume reuses)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgeflow.errors import ConfigError
+from edgeflow.pipeline.config import CompileConfig
+from edgeflow.pipeline.stages import StageRunner
+
+
+@dataclass
+class CompileResult:
+    """What ``edgeflow compile`` prints and returns."""
+
+    output: Path
+    bundle: Path
+    report: Path
+    metrics: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        m = self.metrics
+        head: dict[str, Any] = {"bundle": str(self.bundle), "report": str(self.report),
+                                "seconds": m.get("total_seconds")}
+        if m.get("prune"):
+            head["sparsity"] = m["prune"]["sparsity"]
+            head["top1_after_prune"] = m["prune"]["after"]["top1"]
+        for shots, row in (m.get("fewshot") or {}).items():
+            for method, r in row.items():
+                head[f"{shots}shot_{method}"] = r["acc"]
+        head["checks_failed"] = [c["name"] for c in m.get("checks", []) if not c["ok"]]
+        return head
+
+    def human_summary(self) -> str:
+        s = self.summary()
+        lines = [f"[bold green]bundle[/] {s['bundle']}", f"[bold]report[/] {s['report']}"]
+        if "sparsity" in s:
+            lines.append(f"pruned to sparsity {s['sparsity']:.3f}, held-out top-1 "
+                         f"{s['top1_after_prune']:.3f}")
+        for shots, row in (self.metrics.get("fewshot") or {}).items():
+            lines.append(f"{shots}-shot: " + ", ".join(
+                f"{name} {100 * r['acc']:.1f}±{100 * r['ci95']:.1f}" for name, r in row.items()))
+        failed = s["checks_failed"]
+        lines.append("target checks: " + ("all passed" if not failed else f"FAILED {failed}"))
+        lines.append(f"total {s['seconds']:.0f} s")
+        return "\n".join(lines)
+
+
+def _validate(cfg: CompileConfig) -> None:
+    """Fail in the first second on names that would otherwise fail minutes later."""
+    from edgeflow.adapt.apply import IntegratorSettings
+    from edgeflow.errors import unknown_name
+    from edgeflow.models import MODELS
+    from edgeflow.prune.config import METHODS, parse_granularity
+    from edgeflow.targets import Target
+
+    if cfg.backbone.model not in MODELS:
+        raise unknown_name("model", cfg.backbone.model, list(MODELS))
+    if cfg.prune.method not in METHODS:
+        raise unknown_name("pruning method", cfg.prune.method, list(METHODS))
+    parse_granularity(cfg.prune.granularity)
+    IntegratorSettings(method=cfg.adapt.method)
+    Target.load(cfg.export.target)
+    if cfg.backbone.epochs == 0 and not cfg.backbone.weights:
+        raise ConfigError("backbone.epochs is 0 and no backbone.weights given: nothing to start from;"
+                          " pass --backbone-weights or --backbone-epochs N")
+
+
+def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = False,
+                log: Callable[[str], None] = print) -> CompileResult:
+    """Run every stage of the compile for ``cfg``; see the module docstring for the layout."""
+    from edgeflow.pipeline import adapt_stages, deploy_stages, eval_stage, model_stages
+    from edgeflow.pipeline.report import render_report
+
+    _validate(cfg)
+    t0 = time.perf_counter()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    runner = StageRunner(out, resume=resume, log=log)
+    data = model_stages.prepare_data(cfg, progress=progress)
+    base = {"data": cfg.digest("data"), "seed": cfg.seed}
+
+    def stage(name: str, fn, sections: tuple[str, ...], after: tuple[str, ...] = ()):
+        log(f"stage {name} ...")
+        return runner.run(name, fn, parts={**base, "config": cfg.digest(*sections)}, after=after)
+
+    bb = stage("backbone", lambda d: model_stages.train_backbone(cfg, data, d, progress=progress),
+               ("backbone",))
+    current, chain = bb.dir / bb.outputs["checkpoint"], ("backbone",)
+    prune_metrics: dict[str, Any] = {}
+    if cfg.prune.enabled:
+        pr = stage("prune", lambda d: model_stages.prune_backbone(cfg, data, current, d,
+                                                                  progress=progress),
+                   ("prune", "backbone"), chain)
+        pruned = pr.dir / pr.outputs["checkpoint"]
+        rc = stage("recover", lambda d: model_stages.recover(cfg, data, pruned, d, progress=progress),
+                   ("prune", "backbone"), ("prune",))
+        current, chain = rc.dir / rc.outputs["checkpoint"], ("recover",)
+        po = pr.outputs
+        prune_metrics = {
+            "method": cfg.prune.method, "granularity": cfg.prune.granularity,
+            "requested": cfg.prune.sparsity, "sparsity": po["sparsity"],
+            "layers": [{"name": k, "density": v} for k, v in po["density"].items()],
+            "before": {"top1": bb.outputs["top1"], "params": bb.outputs["params"],
+                       "macs": po["dense_macs"]},
+            "after": {"top1": rc.outputs["top1"], "params": po["params"],
+                      "nonzero_params": po["nonzero_params"], "macs": po["macs"]},
+            "top1_before_recovery": po["top1"]}
+    drift_ckpt = None
+    adapt_out: dict[str, Any] = {}
+    if cfg.adapt.enabled:
+        mt = stage("meta-train", lambda d: adapt_stages.meta_train_drift(cfg, data, current, d,
+                                                                         progress=progress),
+                   ("adapt",), chain)
+        drift_ckpt, adapt_out = mt.dir / mt.outputs["drift"], mt.outputs
+        chain = (*chain, "meta-train")
+    bundle = out / "bundle"
+    if not (bundle / "manifest.json").exists():  # deleted by hand: a reused export would lie
+        (out / "stages" / "export" / "done.json").unlink(missing_ok=True)
+    headline = {"backbone_top1": bb.outputs["top1"], **({"sparsity": prune_metrics["sparsity"]}
+                                                         if prune_metrics else {})}
+    ex = stage("export", lambda d: deploy_stages.export_stage(cfg, data, current, drift_ckpt, bundle,
+                                                              metrics=headline),
+               ("export", "adapt"), chain)
+    chain = ("export",)
+    int8: dict[str, Any] = {}
+    if deploy_stages.wants_int8(cfg):
+        cal = stage("calibrate", lambda d: deploy_stages.calibrate_stage(cfg, data, bundle, d),
+                    ("export",), chain)
+        int8, chain = cal.outputs, ("calibrate",)
+    eng = stage("engines", lambda d: deploy_stages.engines_stage(cfg, bundle), ("export",), chain)
+    ev = stage("evaluate", lambda d: {
+        **eval_stage.fewshot(cfg, data, current, drift_ckpt, progress=progress),
+        "latency": eval_stage.latency(bundle, precisions=["fp32", *(["int8"] if int8 else [])],
+                                      repeats=30),
+        "checks": eval_stage.target_checks(cfg, bundle)}, ("eval",), chain)
+    metrics: dict[str, Any] = {
+        "source": {"model": cfg.backbone.model, "data": cfg.data.base, "target": cfg.export.target},
+        "bundle": str(bundle), "ways": cfg.eval.ways, "episodes": cfg.eval.episodes,
+        "config": cfg.to_dict(), "backbone": {"top1": bb.outputs["top1"],
+                                              "params": bb.outputs["params"]},
+        "prune": prune_metrics, "adapt": adapt_out, "export": ex.outputs, "int8": int8,
+        "engines": eng.outputs, **ev.outputs,
+        "seconds": {n: {"seconds": r.seconds, "reused": r.skipped}
+                    for n, r in runner.results.items()},
+        "total_seconds": time.perf_counter() - t0}
+    report = render_report(metrics, out / "report")
+    return CompileResult(out, bundle, report, metrics)

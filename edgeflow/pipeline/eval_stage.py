@@ -1,0 +1,110 @@
+"""The compile stage that measures the result: few-shot accuracy, adaptation cost, latency, checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeflow.pipeline.config import CompileConfig, parse_int_list
+from edgeflow.pipeline.model_stages import CompileData
+
+STEP_SWEEP = (1, 2, 5, 10, 20, 50)
+# evaluate_adaptation's method names -> the report's
+REPORT_NAMES = {"none": "none", "teacher": "finetune", "hyperflow-euler": "hyperflow"}
+
+
+def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ckpt: Path | None, *,
+            progress: bool) -> dict[str, Any]:
+    """No adaptation / fine-tuning (teacher) / HyperFlow on the same seeded novel-class episodes."""
+    from edgeflow.adapt.apply import IntegratorSettings
+    from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation
+    from edgeflow.adapt.teacher import TeacherConfig
+    from edgeflow.adapt.theta import ThetaSpec
+    from edgeflow.prune.finalize import load_pruned
+
+    net = load_pruned(backbone_ckpt)
+    drift = None
+    if drift_ckpt is not None:
+        from edgeflow.adapt.io import load_drift
+
+        drift, spec, theta0, settings, dmeta = load_drift(drift_ckpt)
+        teacher = TeacherConfig(**dmeta["teacher"])
+        methods: tuple[str, ...] = ("none", "teacher", "hyperflow-euler")
+    else:  # no drift: compare no adaptation with a default fine-tuning recipe
+        spec = ThetaSpec.from_model(net, max_size=cfg.adapt.theta_max)
+        theta0, settings, teacher = spec.get(net), IntegratorSettings(), TeacherConfig(lr=1e-3,
+                                                                                         steps=10)
+        methods = ("none", "teacher")
+    ec = EvalConfig(ways=cfg.eval.ways, shots=tuple(parse_int_list(cfg.eval.shots, name="eval.shots")),
+                    queries=cfg.eval.queries, episodes=cfg.eval.episodes, seed=cfg.eval.seed,
+                    methods=methods, step_sweep=STEP_SWEEP if drift is not None else (),
+                    timing_episodes=min(cfg.eval.episodes, 30), memory_episodes=2, full_episodes=0)
+    res = evaluate_adaptation(net, spec, data.novel, data.preprocess, drift=drift, theta0=theta0,
+                              settings=settings, teacher=teacher, config=ec, progress=progress)
+    table: dict[str, dict] = {}
+    curve: dict[str, list[dict]] = {}
+    cost: dict[str, dict] = {}
+    for shots, entry in res["by_shots"].items():
+        table[shots] = {REPORT_NAMES[m]: {"acc": r["accuracy"], "ci95": r["ci95"],
+                                          "gain": r.get("gain"), "median_ms": r["median_ms"],
+                                          "extra_ms": r.get("extra_ms"),
+                                          "peak_mib": r["peak_mib"], "extra_mib": r.get("extra_mib")}
+                        for m, r in entry["methods"].items()}
+        if "euler_steps" in entry:
+            none = entry["methods"]["none"]
+            curve[shots] = [{"steps": 0, "acc": none["accuracy"], "ci95": none["ci95"]}] + [
+                {"steps": int(s), "acc": v["accuracy"], "ci95": v["ci95"]}
+                for s, v in entry["euler_steps"].items()]
+    last = table[max(table, key=int)]  # cost at the largest shot count
+    for name, r in last.items():
+        cost[name] = {"time_ms": r["median_ms"], "memory_bytes": None if r["peak_mib"] is None
+                      else int(r["peak_mib"] * 2**20)}
+    out: dict[str, Any] = {"fewshot": table, "steps_curve": curve, "integrator": settings.to_dict(),
+                           "teacher": teacher.to_dict(),
+                           "cost": {"methods": cost, "memory_method": "peak of live PyTorch CPU "
+                                    "allocations (torch.profiler memory events)"}}
+    if "hyperflow" in last and last["finetune"].get("extra_ms"):
+        hf, ft = last["hyperflow"], last["finetune"]
+        out["cost"]["time_ratio"] = hf["extra_ms"] / ft["extra_ms"]
+        if ft.get("extra_mib"):
+            out["cost"]["memory_ratio"] = (hf["extra_mib"] or 0.0) / ft["extra_mib"]
+    return out
+
+
+def latency(bundle: Path, *, precisions: list[str], repeats: int) -> dict[str, dict]:
+    """ONNX Runtime CPU latency of the bundle (median ms) per precision it carries."""
+    from edgeflow.runtime.bench import bench_session
+
+    out = {}
+    for p in precisions:
+        r = bench_session(bundle, backend="onnxruntime", precision=p, repeats=repeats, warmup=3)
+        cases = r["cases"]
+        out[f"onnxruntime-{p}"] = {
+            "batch1_ms": cases["backbone_b1"]["median_ms"],
+            "batch32_ms": cases["backbone_b32"]["median_ms"],
+            **{k: v["median_ms"] for k, v in cases.items() if k.startswith(("adapt", "predict",
+                                                                            "no_adaptation"))}}
+    return out
+
+
+def target_checks(cfg: CompileConfig, bundle: Path) -> list[dict[str, Any]]:
+    """The target's compile-time checks on what was actually built."""
+    from edgeflow.checks import estimate_onnx_memory, memory_plan, run_checks
+    from edgeflow.runtime.bundle import load_bundle
+    from edgeflow.targets import Target
+
+    target = Target.load(cfg.export.target)
+    b = load_bundle(bundle)
+    backbone = estimate_onnx_memory(bundle / "backbone.onnx", batch=1)
+    drift_bytes = sum((bundle / f).stat().st_size for f in ("drift.onnx", "task_encoder.onnx")
+                      if (bundle / f).exists())
+    plan = memory_plan(target, weight_bytes=backbone.weight_bytes,
+                       activation_bytes_per_image=backbone.activation_bytes_per_image,
+                       drift_bytes=drift_bytes)
+    precisions = list(b.manifest["precisions"])
+    precision = target.pick_precision([*precisions, "fp16"] if target.has_gpu else precisions)
+    checks = run_checks(target, precision=precision, sparse_2_4=cfg.prune.enabled and
+                        cfg.prune.granularity == "n:m",
+                        calibration=bundle / "calibration_sample.npy" if "int8" in precisions else None,
+                        quantized_graph="int8" in precisions, plan=plan)
+    return [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks]

@@ -1,0 +1,198 @@
+"""Compile stages that make the backbone: data preparation, training, pruning, recovery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeflow.data import ImageDataset, Preprocess, load_dataset
+from edgeflow.errors import ConfigError
+from edgeflow.pipeline.config import CompileConfig, parse_int_list
+
+
+@dataclass(frozen=True)
+class CompileData:
+    """Everything the stages train and evaluate on."""
+
+    train: ImageDataset  # base classes, training images
+    holdout: ImageDataset  # base classes, held-out images (backbone top-1, default val tasks)
+    val: ImageDataset  # hyper-parameter episodes (val data, else ``holdout``)
+    novel: ImageDataset  # few-shot evaluation classes
+    preprocess: Preprocess
+
+
+def _classes(ds: ImageDataset, text: str, what: str) -> ImageDataset:
+    ids = parse_int_list(text, name=what)
+    if not ids:
+        return ds
+    bad = [i for i in ids if not 0 <= i < ds.num_classes]
+    if bad:
+        raise ConfigError(f"{what}: class indices {bad} do not exist; {ds.source} has classes "
+                          f"0-{ds.num_classes - 1}")
+    return ds.select_classes(ids)
+
+
+def prepare_data(cfg: CompileConfig, *, progress: bool) -> CompileData:
+    """Load base/val/novel data; split base into training and held-out images (10% per class, and
+    at least what one validation episode needs, seeded); check that the episodes are possible."""
+    d = cfg.data
+    base = _classes(load_dataset(d.base, size=d.size, progress=progress), d.base_classes,
+                    "data.base_classes")
+    novel = _classes(load_dataset(d.novel, size=d.size, progress=progress), d.novel_classes,
+                     "data.novel_classes")
+    if d.base == d.novel and set(parse_int_list(d.base_classes, name="b")) & \
+            set(parse_int_list(d.novel_classes, name="n")):
+        raise ConfigError("data.base_classes and data.novel_classes overlap; novel classes must be "
+                          "unseen in training")
+    if cfg.eval.ways > novel.num_classes:
+        raise ConfigError(f"eval.ways is {cfg.eval.ways} but the novel data has only "
+                          f"{novel.num_classes} classes; lower --eval-ways or add novel classes")
+    rng = np.random.default_rng(cfg.seed)
+    need = max(parse_int_list(cfg.eval.shots, name="eval.shots")) + cfg.eval.queries
+    hold = []
+    for c in range(base.num_classes):
+        idx = np.nonzero(base.labels == c)[0]
+        if len(idx) < 2 * need and not d.val:
+            raise ConfigError(f"base class {base.classes[c]!r} has {len(idx)} images; validation "
+                              f"episodes need {need} held out and as many to train on: give "
+                              "--data-val or lower --eval-shots/--eval-queries")
+        hold.extend(rng.permutation(idx)[:max(need, len(idx) // 10)].tolist())
+    mask = np.zeros(len(base), dtype=bool)
+    mask[hold] = True
+    train, holdout = base.subset(np.nonzero(~mask)[0]), base.subset(np.nonzero(mask)[0])
+    if d.limit:
+        from edgeflow.data import stratified_limit
+
+        train = train.subset(stratified_limit(train.labels, d.limit))
+    val = holdout
+    if d.val:
+        val = load_dataset(d.val, size=d.size, progress=progress)
+    channels = 3  # grey data is repeated to RGB so one backbone serves every domain
+    return CompileData(train, holdout, val, novel, Preprocess(size=d.size, channels=channels))
+
+
+def model_kwargs(model: str, width: int) -> dict[str, Any]:
+    """The width option in each model family's own terms (0 = the family's default)."""
+    if not width:
+        return {}
+    if model == "resnet12":
+        return {"widths": (width, int(2.5 * width), 5 * width, 10 * width)}
+    if model.startswith("vgg"):
+        return {"width_mult": width / 64}
+    return {"width": width}
+
+
+def train_backbone(cfg: CompileConfig, data: CompileData, out: Path, *,
+                   progress: bool) -> dict[str, Any]:
+    """Train (or load) the backbone on the base classes; write ``backbone.pt``."""
+    from edgeflow.checkpoint import load_weights, save_checkpoint
+    from edgeflow.models import create_model
+    from edgeflow.train import TrainConfig, evaluate, fit, to_tensor
+    from edgeflow.workflows import checkpoint_meta
+
+    b = cfg.backbone
+    kwargs = model_kwargs(b.model, b.width)
+    torch.manual_seed(cfg.seed)
+    net = create_model(b.model, num_classes=data.train.num_classes, **kwargs)
+    if b.weights:
+        load_weights(net, b.weights)
+    history: list[dict] = []
+    if b.epochs:
+        tc = TrainConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, label_smoothing=0.1,
+                         crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed, device=cfg.device)
+        history = fit(net, to_tensor(data.train, data.preprocess), config=tc, progress=progress).epochs
+    net.cpu().eval()
+    top1 = evaluate(net, *to_tensor(data.holdout, data.preprocess))
+    save_checkpoint(out / "backbone.pt", state_dict=net.state_dict(),
+                    meta=checkpoint_meta(b.model, net, data.train.classes, data.preprocess, kwargs,
+                                         train={"epochs": b.epochs, "data": cfg.data.base}))
+    return {"checkpoint": "backbone.pt", "top1": top1, "params": _params(net),
+            "history": history}
+
+
+def _params(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def _nonzero_params(net: nn.Module) -> int:
+    return sum(int((p != 0).sum()) for p in net.parameters())
+
+
+def prune_backbone(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, out: Path, *,
+                   progress: bool) -> dict[str, Any]:
+    """Hyperflows (or a baseline) at the configured granularity; write a finalized ``pruned.pt``."""
+    from edgeflow.checkpoint import load_checkpoint
+    from edgeflow.models import create_model
+    from edgeflow.prune.channel import count_macs
+    from edgeflow.prune.config import PruneConfig
+    from edgeflow.prune.finalize import finalize, save_pruned, sparsity_report
+    from edgeflow.prune.hyperflows import prune
+    from edgeflow.train import evaluate, to_tensor
+
+    p = cfg.prune
+    sd, meta = load_checkpoint(backbone_ckpt)
+    net = create_model(meta["model"], num_classes=meta["num_classes"], **meta["model_kwargs"])
+    net.load_state_dict(sd)
+    reference = {n: m.weight.numel() for n, m in net.named_modules()
+                 if isinstance(m, (nn.Conv2d, nn.Linear))}
+    dense_macs = count_macs(net, input_size=cfg.data.size)
+    config = PruneConfig(sparsity=p.sparsity, granularity=p.granularity, method=p.method,
+                         epochs=p.epochs, regrowth_epochs=p.regrowth_epochs,
+                         batch_size=cfg.backbone.batch_size, seed=cfg.seed, device=cfg.device)
+    result = prune(net, to_tensor(data.train, data.preprocess), config=config, progress=progress)
+    plain = finalize(net).cpu().eval()
+    report = sparsity_report(plain, reference)
+    top1 = evaluate(plain, *to_tensor(data.holdout, data.preprocess))
+    meta = {**meta, "prune": {"method": p.method, "granularity": p.granularity,
+                              "sparsity": report["sparsity"], "requested_sparsity": p.sparsity}}
+    save_pruned(out / "pruned.pt", plain, meta=meta)
+    return {"checkpoint": "pruned.pt", "top1": top1, "sparsity": report["sparsity"],
+            "density": report["density"], "macs": count_macs(plain, input_size=cfg.data.size),
+            "dense_macs": dense_macs, "params": _params(plain), "nonzero_params": _nonzero_params(plain),
+            "seconds": result.seconds, "reach_step": result.reach_step}
+
+
+def keep_zeros(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Mask the gradients of pruned (zero) conv/linear weights so fine-tuning keeps them zero.
+
+    With a zero gradient a zero weight stays exactly zero under SGD (its weight decay and momentum
+    terms are zero too) and AdamW, so unstructured and 2:4 patterns survive recovery.
+    """
+    handles = []
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            mask = (m.weight.detach() != 0).to(m.weight.dtype)
+            if mask.min() < 1:
+                handles.append(m.weight.register_hook(lambda g, mask=mask: g * mask.to(g.device)))
+    return handles
+
+
+def recover(cfg: CompileConfig, data: CompileData, pruned_ckpt: Path, out: Path, *,
+            progress: bool) -> dict[str, Any]:
+    """A short fine-tune of the pruned model with its zeros held; write ``recovered.pt``."""
+    from edgeflow.checkpoint import load_checkpoint, save_checkpoint
+    from edgeflow.prune.finalize import load_pruned, sparsity_report
+    from edgeflow.train import TrainConfig, evaluate, fit, to_tensor
+
+    net = load_pruned(pruned_ckpt)
+    _, meta = load_checkpoint(pruned_ckpt)
+    before = sparsity_report(net)["sparsity"]
+    handles = keep_zeros(net)
+    tc = TrainConfig(epochs=cfg.prune.recovery_epochs, lr=cfg.backbone.lr / 5,
+                     batch_size=cfg.backbone.batch_size, label_smoothing=0.1,
+                     crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed + 1, device=cfg.device)
+    fit(net, to_tensor(data.train, data.preprocess), config=tc, progress=progress)
+    for h in handles:
+        h.remove()
+    net.cpu().eval()
+    after = sparsity_report(net)["sparsity"]
+    if after < before - 1e-6:  # an invariant, not a tolerance: zeros must stay zeros
+        raise RuntimeError(f"recovery lost sparsity: {before:.6f} -> {after:.6f}")
+    top1 = evaluate(net, *to_tensor(data.holdout, data.preprocess))
+    save_checkpoint(out / "recovered.pt", state_dict=net.state_dict(), meta=meta)
+    return {"checkpoint": "recovered.pt", "top1": top1, "sparsity": after}
