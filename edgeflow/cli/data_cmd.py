@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import typer
 
@@ -40,3 +42,45 @@ def info(
              f"({counts.min()}-{counts.max()} per class), {h}x{w}x{c}, "
              f"{len(ds.skipped)} unreadable\nfirst classes: {', '.join(ds.classes[:8])}")
     emit(out, as_json=as_json, human=human)
+
+
+@command(app, "sample")
+def sample(
+    path: str = typer.Argument(..., help="Directory, .zip (ImageFolder layout) or 'digits'."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write <class>/<n>.png into."),
+    classes: str = typer.Option("", "--classes", help="Class indices, e.g. '5-9' or '0,3' (all)."),
+    per_class: int = typer.Option(5, "--per-class", min=1, help="Images per class."),
+    offset: int = typer.Option(0, "--offset", min=0, help="Skip this many images of each class "
+                               "first (so a query set does not overlap the support set)."),
+    split: str = typer.Option(None, "--split", help="Split to read when the archive holds several."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Write a few images per class as PNG files in ImageFolder layout (a support or query set).
+
+    Example: edgeflow data sample digits --classes 5-9 --per-class 5 --output support/
+    """
+    from PIL import Image
+
+    from edgeflow.data import load_dataset
+    from edgeflow.errors import DataError
+    from edgeflow.pipeline.config import parse_int_list
+
+    ds = load_dataset(path, split=split)
+    ids = parse_int_list(classes, name="--classes") or list(range(ds.num_classes))
+    bad = [c for c in ids if not 0 <= c < ds.num_classes]
+    if bad:
+        raise DataError(f"--classes {bad} do not exist; {path} has classes 0-{ds.num_classes - 1}")
+    written = 0
+    for c in ids:
+        idx = np.nonzero(ds.labels == c)[0][offset:offset + per_class]
+        if len(idx) < per_class:
+            raise DataError(f"class {ds.classes[c]!r} has {len(idx)} images after --offset {offset}; "
+                            "lower --per-class or --offset")
+        folder = output / ds.classes[c].replace("/", "_")
+        folder.mkdir(parents=True, exist_ok=True)
+        for n, i in enumerate(idx):
+            img = ds.images[i]
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{n:04d}.png")
+            written += 1
+    emit({"output": str(output), "classes": [ds.classes[c] for c in ids], "images": written},
+         as_json=as_json, human=f"wrote {written} images of {len(ids)} classes to [bold]{output}[/]")

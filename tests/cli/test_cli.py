@@ -68,3 +68,19 @@ def test_errors_are_one_line_exit_1(args, message):
     assert res.exit_code == 1
     assert message in res.stderr
     assert "Traceback" not in res.output
+
+
+def test_data_sample_writes_an_image_folder_that_loads_back(tmp_path):
+    from edgeflow.data import load_dataset
+
+    res = run("data", "sample", "digits", "--classes", "5-7", "--per-class", "4", "--offset", "2",
+              "--output", tmp_path / "s", "--json")
+    assert res.exit_code == 0, res.output
+    back = load_dataset(tmp_path / "s", cache=False, mode="L")
+    digits = load_dataset("digits")
+    assert back.classes == ("5", "6", "7") and len(back) == 12
+    # the very images: the 3rd to 6th of digit 6, pixel for pixel
+    idx = [i for i, label in enumerate(digits.labels) if label == 6][2:6]
+    assert (back.images[back.labels == 1] == digits.images[idx]).all()
+    res = run("data", "sample", "digits", "--classes", "12", "--output", tmp_path / "x")
+    assert res.exit_code == 1 and "do not exist" in res.stderr
