@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,21 @@ from typing import Any
 from edgeflow.errors import ConfigError
 from edgeflow.pipeline.config import CompileConfig
 from edgeflow.pipeline.stages import StageRunner
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """Per-task adaptation works on ~25-image tensors, where torch's intra-op thread pool costs more
+    than it gives (measured: 6 trajectory tasks took 5 s on 1 thread, 77 s on 2 on a busy 2-core
+    machine). Those stages run on ``n`` threads; the setting is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -121,9 +137,10 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
     drift_ckpt = None
     adapt_out: dict[str, Any] = {}
     if cfg.adapt.enabled:
-        mt = stage("meta-train", lambda d: adapt_stages.meta_train_drift(cfg, data, current, d,
-                                                                         progress=progress),
-                   ("adapt",), chain)
+        with _torch_threads(1):
+            mt = stage("meta-train", lambda d: adapt_stages.meta_train_drift(cfg, data, current, d,
+                                                                             progress=progress),
+                       ("adapt",), chain)
         drift_ckpt, adapt_out = mt.dir / mt.outputs["drift"], mt.outputs
         chain = (*chain, "meta-train")
     bundle = out / "bundle"
@@ -141,11 +158,15 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
                     ("export",), chain)
         int8, chain = cal.outputs, ("calibrate",)
     eng = stage("engines", lambda d: deploy_stages.engines_stage(cfg, bundle), ("export",), chain)
-    ev = stage("evaluate", lambda d: {
-        **eval_stage.fewshot(cfg, data, current, drift_ckpt, progress=progress),
-        "latency": eval_stage.latency(bundle, precisions=["fp32", *(["int8"] if int8 else [])],
-                                      repeats=30),
-        "checks": eval_stage.target_checks(cfg, bundle)}, ("eval",), chain)
+    def evaluate(d: Path) -> dict[str, Any]:
+        with _torch_threads(1):
+            shots = eval_stage.fewshot(cfg, data, current, drift_ckpt, progress=progress)
+        return {**shots,
+                "latency": eval_stage.latency(bundle, repeats=30,
+                                              precisions=["fp32", *(["int8"] if int8 else [])]),
+                "checks": eval_stage.target_checks(cfg, bundle)}
+
+    ev = stage("evaluate", evaluate, ("eval",), chain)
     metrics: dict[str, Any] = {
         "source": {"model": cfg.backbone.model, "data": cfg.data.base, "target": cfg.export.target},
         "bundle": str(bundle), "ways": cfg.eval.ways, "episodes": cfg.eval.episodes,
