@@ -136,7 +136,7 @@ def test_estimate_tiny_graph_exactly(tmp_path):
 def test_estimate_resnet20(tmp_path):
     from edgeflow.models import create_model
     from tests.conftest import shared_file
-    from tests.export.int8_fixtures import export_onnx
+    from tests.export.conftest import export_onnx
 
     model = create_model("resnet20", weights=shared_file("weights/cifar10-resnet20-12fca82f.th"))
     export_onnx(model, tmp_path / "r.onnx")

@@ -20,7 +20,7 @@ runner = CliRunner()
 def r20_onnx(tmp_path_factory):
     """The pretrained ResNet-20 (logits) as ONNX."""
     from edgeflow.models import create_model
-    from tests.export.int8_fixtures import export_onnx
+    from tests.export.conftest import export_onnx
 
     path = tmp_path_factory.mktemp("cli-onnx") / "resnet20.onnx"
     export_onnx(create_model("resnet20", weights=shared_file("weights/cifar10-resnet20-12fca82f.th")), path)
@@ -56,7 +56,7 @@ def test_targets_show_unknown_is_one_line():
 
 def test_targets_check(tmp_path):
     from edgeflow.models import create_model
-    from tests.export.int8_fixtures import export_onnx
+    from tests.export.conftest import export_onnx
 
     onnx_path = tmp_path / "m.onnx"
     export_onnx(create_model("conv4", num_classes=5), onnx_path)

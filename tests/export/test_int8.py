@@ -10,7 +10,6 @@ from edgeflow.calibration import draw_calibration_sample
 from edgeflow.data import preprocess
 from edgeflow.errors import ConfigError, DataError
 from edgeflow.export.int8 import count_qdq, quantize_onnx_int8
-from tests.export.int8_fixtures import cifar_small_fixture, resnet20_onnx_fixture  # noqa: F401
 
 
 def _run(path, x):

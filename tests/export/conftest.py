@@ -1,8 +1,4 @@
-"""A real backbone as ONNX: the pretrained CIFAR ResNet-20, exported once per session.
-
-Not a conftest.py (tests/export has another helper's): test modules import the fixtures by their
-function names, which register them under the names given in ``pytest.fixture(name=...)``.
-"""
+"""A real backbone as ONNX: the pretrained CIFAR ResNet-20, exported once per session."""
 
 from __future__ import annotations
 
@@ -22,8 +18,8 @@ def export_onnx(module, path, *, size: int = 32, output: str = "logits") -> None
                           dynamic_axes={"images": {0: "batch"}, output: {0: "batch"}})
 
 
-@pytest.fixture(scope="session", name="resnet20_onnx")
-def resnet20_onnx_fixture(tmp_path_factory):
+@pytest.fixture(scope="session")
+def resnet20_onnx(tmp_path_factory):
     """(path of the logits ONNX, the torch model) for the pretrained ResNet-20."""
     from edgeflow.models import create_model
 
@@ -34,8 +30,8 @@ def resnet20_onnx_fixture(tmp_path_factory):
     return path, model
 
 
-@pytest.fixture(scope="session", name="cifar_small")
-def cifar_small_fixture():
+@pytest.fixture(scope="session")
+def cifar_small():
     """Disjoint CIFAR-10 test halves (calibration pool, evaluation pool) and the model's preprocessing."""
     import numpy as np
 
