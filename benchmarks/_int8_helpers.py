@@ -125,3 +125,48 @@ def theta_section(model, tmp: Path, sample: np.ndarray, xt: np.ndarray, cfg: dic
                 "speedup_int8_float_adds": med["fp32"] / med["int8_float_adds"]}
     out["ort_graph_ops"] = {k: fused_ops(tmp / f, tmp / f"opt-{f}") for k, f in files.items()}
     return out
+
+
+def sgd_theta(graph, theta0, xs, ys, *, steps: int, lr: float, ways: int = 5):
+    """Adapt theta on a support set by SGD (cross-entropy of cosine-to-prototype logits, scale 10):
+    the fine-tuning HyperFlow's drift network emulates. FP32 PyTorch; returns the adapted theta."""
+    import torch
+    import torch.nn.functional as F
+
+    theta = theta0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([theta], lr=lr)
+    ys = torch.as_tensor(ys)
+    for _ in range(steps):
+        f = F.normalize(graph(xs, theta), dim=1)
+        protos = F.normalize(torch.stack([f[ys == c].mean(0) for c in range(ways)]), dim=1)
+        loss = F.cross_entropy(10 * f @ protos.T, ys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return theta.detach()
+
+
+def adapted_accuracy(graph, theta0, x: np.ndarray, labels: np.ndarray, sessions: dict, *, episodes: int,
+                     seed: int, steps: int, lr: float) -> dict:
+    """Per-episode 5-way 5-shot accuracy of each ORT session (theta input) at theta0 and at the
+    theta adapted on the support set; identical episodes to the no-adaptation benchmark."""
+    import torch
+
+    from edgeflow.data import EpisodeSampler
+
+    sampler = EpisodeSampler(labels, ways=5, shots=5, queries=15, seed=seed)
+    out: dict[str, list[float]] = {f"{k}_{a}": [] for k in sessions for a in ("theta0", "adapted")}
+    th0 = theta0.numpy().astype(np.float32)
+    for ep in sampler(episodes):
+        adapted = sgd_theta(graph, theta0, torch.from_numpy(x[ep.support]), ep.support_labels, steps=steps,
+                            lr=lr).numpy().astype(np.float32)
+        both = np.concatenate([ep.support, ep.query])
+        for k, s in sessions.items():
+            for tag, th in (("theta0", th0), ("adapted", adapted)):
+                f = s.run(None, {"images": x[both], "theta": th})[0]
+                f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+                fs, fq = f[: len(ep.support)], f[len(ep.support):]
+                protos = np.stack([fs[ep.support_labels == c].mean(0) for c in range(5)])
+                protos /= np.maximum(np.linalg.norm(protos, axis=1, keepdims=True), 1e-12)
+                out[f"{k}_{tag}"].append(float(np.mean((fq @ protos.T).argmax(1) == ep.query_labels)))
+    return {k: np.asarray(v) for k, v in out.items()}

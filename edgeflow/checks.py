@@ -65,6 +65,22 @@ def check_dla(target: Target, *, use_dla: bool, precision: str = "fp16") -> Chec
                  "fall back to the GPU (GPU_FALLBACK)")
 
 
+def check_trt_version(target: Target, *, trt_version: str | None) -> Check:
+    """The TensorRT that will build the engine is one the target lists (engines do not port)."""
+    if trt_version is None:
+        return Check("tensorrt-version", True, "no TensorRT version given")
+    if target.backend != "tensorrt":
+        return Check("tensorrt-version", True, f"{target.name} runs ONNX Runtime; TensorRT unused")
+    if target.supports_trt(trt_version):
+        return Check("tensorrt-version", True, f"TensorRT {trt_version} is supported on {target.name}")
+    jetpacks = list(target.jetpack)
+    return Check("tensorrt-version", False,
+                 f"TensorRT {trt_version} is not among {target.name}'s versions "
+                 f"({', '.join(target.trt_versions)}; JetPack {', '.join(jetpacks) or '-'}); an engine "
+                 "only runs on the TensorRT that built it, so build on the device or with one of those "
+                 "versions, or add it to a custom profile")
+
+
 def check_precision(target: Target, *, precision: str) -> Check:
     """The requested precision is one the device runs."""
     if target.supports(precision):
@@ -165,13 +181,16 @@ def check_memory(target: Target, plan: MemoryPlan) -> Check:
 
 def run_checks(target: Target, *, precision: str = "fp32", sparse_2_4: bool = False,
                use_dla: bool = False, calibration: str | Path | np.ndarray | None = None,
-               quantized_graph: bool = False, plan: MemoryPlan | None = None) -> list[Check]:
+               quantized_graph: bool = False, plan: MemoryPlan | None = None,
+               trt_version: str | None = None) -> list[Check]:
     """Every compile-time check for one request (memory only when a plan is given)."""
     checks = [check_precision(target, precision=precision),
               check_sparsity(target, sparse_2_4=sparse_2_4),
               check_dla(target, use_dla=use_dla, precision=precision),
               check_int8_calibration(precision=precision, calibration=calibration,
                                      quantized_graph=quantized_graph)]
+    if trt_version is not None:
+        checks.append(check_trt_version(target, trt_version=trt_version))
     if plan is not None:
         checks.append(check_memory(target, plan))
     return checks

@@ -14,6 +14,7 @@ from edgeflow.checks import (
     check_memory,
     check_precision,
     check_sparsity,
+    check_trt_version,
     estimate_onnx_memory,
     memory_plan,
     raise_on_failure,
@@ -44,6 +45,14 @@ def test_dla(t):
     fp32 = check_dla(t["jetson-agx-orin-64gb"], use_dla=True, precision="fp32")
     assert not fp32.ok and "FP16 and INT8 only" in fp32.message
     assert check_dla(t["jetson-orin-nano-8gb"], use_dla=False).ok
+
+
+def test_trt_version(t):
+    bad = check_trt_version(t["jetson-xavier-nx"], trt_version="10.3.0")
+    assert not bad.ok and "8.5" in bad.message and "only runs on the TensorRT that built it" in bad.message
+    assert check_trt_version(t["jetson-orin-nano-8gb"], trt_version="10.3.0.30").ok
+    assert check_trt_version(t["cpu"], trt_version="10.3").ok  # not used there
+    assert [c.name for c in run_checks(t["jetson-xavier-nx"], trt_version="8.5.2")][-1] == "tensorrt-version"
 
 
 def test_precision(t):

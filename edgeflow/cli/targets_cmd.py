@@ -62,6 +62,8 @@ def check(
     dla: bool = typer.Option(False, "--dla", help="Run on a DLA core."),
     calibration: Path = typer.Option(None, "--calibration", help="Calibration sample (.npy) or "
                                      "image folder, for INT8."),
+    trt_version: str = typer.Option(None, "--trt-version", help="TensorRT that will build the engine "
+                                    "(e.g. 10.3.0); checked against the target's versions."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Run the compile-time checks of a deployment request against a target; exit 1 if any fails.
@@ -84,7 +86,7 @@ def check(
                            drift_bytes=drift_bytes)
     quantized = model is not None and _has_qdq(model)
     checks = run_checks(t, precision=precision, sparse_2_4=sparse, use_dla=dla, calibration=calibration,
-                        quantized_graph=quantized, plan=plan)
+                        quantized_graph=quantized, plan=plan, trt_version=trt_version)
     out = {"target": t.name, "ok": all(c.ok for c in checks),
            "checks": [{"name": c.name, "ok": c.ok, "message": c.message} for c in checks],
            "memory_plan": plan.to_dict() if plan else None}

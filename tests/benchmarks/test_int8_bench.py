@@ -31,7 +31,9 @@ def test_int8_benchmark_quick(tmp_path):
     assert ops["int8"]["QLinearConv"] > 0 and ops["fp32"]["QLinearConv"] == 0
     assert 0.5 < res["cifar10_top1"]["fp32"] <= 1 and res["cifar10_top1"]["agreement"] > 0.9
     assert set(res["fewshot_5w5s"]) == {"tiny-imagenet/novel", "gtsrb/test"}
-    assert all(v["with_adaptation"] is None for v in res["fewshot_5w5s"].values())
+    assert all(v["with_adaptation"] is None for v in res["fewshot_5w5s"].values())  # no HyperFlow yet
+    proxy = res["fewshot_5w5s"]["gtsrb/test"]["sgd_adaptation_proxy"]
+    assert proxy["episodes"] == 4 and 0 <= proxy["int8_adapted"] <= 100
     theta = res["theta_graph"]
     assert theta["ort_graph_ops"]["int8"]["QLinearConv"] > 0
     assert theta["relative_feature_error"]["move0.3"]["int8"] < 0.2
