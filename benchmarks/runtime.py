@@ -330,6 +330,8 @@ def render(results: dict) -> str:
              "jobs shared these cores during the runs, so absolute times are noisy; ORT and PyTorch "
              "samples were taken interleaved and the ratios come from the same run.", "",
              f"Bundle: {results.get('bundle', {}).get('source')}", ""]
+    for note in results.get("notes", []):
+        lines += [f"Note: {note}", ""]
     lat = results.get("latency")
     if lat:
         lines += [f"## Latency ({results.get('mode')} mode, ms)", "",
@@ -381,7 +383,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, help="timed runs per case (default 100, quick 5)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results")
     ap.add_argument("--work", type=Path, default=ROOT / "runs/b3")
+    ap.add_argument("--render", action="store_true", help="only re-render <out>/runtime.md from the JSON")
     args = ap.parse_args()
+    if args.render:
+        results = json.loads((args.out / "runtime.json").read_text())
+        (args.out / "runtime.md").write_text(render(results) + "\n")
+        print(render(results))
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     bundle = args.bundle
