@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -131,8 +132,8 @@ def run_one(run: str, args: dict) -> dict:
     t0 = time.perf_counter()
     name, _, level = run.partition(":")
     (x, y), (xt, yt) = _data(args["limit"], args["test_limit"])
-    method = {"hf": "hyperflows", "hfpl": "hyperflows", "hfm": "hyperflows", "dense": "magnitude",
-              "nm": "hyperflows", "channel": "hyperflows"}.get(name, name)
+    method = {"hf": "hyperflows", "hfpl": "hyperflows", "hfm": "hyperflows", "hfs": "hyperflows",
+              "dense": "magnitude", "nm": "hyperflows", "channel": "hyperflows"}.get(name, name)
     granularity = {"nm": "2:4", "channel": "channel"}.get(name, "weight")
     sparsity = 0.0 if name in ("dense", "nm") else float(level)
     config = PruneConfig(sparsity=sparsity if name != "nm" else 0.5, granularity=granularity,
@@ -140,11 +141,16 @@ def run_one(run: str, args: dict) -> dict:
                          batch_size=args["batch_size"], lr=args["lr"], ft_lr=args["ft_lr"],
                          budget="flops" if name == "channel" else "weights",
                          power_law_start=name == "hfpl",
-                         score_init_order="magnitude" if name == "hfm" else "random",
+                         score_init_order="magnitude" if name in ("hfm", "hfs") else "random",
                          sweep_steps=args["sweep_steps"],
                          sweep_gammas=tuple(args["sweep_gammas"]),
                          channel_multiple=args["channel_multiple"] if name == "channel" else 1,
-                         score_init=tuple(args["score_init"]), score_lr=args["score_lr"],
+                         score_init=tuple(args["score_init"]),
+                         # hfs: magnitude-ordered scores that travel `slow_travel` in total, so
+                         # that flow noise (~0.23 * lr * sqrt(steps)) stays far below the init range
+                         score_lr=(args["slow_travel"] / (math.ceil(len(y) / args["batch_size"])
+                                                          * args["epochs"]))
+                         if name == "hfs" else args["score_lr"],
                          controller_every=args["controller_every"],
                          controller_step=args["controller_step"],
                          seed=args["seed"], device="cpu")
@@ -296,6 +302,7 @@ def main() -> None:
     ap.add_argument("--score-init", default="0.2,0.5")
     ap.add_argument("--score-lr", type=float, default=None)
     ap.add_argument("--controller-every", type=int, default=0)
+    ap.add_argument("--slow-travel", type=float, default=1.2)
     ap.add_argument("--controller-step", type=float, default=0.2)
     ap.add_argument("--channel-multiple", type=int, default=8)
     ap.add_argument("--latency-repeats", type=int, default=50)
@@ -324,7 +331,7 @@ def main() -> None:
             "channel_multiple": a.channel_multiple,
             "score_init": [float(v) for v in a.score_init.split(",")], "score_lr": a.score_lr,
             "controller_every": a.controller_every, "controller_step": a.controller_step,
-            "latency_repeats": a.latency_repeats,
+            "latency_repeats": a.latency_repeats, "slow_travel": a.slow_travel,
             "seed": a.seed}
     meta = {**args, "mode": "quick" if a.quick else "full", "jobs": a.jobs,
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
