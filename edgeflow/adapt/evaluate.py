@@ -3,7 +3,8 @@
 Methods (:data:`METHODS`): ``none`` (prototypes at theta0), ``teacher`` (Adam on theta by backprop,
 the recipe chosen on val), ``hyperflow-euler`` / ``hyperflow-heun`` (integrate the drift; no
 gradients), ``full-finetune`` (Adam on every backbone weight; only on the first ``full_episodes``
-episodes, it is expensive).
+episodes of the largest shot count, it is expensive). The Euler step sweep also runs on the largest
+shot count only.
 
 Accuracy: mean over episodes with a 95% interval 1.96 * std / sqrt(n). Cost, per episode, measured
 in the same run on the first ``timing_episodes`` episodes: wall time (``time.perf_counter``) of the
@@ -200,8 +201,8 @@ def evaluate_adaptation(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre:
             task = make_task(ds, sampler.episode(i), pre)
             shared = adapter.cache(task, views=True) if i >= config.timing_episodes else None
             for m in config.methods:
-                if m == "full-finetune" and i >= config.full_episodes:
-                    continue
+                if m == "full-finetune" and (i >= config.full_episodes or shots != max(config.shots)):
+                    continue  # expensive: only the first episodes of the largest shot count
                 if i < config.memory_episodes:
                     peaks[m].append(peak_memory_bytes(lambda m=m, task=task: adapter.run(m, task)))
                 if shared is None or m == "full-finetune":
@@ -211,12 +212,12 @@ def evaluate_adaptation(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre:
                 else:
                     acc = adapter.run(m, task, shared)
                 accs[m].append(acc)
-            if sweep:
+            if sweep and shots == max(config.shots):  # the sweep on the largest shot count only
                 tc = shared if shared is not None else adapter.cache(task, views=False)
                 for s, a in adapter.sweep(tc, tuple(sweep)).items():
                     sweep[s].append(a)
             bar.advance(f"{shots}-shot episode {i + 1}")
-        res = {m: _summary(accs[m], times[m], peaks[m]) for m in config.methods}
+        res = {m: _summary(accs[m], times[m], peaks[m]) for m in config.methods if accs[m]}
         if "none" in res:
             for m, r in res.items():
                 if r["median_ms"] is not None and res["none"]["median_ms"] is not None:
@@ -228,7 +229,7 @@ def evaluate_adaptation(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre:
                 n = len(accs[m])  # paired with none on the same episodes (full-finetune: fewer)
                 r["gain"] = float(np.mean(np.subtract(accs[m], accs["none"][:n])))
         entry: dict = {"methods": res}
-        if sweep:
+        if sweep and shots == max(config.shots):
             entry["euler_steps"] = {str(s): dict(zip(("accuracy", "ci95"), mean_ci(v), strict=True))
                                     for s, v in sweep.items()}
         if keep_episodes:

@@ -124,13 +124,14 @@ def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pr
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"config": config.to_dict(), "theta_layout": spec.layout(), **(extra_meta or {})}
     mpath = out / "manifest.json"
-    if mpath.exists():
+    if mpath.exists():  # resuming: everything but the task count must match (tasks are per index)
         old = json.loads(mpath.read_text())
-        if old.get("config") != manifest["config"] or old.get("theta_layout") != spec.layout():
+        same = {k: v for k, v in old.get("config", {}).items() if k != "tasks"} == \
+            {k: v for k, v in manifest["config"].items() if k != "tasks"}
+        if not same or old.get("theta_layout") != spec.layout():
             raise ConfigError(f"{out} holds trajectories of another configuration; use a new "
                               "folder (or delete it) to generate these")
-    else:
-        mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
     model.eval()
     split = SplitFeatures(model, spec)
     samplers = {k: EpisodeSampler(ds.labels, ways=config.ways, shots=k, queries=config.queries,
@@ -180,6 +181,7 @@ def load_trajectories(folder: str | Path) -> Trajectories:
         raise DataError(f"{folder} holds no trajectories; generate them first (edgeflow meta-train "
                         "does)")
     config = TrajectoryConfig.from_dict(json.loads(mpath.read_text())["config"])
+    chunks = chunks[:-(-config.tasks // config.chunk)]  # a larger earlier run may have left more
     parts = []
     for c in chunks:
         with np.load(c, allow_pickle=False) as z:

@@ -85,7 +85,8 @@ def run_meta_train(*, model: str, weights: Path, data: str, val_data: str, outpu
                    trajectories: Path | None = None, theta_size: int = 128,
                    traj_config: TrajectoryConfig | None = None,
                    train_config: MetaTrainConfig | None = None, val_count: int = 60,
-                   teacher_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2), limit: int | None = None,
+                   teacher_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2),
+                   teacher_steps: tuple[int, ...] = (5, 10, 20, 40), limit: int | None = None,
                    progress: bool = False) -> dict[str, Any]:
     """The whole offline stage; returns a JSON-able report (times included)."""
     traj_config = traj_config or TrajectoryConfig()
@@ -99,7 +100,8 @@ def run_meta_train(*, model: str, weights: Path, data: str, val_data: str, outpu
     t0 = time.perf_counter()
     vtasks = val_tasks(split, val, pre, count=val_count)
     teacher, teacher_report = choose_teacher(split, [t for t in vtasks if not t.shift], theta0,
-                                             lrs=teacher_lrs)
+                                             lrs=teacher_lrs, max_steps=max(teacher_steps),
+                                             step_choices=teacher_steps)
     t_teacher = time.perf_counter() - t0
     traj_dir = Path(trajectories) if trajectories else output.with_suffix(".trajectories")
     t0 = time.perf_counter()
@@ -136,7 +138,8 @@ def run_evaluate(*, model: str, weights: Path, drift: Path, data: str, ways: int
                  seed: int = 0, methods: tuple[str, ...] | None = None,
                  teacher: TeacherConfig | None = None, steps: int | None = None,
                  step_sweep: tuple[int, ...] = (), timing_episodes: int = 50,
-                 full_episodes: int = 20, progress: bool = False) -> dict[str, Any]:
+                 memory_episodes: int = 3, full_episodes: int = 20,
+                 progress: bool = False) -> dict[str, Any]:
     """Evaluate every method on the same seeded episodes of ``data``."""
     net, _, pre = load_backbone(model, weights)
     drift_net, spec, theta0, settings, dmeta = load_drift(drift)
@@ -150,6 +153,7 @@ def run_evaluate(*, model: str, weights: Path, drift: Path, data: str, ways: int
     ds = load_dataset(data, size=pre.size, progress=progress)
     config = EvalConfig(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed,
                         timing_episodes=timing_episodes, full_episodes=full_episodes,
+                        memory_episodes=memory_episodes,
                         step_sweep=step_sweep,
                         **({"methods": methods} if methods else {}))
     res = evaluate_adaptation(net, spec, ds, pre, drift=drift_net, theta0=theta0,

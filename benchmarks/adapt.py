@@ -1,0 +1,335 @@
+"""B2: gradient-free adaptation (HyperFlow) against no adaptation, the teacher and full fine-tuning.
+
+Full mode (needs the backbone from benchmarks/adapt_backbone.py, trained on tiny-imagenet/base):
+meta-train the drift (teacher recipe, early stopping and Euler steps chosen on tiny-imagenet/val
+only), then evaluate every method on the same seeded 5-way episodes of tiny-imagenet/novel and the
+cross-domain sets (cifar10, gtsrb, mnist, omniglot); accuracy vs Euler steps; per-domain oracle
+(best teacher setting in hindsight, an upper bound); offline cost and break-even.
+
+Quick mode (~1-2 minutes, used by the tests): the same code on the built-in digits with a tiny
+backbone trained on the spot.
+
+Example: python benchmarks/adapt.py --quick
+         python benchmarks/adapt.py --backbone runs/adapt/backbone.pt --episodes 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgeflow.adapt.meta_train import MetaTrainConfig  # noqa: E402
+from edgeflow.adapt.split import TaskCache  # noqa: E402
+from edgeflow.adapt.tasks import make_task  # noqa: E402
+from edgeflow.adapt.teacher import TeacherConfig, finetune  # noqa: E402
+from edgeflow.adapt.trajectories import TrajectoryConfig  # noqa: E402
+from edgeflow.adapt.workflow import load_backbone, run_evaluate, run_meta_train  # noqa: E402
+from edgeflow.data import EpisodeSampler, load_dataset  # noqa: E402
+
+SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared")) / "data"
+DOMAINS = {
+    "tiny-imagenet/novel": SHARED / "tiny-imagenet" / "novel.zip",
+    "cifar10": SHARED / "cifar10" / "test.zip",
+    "gtsrb": SHARED / "gtsrb" / "test.zip",
+    "mnist": SHARED / "mnist" / "test.zip",
+    "omniglot": SHARED / "omniglot" / "images_background_small1.zip",
+}
+CROSS = ("cifar10", "gtsrb", "mnist", "omniglot")
+SWEEP = (1, 2, 5, 10, 20, 50)
+ORACLE_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
+ORACLE_STEPS = (5, 10, 20, 40)
+
+
+def quick_backbone(out: Path) -> Path:
+    """A conv4 trained 2 epochs on digits at 16 px (seconds), saved with checkpoint meta."""
+    from edgeflow.checkpoint import save_checkpoint
+    from edgeflow.data import Preprocess
+    from edgeflow.models import create_model
+    from edgeflow.train import TrainConfig, fit, to_tensor
+    from edgeflow.workflows import checkpoint_meta
+
+    torch.manual_seed(0)
+    ds = load_dataset("digits")
+    spec = Preprocess(size=16, channels=3)
+    net = create_model("conv4", num_classes=10, width=16)
+    fit(net, to_tensor(ds, spec), config=TrainConfig(epochs=2, lr=0.05, batch_size=64,
+                                                     device="cpu"))
+    return save_checkpoint(out, state_dict=net.state_dict(),
+                           meta=checkpoint_meta("conv4", net, ds.classes, spec, {"width": 16}))
+
+
+def oracle(model: str, weights: Path, drift: Path, data: str, *, episodes: int, shots: int,
+           seed: int) -> dict:
+    """Teacher grid (lr x steps) on the first ``episodes`` episodes: mean accuracy of every
+    setting, and the best in hindsight (per-domain upper bound)."""
+    from edgeflow.adapt.io import load_drift
+    from edgeflow.adapt.split import SplitFeatures
+
+    net, _, pre = load_backbone(model, weights)
+    _, spec, theta0, _, _ = load_drift(drift)
+    split = SplitFeatures(net, spec)
+    ds = load_dataset(data, size=pre.size)
+    sampler = EpisodeSampler(ds.labels, ways=5, shots=shots, queries=15, seed=seed)
+    table: dict[str, list[float]] = {}
+    none: list[float] = []
+    for i in range(episodes):
+        task = make_task(ds, sampler.episode(i), pre)
+        tc = TaskCache(split, task.support_x, task.support_y, task.query_x, task.query_y, 5)
+        for lr in ORACLE_LRS:
+            acc = finetune(split, tc.support, tc.support_y, 5, theta0,
+                           config=TeacherConfig(lr=lr, steps=max(ORACLE_STEPS)), query=tc.query,
+                           query_y=tc.query_y).query_acc
+            for s in ORACLE_STEPS:
+                table.setdefault(f"{lr:g}@{s}", []).append(float(acc[s]))
+        none.append(float(acc[0]))
+    means = {k: statistics.fmean(v) for k, v in table.items()}
+    best = max(means, key=means.get)
+    return {"episodes": episodes, "shots": shots, "none": statistics.fmean(none),
+            "settings": means, "best": best, "best_accuracy": means[best],
+            "best_gain": means[best] - statistics.fmean(none)}
+
+
+def fmt(x: float | None, scale: float = 100.0, nd: int = 2) -> str:
+    return "-" if x is None else f"{scale * x:.{nd}f}"
+
+
+def markdown(res: dict) -> str:
+    lines = ["# B2 gradient-free adaptation (HyperFlow)", "",
+             f"Machine: {res['machine']}. Mode: {res['mode']}. Backbone: {res['backbone']} "
+             f"({res.get('backbone_meta', {}).get('model')}, theta = {res['meta_train']['theta_size']} "
+             "BatchNorm shifts of the last block(s)).",
+             f"Episodes: 5-way, 15 queries/class, {res['episodes']} per domain and shot count (seed "
+             f"{res['seed']}), identical for every method; full fine-tuning on the first "
+             f"{res['full_episodes']} of them. Accuracy in %, +- 95% CI (1.96 std/sqrt(n)).",
+             "Time: median wall time per episode from preprocessed tensors to query logits "
+             f"(first {res['timing_episodes']} episodes, each method computing its own features); "
+             "extra = minus no adaptation's, per episode. Memory: peak of live PyTorch CPU "
+             "allocations during that call (torch.profiler allocation events), extra = minus no "
+             "adaptation's.", "",
+             f"Teacher recipe chosen on val: {res['meta_train']['teacher']}. HyperFlow integrator "
+             f"chosen on val: {res['meta_train']['integrator']}.", ""]
+    for shots in res["shots"]:
+        lines += [f"## 5-way {shots}-shot", "",
+                  "| domain | method | accuracy | gain | extra ms | extra MiB |", "|---|---|---|---|---|---|"]
+        for dom, dres in res["domains"].items():
+            for m, r in dres["by_shots"][str(shots)]["methods"].items():
+                lines.append(f"| {dom} | {m} | {fmt(r['accuracy'])} +- {fmt(r['ci95'])} | "
+                             f"{fmt(r.get('gain'), nd=2)} | {fmt(r.get('extra_ms'), 1, 1)} | "
+                             f"{fmt(r.get('extra_mib'), 1, 3)} |")
+        lines.append("")
+    lines += ["## Accuracy against the number of Euler steps (5-shot; chosen on val: "
+              f"{res['meta_train']['integrator']['steps']})", "",
+              "| domain | " + " | ".join(str(s) for s in SWEEP) + " |",
+              "|---|" + "---|" * len(SWEEP)]
+    for dom, dres in res["domains"].items():
+        sw = dres["by_shots"][str(max(res["shots"]))].get("euler_steps", {})
+        lines.append(f"| {dom} | " + " | ".join(fmt(sw.get(str(s), {}).get("accuracy"))
+                                                for s in SWEEP) + " |")
+    lines += ["", "## Targets", ""]
+    for k, v in res["targets"].items():
+        lines.append(f"- {k}: {v}")
+    if res.get("oracle"):
+        lines += ["", "## Per-domain oracle (best teacher setting in hindsight; upper bound)", "",
+                  "| domain | episodes | none | best setting | best accuracy | gain |",
+                  "|---|---|---|---|---|---|"]
+        for dom, o in res["oracle"].items():
+            lines.append(f"| {dom} | {o['episodes']} | {fmt(o['none'])} | {o['best']} | "
+                         f"{fmt(o['best_accuracy'])} | {fmt(o['best_gain'])} |")
+    oc = res["offline"]
+    lines += ["", "## Offline cost", "",
+              f"Trajectory generation {oc['trajectories_s']:.0f} s, meta-training "
+              f"{oc['meta_train_s']:.0f} s, teacher selection {oc['teacher_selection_s']:.0f} s "
+              f"(this machine, shared). Break-even: {oc['break_even_episodes']} adaptations "
+              "(offline seconds / (teacher extra time - HyperFlow extra time) per 5-shot episode).",
+              ""]
+    return "\n".join(lines)
+
+
+def targets(res: dict) -> dict:
+    """The issue's targets, computed from the measured numbers (5-shot unless said)."""
+    s = str(max(res["shots"]))
+    dom = res["domains"]
+    out = {}
+    hf = "hyperflow-euler"
+    if "tiny-imagenet/novel" in dom:
+        m = dom["tiny-imagenet/novel"]["by_shots"][s]["methods"]
+        out["in-domain HyperFlow - none (target >= -0.5 point)"] = f"{100 * m[hf]['gain']:+.2f}"
+    cross = [d for d in CROSS if d in dom]
+    if cross:
+        g_hf = statistics.fmean(dom[d]["by_shots"][s]["methods"][hf]["gain"] for d in cross)
+        g_t = statistics.fmean(dom[d]["by_shots"][s]["methods"]["teacher"]["gain"] for d in cross)
+        sep = [d for d in cross if (lambda m: m[hf]["accuracy"] - m[hf]["ci95"] >
+                                    m["none"]["accuracy"] + m["none"]["ci95"])(
+                                        dom[d]["by_shots"][s]["methods"])]
+        out["cross-domain mean gain HyperFlow vs teacher (target HF >= teacher)"] = \
+            f"{100 * g_hf:+.2f} vs {100 * g_t:+.2f}"
+        out["domains with HyperFlow CI above none's (target >= 2)"] = f"{len(sep)}: {sep}"
+    ratios_t, ratios_m = [], []
+    for d in dom.values():
+        m = d["by_shots"][s]["methods"]
+        if m["teacher"].get("extra_ms") and m["teacher"]["extra_ms"] > 0:
+            ratios_t.append(m[hf]["extra_ms"] / m["teacher"]["extra_ms"])
+        if m["teacher"].get("extra_mib") and m["teacher"]["extra_mib"] > 0:
+            ratios_m.append(m[hf]["extra_mib"] / m["teacher"]["extra_mib"])
+    if ratios_t:
+        out["HyperFlow extra time / teacher extra time (median over domains, target <= 10%)"] = \
+            f"{100 * statistics.median(ratios_t):.1f}%"
+    if ratios_m:
+        out["HyperFlow extra memory / teacher extra memory (median over domains, target <= 15%)"] = \
+            f"{100 * statistics.median(ratios_m):.1f}%"
+    chosen = str(res["meta_train"]["integrator"]["steps"])
+    gaps = {}
+    for name, d in dom.items():
+        sw = d["by_shots"][s].get("euler_steps")
+        if sw and chosen in sw:
+            gaps[name] = 100 * (max(v["accuracy"] for v in sw.values()) - sw[chosen]["accuracy"])
+    if gaps:
+        out["overshoot: best step count - chosen (points, target <= 0.5)"] = \
+            ", ".join(f"{k} {v:.2f}" for k, v in gaps.items())
+    return out
+
+
+def finish(res: dict, out: Path, stem: str, seconds: float) -> None:
+    """Offline cost, break-even and targets from the measured numbers; write JSON + markdown."""
+    summary = res["meta_train"]
+    s5 = str(max(res["shots"]))
+    hf_t = [d["by_shots"][s5]["methods"]["hyperflow-euler"]["extra_ms"] for d in res["domains"].values()]
+    te_t = [d["by_shots"][s5]["methods"]["teacher"]["extra_ms"] for d in res["domains"].values()]
+    offline = summary["seconds"]["trajectories"] + summary["seconds"]["meta_train"]
+    saved_ms = statistics.median(te_t) - statistics.median(hf_t)
+    res["offline"] = {"trajectories_s": summary["seconds"]["trajectories"],
+                      "meta_train_s": summary["seconds"]["meta_train"],
+                      "teacher_selection_s": summary["seconds"]["teacher_selection"],
+                      "saved_ms_per_episode": saved_ms,
+                      "break_even_episodes": round(1e3 * offline / saved_ms) if saved_ms > 0 else None}
+    res["targets"] = targets(res)
+    res["seconds"] = seconds
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=1, default=str))
+    (out / f"{stem}.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+def merge(parts: list[Path], out: Path) -> None:
+    """Combine partial results of runs over disjoint domains (same backbone, drift and episodes)."""
+    runs = [json.loads(p.read_text()) for p in parts]
+    res = runs[0]
+    for other in runs[1:]:
+        res["domains"].update(other["domains"])
+        res["oracle"].update(other.get("oracle", {}))
+    order = [d for d in DOMAINS if d in res["domains"]]
+    res["domains"] = {d: res["domains"][d] for d in order}
+    res["oracle"] = {d: res["oracle"][d] for d in DOMAINS if d in res["oracle"]}
+    res["merged_from"] = [str(p) for p in parts]
+    finish(res, out, "adapt", sum(r.get("seconds", 0) for r in runs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--backbone", type=Path, default=ROOT / "runs" / "adapt" / "backbone.pt")
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--drift", type=Path, default=None, help="reuse this drift (skip meta-training)")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "adapt")
+    ap.add_argument("--tasks", type=int, default=600)
+    ap.add_argument("--episodes", type=int, default=300)
+    ap.add_argument("--timing-episodes", type=int, default=40)
+    ap.add_argument("--full-episodes", type=int, default=10)
+    ap.add_argument("--oracle-episodes", type=int, default=60)
+    ap.add_argument("--meta-steps", type=int, default=3000)
+    ap.add_argument("--theta-size", type=int, default=128)
+    ap.add_argument("--domains", default=",".join(DOMAINS))
+    ap.add_argument("--starts", type=int, default=2)
+    ap.add_argument("--traj-lr", type=float, default=2e-2)
+    ap.add_argument("--traj-steps", type=int, default=24)
+    ap.add_argument("--val-count", type=int, default=60)
+    ap.add_argument("--teacher-lrs", default="0.001,0.003,0.01")
+    ap.add_argument("--teacher-steps", default="5,10,20,40")
+    ap.add_argument("--memory-episodes", type=int, default=3)
+    ap.add_argument("--merge", default=None, help="comma-separated partial JSONs to combine")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.merge:
+        merge([Path(p) for p in args.merge.split(",")], args.out)
+        return
+    t_start = time.perf_counter()
+    seed = 0
+    if args.quick:
+        work = Path(tempfile.mkdtemp(prefix="b2-quick-"))
+        backbone, model = quick_backbone(work / "backbone.pt"), "conv4"
+        base = val = "digits"
+        domains = {"digits": "digits"}
+        traj = TrajectoryConfig(tasks=8, chunk=4, queries=5,
+                                teacher=TeacherConfig(lr=5e-2, steps=8))
+        mcfg = MetaTrainConfig(steps=60, eval_every=30, hidden=32, task_dim=16,
+                               step_choices=SWEEP)
+        episodes, timing, full, oracle_eps, val_count, theta_size = 4, 2, 1, 2, 6, 32
+        drift_path = work / "drift.pt"
+    else:
+        work = args.work
+        backbone, model = args.backbone, args.model
+        base, val = str(SHARED / "tiny-imagenet" / "base.zip"), str(SHARED / "tiny-imagenet" / "val.zip")
+        domains = {d: str(DOMAINS[d]) for d in args.domains.split(",")}
+        traj = TrajectoryConfig(tasks=args.tasks, starts=args.starts,
+                                teacher=TeacherConfig(lr=args.traj_lr, steps=args.traj_steps))
+        mcfg = MetaTrainConfig(steps=args.meta_steps, step_choices=SWEEP)
+        episodes, timing, full = args.episodes, args.timing_episodes, args.full_episodes
+        oracle_eps, val_count, theta_size = args.oracle_episodes, args.val_count, args.theta_size
+        drift_path = args.drift or work / "drift.pt"
+    if args.drift is None or args.quick:
+        summary = run_meta_train(model=model, weights=backbone, data=base, val_data=val,
+                                 output=drift_path, trajectories=drift_path.with_suffix(".traj"),
+                                 theta_size=theta_size, traj_config=traj, train_config=mcfg,
+                                 val_count=val_count, progress=False,
+                                 teacher_lrs=tuple(float(v) for v in args.teacher_lrs.split(",")),
+                                 teacher_steps=tuple(int(v) for v in args.teacher_steps.split(",")))
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}), flush=True)
+    else:
+        from edgeflow.adapt.io import load_drift
+
+        summary = load_drift(drift_path)[4]["report"]
+    res: dict = {"mode": "quick" if args.quick else "full",
+                 "machine": f"{platform.machine()} {os.cpu_count()} cores "
+                            f"(shared with other jobs), torch threads {args.threads}",
+                 "backbone": str(backbone), "drift": str(drift_path), "episodes": episodes,
+                 "timing_episodes": timing, "full_episodes": full, "seed": seed, "shots": [1, 5],
+                 "meta_train": summary, "domains": {}, "oracle": {}}
+    res["backbone_meta"] = {k: v for k, v in load_backbone(model, backbone)[1].items()
+                            if k != "classes"}
+    methods = ("none", "teacher", "hyperflow-euler", "hyperflow-heun", "full-finetune")
+    for name, path in domains.items():
+        t0 = time.perf_counter()
+        r = run_evaluate(model=model, weights=backbone, drift=drift_path, data=path,
+                         shots=(1, 5), episodes=episodes, seed=seed, methods=methods,
+                         step_sweep=SWEEP, timing_episodes=timing, full_episodes=full,
+                         queries=5 if args.quick else 15, progress=False,
+                         memory_episodes=args.memory_episodes)
+        r["seconds"] = time.perf_counter() - t0
+        res["domains"][name] = r
+        print(name, json.dumps({k: {m: round(v["accuracy"], 4) for m, v in e["methods"].items()}
+                                for k, e in r["by_shots"].items()}), flush=True)
+        if oracle_eps:
+            res["oracle"][name] = oracle(model, backbone, drift_path, path, episodes=oracle_eps,
+                                         shots=5, seed=seed)
+        partial = args.out / ("adapt-quick.partial.json" if args.quick else "adapt.partial.json")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(res, indent=1, default=str))  # survives a later crash
+    finish(res, args.out, "adapt-quick" if args.quick else "adapt", time.perf_counter() - t_start)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeflow.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, list(map(str, args)))
+
+
+@pytest.mark.slow
+def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
+    weights, _ = digits_backbone
+    drift = tmp_path / "drift.pt"
+    res = run("meta-train", "--model", "conv4", "--weights", weights, "--data", "digits",
+              "--val-data", "digits", "--output", drift, "--tasks", "3", "--teacher-steps", "4",
+              "--steps", "20", "--hidden", "32", "--theta-size", "32", "--val-tasks", "2", "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert Path(out["output"]).exists() and out["theta_size"] == 32
+    assert out["integrator"]["method"] == "euler" and out["trajectory_rows"] == 6
+    res = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", drift, "--data",
+              "digits", "--shots", "1,2", "--episodes", "2", "--queries", "3",
+              "--timing-episodes", "1", "--json")
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    for shots in ("1", "2"):
+        for method in ("none", "teacher", "hyperflow-euler", "hyperflow-heun"):
+            r = ev["by_shots"][shots]["methods"][method]
+            assert {"accuracy", "ci95", "median_ms", "peak_mib"} <= set(r)
+    bad = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", weights, "--data",
+              "digits", "--episodes", "1")
+    assert bad.exit_code == 1 and "not a drift checkpoint" in bad.output
+    bad = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", drift, "--data",
+              "digits", "--shots", "one")
+    assert bad.exit_code == 1 and "comma-separated integers" in bad.output
+
+
+@pytest.mark.slow
+def test_quick_benchmark_end_to_end(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adapt.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "adapt-quick.json").read_text())
+    methods = res["domains"]["digits"]["by_shots"]["5"]["methods"]
+    assert set(methods) >= {"none", "teacher", "hyperflow-euler", "hyperflow-heun", "full-finetune"}
+    assert set(res["domains"]["digits"]["by_shots"]["5"]["euler_steps"]) == {"1", "2", "5", "10",
+                                                                            "20", "50"}
+    assert "break_even_episodes" in res["offline"]
+    assert (tmp_path / "adapt-quick.md").read_text().startswith("# B2")

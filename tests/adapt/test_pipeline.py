@@ -1,0 +1,105 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from edgeflow.adapt import IntegratorSettings, ThetaSpec
+from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation, mean_ci, peak_memory_bytes
+from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
+from edgeflow.adapt.split import SplitFeatures
+from edgeflow.adapt.teacher import TeacherConfig
+from edgeflow.adapt.trajectories import TrajectoryConfig, generate_trajectories, load_trajectories
+from edgeflow.adapt.workflow import val_tasks
+from edgeflow.data import Preprocess, load_dataset
+from edgeflow.errors import ConfigError, DataError
+
+PRE = Preprocess(size=16, channels=3)
+SMALL = TrajectoryConfig(tasks=5, chunk=2, queries=5, starts=2,
+                         teacher=TeacherConfig(lr=5e-2, steps=6))
+
+
+def test_trajectories_are_resumable_and_identical(tmp_path, digits_backbone):
+    _, net = digits_backbone
+    spec = ThetaSpec.from_model(net, max_size=32)
+    ds = load_dataset("digits")
+    out = generate_trajectories(net, spec, ds, PRE, tmp_path / "a", config=SMALL)
+    first = load_trajectories(out)
+    assert first.paths.shape == (10, 7, spec.size) and first.protos.shape == (5, 5, net.feature_dim)
+    assert len(first.shift) == 5 and first.stop.max() <= 6
+    torch.testing.assert_close(first.paths[::2, 0], spec.get(net).expand(5, -1))  # clean starts
+    assert not torch.allclose(first.paths[1, 0], spec.get(net))  # noisy start
+    (out / "chunk_00001.npz").unlink()  # an interrupted run: the missing chunk is regenerated
+    generate_trajectories(net, spec, ds, PRE, out, config=SMALL)
+    again = load_trajectories(out)
+    torch.testing.assert_close(again.paths, first.paths)
+    assert torch.equal(again.stop, first.stop)
+    with pytest.raises(ConfigError, match="another configuration"):
+        generate_trajectories(net, spec, ds, PRE, out, config=TrajectoryConfig(tasks=3))
+    # fewer tasks of the same configuration: the first chunks are reused as they are
+    fewer = load_trajectories(generate_trajectories(net, spec, ds, PRE, out,
+                                                    config=replace(SMALL, tasks=2)))
+    torch.testing.assert_close(fewer.paths, first.paths[:4])
+    with pytest.raises(DataError, match="no trajectories"):
+        load_trajectories(tmp_path / "empty")
+
+
+def test_meta_train_fits_the_velocities_and_keeps_the_best_val(tmp_path, digits_backbone):
+    _, net = digits_backbone
+    spec = ThetaSpec.from_model(net, max_size=32)
+    ds = load_dataset("digits")
+    data = load_trajectories(generate_trajectories(net, spec, ds, PRE, tmp_path / "t",
+                                                   config=SMALL))
+    split = SplitFeatures(net, spec)
+    vt = val_tasks(split, ds, PRE, count=4, queries=5)
+    drift, report = meta_train(data, vt, split, spec.get(net), config=MetaTrainConfig(
+        steps=40, eval_every=20, hidden=32, task_dim=16, step_choices=(1, 2)))
+    assert report["best_val_acc"] >= report["val_acc_no_adaptation"]
+    assert report["integrator"]["steps"] in (1, 2)
+    losses = [h["loss"] for h in report["history"][1:]]
+    assert losses and all(np.isfinite(losses))
+    assert torch.all(drift.velocity_net.velocity_scale > 0)
+
+
+def test_evaluation_is_reproducible_and_reports_every_method(digits_backbone):
+    _, net = digits_backbone
+    spec = ThetaSpec.from_model(net, max_size=32)
+    ds = load_dataset("digits")
+    from edgeflow.adapt import DriftConfig, DriftNet
+
+    torch.manual_seed(0)
+    drift = DriftNet(DriftConfig(theta_dim=spec.size, feature_dim=net.feature_dim, hidden=32,
+                                 task_dim=16)).eval()
+    torch.nn.init.normal_(drift.velocity_net.out.weight, std=0.05)
+    cfg = EvalConfig(shots=(1, 2), episodes=3, queries=4, timing_episodes=2, memory_episodes=1,
+                     full_episodes=1, step_sweep=(1, 3),
+                     methods=("none", "teacher", "hyperflow-euler", "hyperflow-heun",
+                              "full-finetune"))
+    kw = dict(drift=drift, theta0=spec.get(net), settings=IntegratorSettings(steps=3),
+              teacher=TeacherConfig(lr=1e-2, steps=3), config=cfg, keep_episodes=True)
+    a = evaluate_adaptation(net, spec, ds, PRE, **kw)
+    b = evaluate_adaptation(net, spec, ds, PRE, **kw)
+    for shots in ("1", "2"):
+        assert a["by_shots"][shots]["episode_accuracy"] == b["by_shots"][shots]["episode_accuracy"]
+        res = a["by_shots"][shots]["methods"]
+        # full fine-tuning and the step sweep: on the largest shot count only (expensive)
+        assert set(res) == set(cfg.methods) - ({"full-finetune"} if shots == "1" else set())
+        assert res["none"]["episodes"] == 3
+        for r in res.values():
+            assert 0 <= r["accuracy"] <= 1 and r["median_ms"] > 0 and r["peak_mib"] > 0
+    assert a["by_shots"]["2"]["methods"]["full-finetune"]["episodes"] == 1
+    assert set(a["by_shots"]["2"]["euler_steps"]) == {"1", "3"}
+    assert "euler_steps" not in a["by_shots"]["1"]
+    json.dumps(a)  # JSON-able
+    c = evaluate_adaptation(net, spec, ds, PRE, **{**kw, "config": EvalConfig(
+        shots=(1,), episodes=3, queries=4, seed=1, timing_episodes=0, memory_episodes=0)})
+    assert c["by_shots"]["1"]["episode_accuracy"]["none"] != a["by_shots"]["1"]["episode_accuracy"]["none"]
+
+
+def test_mean_ci_and_peak_memory():
+    mean, ci = mean_ci([0.5, 0.7, 0.6, 0.8])
+    assert mean == pytest.approx(0.65)
+    assert ci == pytest.approx(1.96 * np.std([0.5, 0.7, 0.6, 0.8], ddof=1) / 2)
+    peak = peak_memory_bytes(lambda: torch.ones(1024, 1024).sum())  # 4 MiB live at the peak
+    assert 4 * 2**20 <= peak < 5 * 2**20
