@@ -102,7 +102,8 @@ def build(
     b = load_bundle(bundle)
     options = BuildOptions.for_precision(precision)
     if target is not None:
-        options = BuildOptions.from_target(_load_target(target), precision=precision)
+        options = BuildOptions.from_target(_load_target(target), precision=precision,
+                                           dla_core=dla_core)
     changes = {}
     if workspace_mb is not None:
         changes["workspace_bytes"] = workspace_mb << 20
@@ -123,14 +124,9 @@ def build(
 
 
 def _load_target(name: str):
-    try:
-        from edgeflow.targets import load_target  # provided by the targets work
-    except ImportError as exc:
-        from edgeflow.errors import ConfigError
+    from edgeflow.targets import Target
 
-        raise ConfigError("target profiles are not available in this installation; pass "
-                          "--precision/--sparse/--dla-core/--workspace-mb instead of --target") from exc
-    return load_target(name)
+    return Target.load(name)
 
 
 def adapt(

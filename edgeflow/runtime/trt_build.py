@@ -18,12 +18,15 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeflow.errors import BackendError, ConfigError, unknown_name
 from edgeflow.runtime.bundle import TensorSpec, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
+
+if TYPE_CHECKING:
+    from edgeflow.targets import Target
 
 
 @dataclass(frozen=True)
@@ -68,21 +71,20 @@ class BuildOptions:
         return cls(precisions=table[precision], **kw)
 
     @classmethod
-    def from_target(cls, target: Any, *, precision: str = "fp16") -> BuildOptions:
-        """Duck-typed mapping from a target profile (attributes read when present)."""
-        base = cls.for_precision(precision)
-        dla = int(getattr(target, "dla_cores", 0) or 0)
-        ws = getattr(target, "workspace_bytes", None)
-        if ws is None and getattr(target, "workspace_mb", None):
-            ws = int(target.workspace_mb) << 20
-        batches = tuple(getattr(target, "batch_sizes", ()) or ())
-        return cls(precisions=base.precisions,
-                   sparse_weights=bool(getattr(target, "sparse_2_4", False)
-                                       or getattr(target, "supports_2_4", False)),
-                   dla_core=0 if dla and getattr(target, "use_dla", False) else None,
-                   workspace_bytes=ws if ws is not None else base.workspace_bytes,
-                   batch=(min(batches), sorted(batches)[len(batches) // 2], max(batches))
-                   if batches else base.batch)
+    def from_target(cls, target: Target, *, precision: str = "fp16",
+                    dla_core: int | None = None) -> BuildOptions:
+        """Options from a device profile: its workspace, batch range and 2:4 support.
+
+        DLA is a per-build choice (``dla_core``), checked against the profile's DLA cores.
+        """
+        if dla_core is not None and not 0 <= dla_core < target.dla_cores:
+            raise ConfigError(f"target {target.name} has {target.dla_cores} DLA cores; "
+                              f"--dla-core {dla_core} does not exist there")
+        return cls(precisions=cls.for_precision(precision).precisions,
+                   sparse_weights=target.sparse_2_4, dla_core=dla_core,
+                   workspace_bytes=target.workspace_mb << 20 if target.workspace_mb else
+                   cls.for_precision(precision).workspace_bytes,
+                   batch=(target.batch_min, target.batch_opt, target.batch_max))
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,11 @@ def test_every_field_has_a_flag():
 def test_int_lists():
     assert parse_int_list("0-2,5", name="x") == [0, 1, 2, 5]
     assert parse_int_list("", name="x") == []
+
+
+def test_shipped_recipes_load():
+    from pathlib import Path
+
+    for recipe in sorted((Path(__file__).parents[2] / "examples").glob("*.toml")):
+        cfg = build_config(file=recipe)
+        assert cfg.prune.granularity in ("weight", "n:m", "channel"), recipe

@@ -48,16 +48,17 @@ def test_options_validation_and_target_mapping():
     with pytest.raises(ConfigError, match="batch range"):
         BuildOptions(batch=(4, 2, 8))
 
-    class Target:  # duck-typed stand-in for edgeflow.targets.Target
-        sparse_2_4 = True
-        dla_cores = 2
-        use_dla = True
-        workspace_mb = 256
-        batch_sizes = (1, 8, 32)
+    from edgeflow.targets import Target
 
-    opts = BuildOptions.from_target(Target(), precision="fp16")
-    assert opts.sparse_weights and opts.dla_core == 0 and opts.workspace_bytes == 256 << 20
-    assert opts.batch == (1, 8, 32)
+    nx = Target.load("jetson-orin-nx-16gb")
+    opts = BuildOptions.from_target(nx, precision="fp16", dla_core=1)
+    assert opts.sparse_weights and opts.dla_core == 1
+    assert opts.workspace_bytes == nx.workspace_mb << 20
+    assert opts.batch == (nx.batch_min, nx.batch_opt, nx.batch_max)
+    xavier = BuildOptions.from_target(Target.load("jetson-xavier-nx"), precision="int8")
+    assert not xavier.sparse_weights and xavier.dla_core is None and "int8" in xavier.precisions
+    with pytest.raises(ConfigError, match="has 0 DLA cores"):
+        BuildOptions.from_target(Target.load("jetson-orin-nano-8gb"), dla_core=0)
 
 
 def test_profile_shapes_cover_dynamic_dims_only():
