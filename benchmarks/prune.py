@@ -228,9 +228,24 @@ def targets(results: list[dict]) -> list[str]:
     return out
 
 
+def seeds_table(datasets: list[dict]) -> str:
+    """Top-1 of every run that each seed completed, per seed and the mean."""
+    seeds = [d["meta"]["seed"] for d in datasets]
+    by = [{r["run"]: r["top1"] for r in d["results"]} for d in datasets]
+    common = [r for r in by[0] if all(r in b for b in by[1:])]
+    lines = ["", f"## Seeds {seeds}: top-1 of the runs every seed completed", "",
+             "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for run in common:
+        vals = [b[run] for b in by]
+        lines.append(f"| {run} | " + " | ".join(f"{100 * v:.2f}%" for v in vals)
+                     + f" | {100 * statistics.mean(vals):.2f}% |")
+    return "\n".join(lines) + "\n"
+
+
 def table(results: list[dict], meta: dict) -> str:
     dense = next((r["top1"] for r in results if r["run"] == "dense"), None)
-    lines = [f"# B1 pruning quality ({meta['mode']} mode)", "",
+    lines = [f"# B1 pruning quality ({meta['mode']} mode, scaled to this machine: see below)", "",
              f"ResNet-20, pretrained `{WEIGHTS.name}`; train: {meta['limit']} images of "
              f"cifar10/train.zip (class-balanced); test: {meta['test_limit']} images of "
              f"cifar10/test.zip. Budget for every method: {meta['epochs']} pruning + "
@@ -311,12 +326,17 @@ def main() -> None:
     ap.add_argument("--deadline", default=None, help="UTC HH:MM; runs not started by then are skipped")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prune"))
     ap.add_argument("--render", default=None, help="only rewrite the markdown of this JSON")
+    ap.add_argument("--other-seeds", default=None,
+                    help="with --render: comma list of JSONs of other seeds, for a per-seed table")
     a = ap.parse_args()
     if a.render:
         data = json.loads(Path(a.render).read_text())
         md = table(data["results"], data["meta"])
         if data["meta"].get("skipped"):
             md += f"\nNot run (deadline): {data['meta']['skipped']}\n"
+        if a.other_seeds:
+            md += seeds_table([data, *(json.loads(Path(f).read_text())
+                                       for f in a.other_seeds.split(","))])
         Path(a.render).with_suffix(".md").write_text(md)
         print(md)
         return
