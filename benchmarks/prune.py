@@ -251,7 +251,7 @@ def table(results: list[dict], meta: dict) -> str:
              f"cifar10/test.zip. Budget for every method: {meta['epochs']} pruning + "
              f"{meta['regrowth']} fine-tune/regrowth epochs, batch {meta['batch_size']}, SGD "
              f"momentum 0.9 wd 5e-4, lr {meta['lr']} (cosine to /30) then {meta['ft_lr']} "
-             f"(cosine to /10), crop+flip, label smoothing 0.1; seed {meta['seed']} (one seed). "
+             f"(cosine to /10), crop+flip, label smoothing 0.1; seed {meta['seed']}. "
              f"Machine: {meta['machine']}; {meta['jobs']} worker processes x 1 thread, "
              "shared with other jobs (timings are noisy).", "",
              "| run | method | granularity | requested | achieved sparsity | top-1 | vs dense | "
