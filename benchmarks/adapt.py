@@ -108,6 +108,7 @@ def fmt(x: float | None, scale: float = 100.0, nd: int = 2) -> str:
 def markdown(res: dict) -> str:
     mt_traj = res["meta_train"].get("trajectory_config", {})
     lines = ["# B2 gradient-free adaptation (HyperFlow)", "",
+             *([f"**Note.** {res['note']}", ""] if res.get("note") else []),
              f"Machine: {res['machine']}. Mode: {res['mode']}. Backbone: {res['backbone']} "
              f"({res.get('backbone_meta', {}).get('model')}, theta = {res['meta_train']['theta_size']} "
              "BatchNorm shifts of the last block(s)).",
@@ -119,8 +120,8 @@ def markdown(res: dict) -> str:
              "from the support set's cached prefix activations, full fine-tuning from the images); "
              "end-to-end ms = median time from preprocessed tensors to query logits, each method "
              "computing its own features; adapt MiB = peak of live PyTorch CPU allocations during "
-             "the adaptation step (torch.profiler allocation events, "
-             f"{res.get('memory_episodes', '?')} episodes).", "",
+             "the adaptation step (torch.profiler allocation events"
+             + (f", {res['memory_episodes']} episodes)." if "memory_episodes" in res else ").") , "",
              f"Teacher recipe chosen on val: {res['meta_train']['teacher']}. HyperFlow integrator "
              f"chosen on val: {res['meta_train']['integrator']}.",
              f"Trajectories: {mt_traj.get('tasks')} base tasks x {mt_traj.get('starts')} starts, "
@@ -159,6 +160,16 @@ def markdown(res: dict) -> str:
         for dom, o in res["oracle"].items():
             lines.append(f"| {dom} | {o['episodes']} | {fmt(o['none'])} | {o['best']} | "
                          f"{fmt(o['best_accuracy'])} | {fmt(o['best_gain'])} |")
+    if res.get("cost"):
+        c = res["cost"]
+        lines += ["", f"## Adaptation-step cost, separate run ({c['data']})", "",
+                  "| shots | method | accuracy | adapt ms (median) | end-to-end ms | adapt peak MiB | "
+                  "episodes |", "|---|---|---|---|---|---|---|"]
+        for k, e in c["by_shots"].items():
+            for m, r in e["methods"].items():
+                lines.append(f"| {k} | {m} | {fmt(r['accuracy'])} +- {fmt(r['ci95'])} | "
+                             f"{fmt(r.get('adapt_ms'), 1, 2)} | {fmt(r.get('median_ms'), 1, 1)} | "
+                             f"{fmt(r.get('adapt_peak_mib'), 1, 3)} | {r['episodes']} |")
     oc = res["offline"]
     lines += ["", "## Offline cost", "",
               f"Trajectory generation {oc['trajectories_s']:.0f} s, meta-training "
@@ -195,6 +206,11 @@ def targets(res: dict) -> dict:
             ratios_t.append(m[hf]["adapt_ms"] / m["teacher"]["adapt_ms"])
         if m["teacher"].get("adapt_peak_mib"):
             ratios_m.append(m[hf]["adapt_peak_mib"] / m["teacher"]["adapt_peak_mib"])
+    cost = res.get("cost")
+    if not ratios_t and cost:
+        m = cost["by_shots"][s]["methods"]
+        ratios_t = [m[hf]["adapt_ms"] / m["teacher"]["adapt_ms"]]
+        ratios_m = [m[hf]["adapt_peak_mib"] / m["teacher"]["adapt_peak_mib"]]
     if ratios_t:
         out["HyperFlow / teacher adaptation time (median over domains, target <= 10%)"] = \
             f"{100 * statistics.median(ratios_t):.1f}%"
@@ -217,10 +233,11 @@ def finish(res: dict, out: Path, stem: str, seconds: float) -> None:
     """Offline cost, break-even and targets from the measured numbers; write JSON + markdown."""
     summary = res["meta_train"]
     s5 = str(max(res["shots"]))
-    hf_t = [d["by_shots"][s5]["methods"]["hyperflow-euler"].get("adapt_ms") or 0.0
-            for d in res["domains"].values()]
-    te_t = [d["by_shots"][s5]["methods"]["teacher"].get("adapt_ms") or 0.0
-            for d in res["domains"].values()]
+    runs = list(res["domains"].values())
+    if not runs[0]["by_shots"][s5]["methods"]["teacher"].get("adapt_ms") and res.get("cost"):
+        runs = [res["cost"]]  # adaptation-step costs measured in a separate run
+    hf_t = [d["by_shots"][s5]["methods"]["hyperflow-euler"].get("adapt_ms") or 0.0 for d in runs]
+    te_t = [d["by_shots"][s5]["methods"]["teacher"].get("adapt_ms") or 0.0 for d in runs]
     offline = summary["seconds"]["trajectories"] + summary["seconds"]["meta_train"]
     saved_ms = statistics.median(te_t) - statistics.median(hf_t)
     res["offline"] = {"trajectories_s": summary["seconds"]["trajectories"],
@@ -236,10 +253,15 @@ def finish(res: dict, out: Path, stem: str, seconds: float) -> None:
     print(markdown(res))
 
 
-def merge(parts: list[Path], out: Path) -> None:
-    """Combine partial results of runs over disjoint domains (same backbone, drift and episodes)."""
+def merge(parts: list[Path], out: Path, cost: Path | None = None, note: str | None = None) -> None:
+    """Combine partial results of runs over disjoint domains (same backbone, drift and episodes);
+    ``cost``: an ``edgeflow evaluate --json`` output whose adaptation-step costs are reported."""
     runs = [json.loads(p.read_text()) for p in parts]
     res = runs[0]
+    if cost is not None:
+        res["cost"] = json.loads(cost.read_text())
+    if note:
+        res["note"] = note
     for other in runs[1:]:
         res["domains"].update(other["domains"])
         res["oracle"].update(other.get("oracle", {}))
@@ -273,12 +295,15 @@ def main() -> None:
     ap.add_argument("--teacher-steps", default="5,10,20,40")
     ap.add_argument("--memory-episodes", type=int, default=3)
     ap.add_argument("--merge", default=None, help="comma-separated partial JSONs to combine")
+    ap.add_argument("--note", default=None, help="with --merge: a line for the report's top")
+    ap.add_argument("--cost", type=Path, default=None, help="with --merge: an evaluate --json "
+                    "output measuring adaptation-step costs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:
-        merge([Path(p) for p in args.merge.split(",")], args.out)
+        merge([Path(p) for p in args.merge.split(",")], args.out, args.cost, args.note)
         return
     t_start = time.perf_counter()
     seed = 0
