@@ -106,28 +106,41 @@ def fmt(x: float | None, scale: float = 100.0, nd: int = 2) -> str:
 
 
 def markdown(res: dict) -> str:
+    mt_traj = res["meta_train"].get("trajectory_config", {})
     lines = ["# B2 gradient-free adaptation (HyperFlow)", "",
+             *([f"**Note.** {res['note']}", ""] if res.get("note") else []),
              f"Machine: {res['machine']}. Mode: {res['mode']}. Backbone: {res['backbone']} "
              f"({res.get('backbone_meta', {}).get('model')}, theta = {res['meta_train']['theta_size']} "
              "BatchNorm shifts of the last block(s)).",
              f"Episodes: 5-way, 15 queries/class, {res['episodes']} per domain and shot count (seed "
              f"{res['seed']}), identical for every method; full fine-tuning on the first "
              f"{res['full_episodes']} of them. Accuracy in %, +- 95% CI (1.96 std/sqrt(n)).",
-             "Time: median wall time per episode from preprocessed tensors to query logits "
-             f"(first {res['timing_episodes']} episodes, each method computing its own features); "
-             "extra = minus no adaptation's, per episode. Memory: peak of live PyTorch CPU "
-             "allocations during that call (torch.profiler allocation events), extra = minus no "
-             "adaptation's.", "",
+             f"Cost on the first {res['timing_episodes']} episodes, same run: adapt ms = median wall "
+             "time of the adaptation step (support set -> adapted parameters; theta methods start "
+             "from the support set's cached prefix activations, full fine-tuning from the images); "
+             "end-to-end ms = median time from preprocessed tensors to query logits, each method "
+             "computing its own features; adapt MiB = peak of live PyTorch CPU allocations during "
+             "the adaptation step (torch.profiler allocation events"
+             + (f", {res['memory_episodes']} episodes)." if "memory_episodes" in res else ").") , "",
              f"Teacher recipe chosen on val: {res['meta_train']['teacher']}. HyperFlow integrator "
-             f"chosen on val: {res['meta_train']['integrator']}.", ""]
+             f"chosen on val: {res['meta_train']['integrator']}.",
+             f"Trajectories: {mt_traj.get('tasks')} base tasks x {mt_traj.get('starts')} starts, "
+             f"teacher Adam lr {mt_traj.get('teacher', {}).get('lr')} for up to "
+             f"{mt_traj.get('teacher', {}).get('steps')} steps, stopped at the task's best query "
+             f"accuracy (mean stop {res['meta_train'].get('mean_stop_step', 0):.1f} steps, "
+             f"{100 * res['meta_train'].get('fraction_stopped_at_0', 0):.0f}% stopped at 0). "
+             f"Val (half with domain shifts): no adaptation "
+             f"{fmt(res['meta_train'].get('val_acc_no_adaptation'))}, HyperFlow "
+             f"{fmt(res['meta_train'].get('val_acc_hyperflow'))}.", ""]
     for shots in res["shots"]:
         lines += [f"## 5-way {shots}-shot", "",
-                  "| domain | method | accuracy | gain | extra ms | extra MiB |", "|---|---|---|---|---|---|"]
+                  "| domain | method | accuracy | gain | adapt ms | end-to-end ms | adapt MiB |",
+                  "|---|---|---|---|---|---|---|"]
         for dom, dres in res["domains"].items():
             for m, r in dres["by_shots"][str(shots)]["methods"].items():
                 lines.append(f"| {dom} | {m} | {fmt(r['accuracy'])} +- {fmt(r['ci95'])} | "
-                             f"{fmt(r.get('gain'), nd=2)} | {fmt(r.get('extra_ms'), 1, 1)} | "
-                             f"{fmt(r.get('extra_mib'), 1, 3)} |")
+                             f"{fmt(r.get('gain'), nd=2)} | {fmt(r.get('adapt_ms'), 1, 1)} | "
+                             f"{fmt(r.get('median_ms'), 1, 1)} | {fmt(r.get('adapt_peak_mib'), 1, 3)} |")
         lines.append("")
     lines += ["## Accuracy against the number of Euler steps (5-shot; chosen on val: "
               f"{res['meta_train']['integrator']['steps']})", "",
@@ -147,12 +160,22 @@ def markdown(res: dict) -> str:
         for dom, o in res["oracle"].items():
             lines.append(f"| {dom} | {o['episodes']} | {fmt(o['none'])} | {o['best']} | "
                          f"{fmt(o['best_accuracy'])} | {fmt(o['best_gain'])} |")
+    if res.get("cost"):
+        c = res["cost"]
+        lines += ["", f"## Adaptation-step cost, separate run ({c['data']})", "",
+                  "| shots | method | accuracy | adapt ms (median) | end-to-end ms | adapt peak MiB | "
+                  "episodes |", "|---|---|---|---|---|---|---|"]
+        for k, e in c["by_shots"].items():
+            for m, r in e["methods"].items():
+                lines.append(f"| {k} | {m} | {fmt(r['accuracy'])} +- {fmt(r['ci95'])} | "
+                             f"{fmt(r.get('adapt_ms'), 1, 2)} | {fmt(r.get('median_ms'), 1, 1)} | "
+                             f"{fmt(r.get('adapt_peak_mib'), 1, 3)} | {r['episodes']} |")
     oc = res["offline"]
     lines += ["", "## Offline cost", "",
               f"Trajectory generation {oc['trajectories_s']:.0f} s, meta-training "
               f"{oc['meta_train_s']:.0f} s, teacher selection {oc['teacher_selection_s']:.0f} s "
               f"(this machine, shared). Break-even: {oc['break_even_episodes']} adaptations "
-              "(offline seconds / (teacher extra time - HyperFlow extra time) per 5-shot episode).",
+              "(offline seconds / (teacher adaptation time - HyperFlow adaptation time) per 5-shot episode).",
               ""]
     return "\n".join(lines)
 
@@ -179,15 +202,20 @@ def targets(res: dict) -> dict:
     ratios_t, ratios_m = [], []
     for d in dom.values():
         m = d["by_shots"][s]["methods"]
-        if m["teacher"].get("extra_ms") and m["teacher"]["extra_ms"] > 0:
-            ratios_t.append(m[hf]["extra_ms"] / m["teacher"]["extra_ms"])
-        if m["teacher"].get("extra_mib") and m["teacher"]["extra_mib"] > 0:
-            ratios_m.append(m[hf]["extra_mib"] / m["teacher"]["extra_mib"])
+        if m["teacher"].get("adapt_ms"):
+            ratios_t.append(m[hf]["adapt_ms"] / m["teacher"]["adapt_ms"])
+        if m["teacher"].get("adapt_peak_mib"):
+            ratios_m.append(m[hf]["adapt_peak_mib"] / m["teacher"]["adapt_peak_mib"])
+    cost = res.get("cost")
+    if not ratios_t and cost:
+        m = cost["by_shots"][s]["methods"]
+        ratios_t = [m[hf]["adapt_ms"] / m["teacher"]["adapt_ms"]]
+        ratios_m = [m[hf]["adapt_peak_mib"] / m["teacher"]["adapt_peak_mib"]]
     if ratios_t:
-        out["HyperFlow extra time / teacher extra time (median over domains, target <= 10%)"] = \
+        out["HyperFlow / teacher adaptation time (median over domains, target <= 10%)"] = \
             f"{100 * statistics.median(ratios_t):.1f}%"
     if ratios_m:
-        out["HyperFlow extra memory / teacher extra memory (median over domains, target <= 15%)"] = \
+        out["HyperFlow / teacher adaptation peak memory (median over domains, target <= 15%)"] = \
             f"{100 * statistics.median(ratios_m):.1f}%"
     chosen = str(res["meta_train"]["integrator"]["steps"])
     gaps = {}
@@ -205,8 +233,11 @@ def finish(res: dict, out: Path, stem: str, seconds: float) -> None:
     """Offline cost, break-even and targets from the measured numbers; write JSON + markdown."""
     summary = res["meta_train"]
     s5 = str(max(res["shots"]))
-    hf_t = [d["by_shots"][s5]["methods"]["hyperflow-euler"]["extra_ms"] for d in res["domains"].values()]
-    te_t = [d["by_shots"][s5]["methods"]["teacher"]["extra_ms"] for d in res["domains"].values()]
+    runs = list(res["domains"].values())
+    if not runs[0]["by_shots"][s5]["methods"]["teacher"].get("adapt_ms") and res.get("cost"):
+        runs = [res["cost"]]  # adaptation-step costs measured in a separate run
+    hf_t = [d["by_shots"][s5]["methods"]["hyperflow-euler"].get("adapt_ms") or 0.0 for d in runs]
+    te_t = [d["by_shots"][s5]["methods"]["teacher"].get("adapt_ms") or 0.0 for d in runs]
     offline = summary["seconds"]["trajectories"] + summary["seconds"]["meta_train"]
     saved_ms = statistics.median(te_t) - statistics.median(hf_t)
     res["offline"] = {"trajectories_s": summary["seconds"]["trajectories"],
@@ -222,10 +253,15 @@ def finish(res: dict, out: Path, stem: str, seconds: float) -> None:
     print(markdown(res))
 
 
-def merge(parts: list[Path], out: Path) -> None:
-    """Combine partial results of runs over disjoint domains (same backbone, drift and episodes)."""
+def merge(parts: list[Path], out: Path, cost: Path | None = None, note: str | None = None) -> None:
+    """Combine partial results of runs over disjoint domains (same backbone, drift and episodes);
+    ``cost``: an ``edgeflow evaluate --json`` output whose adaptation-step costs are reported."""
     runs = [json.loads(p.read_text()) for p in parts]
     res = runs[0]
+    if cost is not None:
+        res["cost"] = json.loads(cost.read_text())
+    if note:
+        res["note"] = note
     for other in runs[1:]:
         res["domains"].update(other["domains"])
         res["oracle"].update(other.get("oracle", {}))
@@ -259,12 +295,15 @@ def main() -> None:
     ap.add_argument("--teacher-steps", default="5,10,20,40")
     ap.add_argument("--memory-episodes", type=int, default=3)
     ap.add_argument("--merge", default=None, help="comma-separated partial JSONs to combine")
+    ap.add_argument("--note", default=None, help="with --merge: a line for the report's top")
+    ap.add_argument("--cost", type=Path, default=None, help="with --merge: an evaluate --json "
+                    "output measuring adaptation-step costs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:
-        merge([Path(p) for p in args.merge.split(",")], args.out)
+        merge([Path(p) for p in args.merge.split(",")], args.out, args.cost, args.note)
         return
     t_start = time.perf_counter()
     seed = 0
@@ -306,7 +345,8 @@ def main() -> None:
                  "machine": f"{platform.machine()} {os.cpu_count()} cores "
                             f"(shared with other jobs), torch threads {args.threads}",
                  "backbone": str(backbone), "drift": str(drift_path), "episodes": episodes,
-                 "timing_episodes": timing, "full_episodes": full, "seed": seed, "shots": [1, 5],
+                 "timing_episodes": timing, "full_episodes": full,
+                 "memory_episodes": 1 if args.quick else args.memory_episodes, "seed": seed, "shots": [1, 5],
                  "meta_train": summary, "domains": {}, "oracle": {}}
     res["backbone_meta"] = {k: v for k, v in load_backbone(model, backbone)[1].items()
                             if k != "classes"}
@@ -317,7 +357,7 @@ def main() -> None:
                          shots=(1, 5), episodes=episodes, seed=seed, methods=methods,
                          step_sweep=SWEEP, timing_episodes=timing, full_episodes=full,
                          queries=5 if args.quick else 15, progress=False,
-                         memory_episodes=args.memory_episodes)
+                         memory_episodes=1 if args.quick else args.memory_episodes)
         r["seconds"] = time.perf_counter() - t0
         res["domains"][name] = r
         print(name, json.dumps({k: {m: round(v["accuracy"], 4) for m, v in e["methods"].items()}

@@ -7,11 +7,16 @@ episodes of the largest shot count, it is expensive). The Euler step sweep also 
 shot count only.
 
 Accuracy: mean over episodes with a 95% interval 1.96 * std / sqrt(n). Cost, per episode, measured
-in the same run on the first ``timing_episodes`` episodes: wall time (``time.perf_counter``) of the
-whole method from preprocessed support/query tensors to query logits, each method computing its own
-features; and peak memory: the peak of live PyTorch CPU allocations during that call, from the
-allocation events of ``torch.profiler`` (profile_memory=True), on ``memory_episodes`` episodes.
-"Extra" cost is the method's minus ``none``'s on the same episodes.
+in the same run on the first ``timing_episodes`` episodes (``time.perf_counter``):
+
+- ``adapt_ms``: the adaptation step alone, support set -> adapted parameters (the theta methods
+  start from the support set's cached prefix activations, full fine-tuning from the images; no
+  adaptation costs nothing);
+- ``median_ms``: the whole method end to end, from preprocessed support/query tensors to query
+  logits, each method computing its own features; ``extra_ms`` = minus ``none``'s, per episode;
+- ``adapt_peak_mib``: peak of live PyTorch CPU allocations during the adaptation step, from the
+  allocation events of ``torch.profiler`` (profile_memory=True), on ``memory_episodes`` episodes
+  (the teacher's includes what autograd keeps for backprop and Adam's state).
 
 Example::
 
@@ -127,24 +132,27 @@ class Adapter:
             return integrate(lambda t, th: self.drift.velocity(th[None], t, z)[0], self.theta0,
                              steps=settings.steps, dt=settings.dt, method=settings.method)
 
+    def adapt_theta(self, name: str, tc: TaskCache) -> torch.Tensor:
+        """The adaptation step of a theta method: support set (prefix cache) -> adapted theta."""
+        if name == "none":
+            return self.theta0
+        if name == "teacher":
+            return finetune(self.split, tc.support, tc.support_y, tc.ways, self.theta0,
+                            config=self.teacher).path[-1]
+        if name.startswith("hyperflow-"):
+            return self.hyperflow_theta(tc, replace(self.settings,
+                                                    method=name.removeprefix("hyperflow-")))
+        raise unknown_name("method", name, METHODS)
+
     def run(self, name: str, task: Task, cache: TaskCache | None = None) -> float:
+        """Query accuracy of ``name`` on ``task`` (end to end from the tensors without ``cache``)."""
         if name == "full-finetune":
-            return self.full_finetune(task)
+            return self.full_classify(self.full_finetune(task), task)
         needs_views = name == "teacher" and resolve_loss(self.teacher.loss, task.shots) == "flip"
         tc = cache if cache is not None else self.cache(task, views=needs_views)
-        if name == "none":
-            theta = self.theta0
-        elif name == "teacher":
-            theta = finetune(self.split, tc.support, tc.support_y, tc.ways, self.theta0,
-                             config=self.teacher).path[-1]
-        elif name.startswith("hyperflow-"):
-            method = name.removeprefix("hyperflow-")
-            theta = self.hyperflow_theta(tc, replace(self.settings, method=method))
-        else:
-            raise unknown_name("method", name, METHODS)
-        return task_accuracy(self.split, tc, theta, metric=self.metric)
+        return task_accuracy(self.split, tc, self.adapt_theta(name, tc), metric=self.metric)
 
-    def full_finetune(self, task: Task) -> float:
+    def full_finetune(self, task: Task) -> Backbone:
         """Adam on all weights with the teacher's loss and steps (BatchNorm in eval mode)."""
         net = copy.deepcopy(self.model).eval()
         opt = torch.optim.Adam(net.parameters(), lr=self.full_lr)
@@ -157,10 +165,18 @@ class Adapter:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        with torch.no_grad():
-            protos = prototypes(net.features(task.support_x), task.support_y, task.ways)
-            logits = prototype_logits(net.features(task.query_x), protos, metric=self.metric)
+        return net
+
+    @torch.no_grad()
+    def full_classify(self, net: Backbone, task: Task) -> float:
+        protos = prototypes(net.features(task.support_x), task.support_y, task.ways)
+        logits = prototype_logits(net.features(task.query_x), protos, metric=self.metric)
         return float((logits.argmax(1) == task.query_y).float().mean())
+
+    def adapt_step(self, name: str, task: Task, tc: TaskCache) -> object:
+        """What the adaptation-step time and memory measure (features of the support set are
+        cached for the theta methods; full fine-tuning starts from the images)."""
+        return self.full_finetune(task) if name == "full-finetune" else self.adapt_theta(name, tc)
 
     def sweep(self, tc: TaskCache, steps: tuple[int, ...], method: str = "euler") -> dict[int, float]:
         """Query accuracy after integrating with each step count (same z, same start)."""
@@ -169,11 +185,13 @@ class Adapter:
                                  metric=self.metric) for s in steps}
 
 
-def _summary(accs: list[float], times: list[float], peaks: list[int]) -> dict:
+def _summary(accs: list[float], times: list[float], adapt_times: list[float],
+             peaks: list[int]) -> dict:
     mean, ci = mean_ci(accs)
     return {"accuracy": mean, "ci95": ci, "episodes": len(accs),
             "median_ms": statistics.median(times) * 1e3 if times else None,
-            "peak_mib": statistics.median(peaks) / 2**20 if peaks else None}
+            "adapt_ms": statistics.median(adapt_times) * 1e3 if adapt_times else None,
+            "adapt_peak_mib": statistics.median(peaks) / 2**20 if peaks else None}
 
 
 def evaluate_adaptation(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre: Preprocess, *,
@@ -195,37 +213,41 @@ def evaluate_adaptation(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre:
                                  seed=config.seed)
         accs: dict[str, list[float]] = {m: [] for m in config.methods}
         times: dict[str, list[float]] = {m: [] for m in config.methods}
+        adapt_times: dict[str, list[float]] = {m: [] for m in config.methods}
         peaks: dict[str, list[int]] = {m: [] for m in config.methods}
         sweep: dict[int, list[float]] = {s: [] for s in config.step_sweep}
+        largest = shots == max(config.shots)
         for i in range(config.episodes):
             task = make_task(ds, sampler.episode(i), pre)
-            shared = adapter.cache(task, views=True) if i >= config.timing_episodes else None
+            shared = adapter.cache(task, views=True)
             for m in config.methods:
-                if m == "full-finetune" and (i >= config.full_episodes or shots != max(config.shots)):
+                if m == "full-finetune" and (i >= config.full_episodes or not largest):
                     continue  # expensive: only the first episodes of the largest shot count
                 if i < config.memory_episodes:
-                    peaks[m].append(peak_memory_bytes(lambda m=m, task=task: adapter.run(m, task)))
-                if shared is None or m == "full-finetune":
+                    peaks[m].append(peak_memory_bytes(
+                        lambda m=m, task=task, tc=shared: adapter.adapt_step(m, task, tc)))
+                if i < config.timing_episodes or m == "full-finetune":
                     t0 = time.perf_counter()
-                    acc = adapter.run(m, task)
+                    adapter.adapt_step(m, task, shared)
+                    adapt_times[m].append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+                    acc = adapter.run(m, task)  # end to end, the method computing its own features
                     times[m].append(time.perf_counter() - t0)
                 else:
                     acc = adapter.run(m, task, shared)
                 accs[m].append(acc)
-            if sweep and shots == max(config.shots):  # the sweep on the largest shot count only
-                tc = shared if shared is not None else adapter.cache(task, views=False)
-                for s, a in adapter.sweep(tc, tuple(sweep)).items():
+            if sweep and largest:  # the sweep on the largest shot count only
+                for s, a in adapter.sweep(shared, tuple(sweep)).items():
                     sweep[s].append(a)
             bar.advance(f"{shots}-shot episode {i + 1}")
-        res = {m: _summary(accs[m], times[m], peaks[m]) for m in config.methods if accs[m]}
+        res = {m: _summary(accs[m], times[m], adapt_times[m], peaks[m])
+               for m in config.methods if accs[m]}
         if "none" in res:
             for m, r in res.items():
-                if r["median_ms"] is not None and res["none"]["median_ms"] is not None:
-                    n = min(len(times[m]), len(times["none"]))
+                n = min(len(times[m]), len(times["none"]))
+                if n:
                     r["extra_ms"] = statistics.median(
                         a - b for a, b in zip(times[m][:n], times["none"][:n], strict=True)) * 1e3
-                if r["peak_mib"] is not None and res["none"]["peak_mib"] is not None:
-                    r["extra_mib"] = r["peak_mib"] - res["none"]["peak_mib"]
                 n = len(accs[m])  # paired with none on the same episodes (full-finetune: fewer)
                 r["gain"] = float(np.mean(np.subtract(accs[m], accs["none"][:n])))
         entry: dict = {"methods": res}

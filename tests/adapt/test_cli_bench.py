@@ -35,7 +35,7 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     for shots in ("1", "2"):
         for method in ("none", "teacher", "hyperflow-euler", "hyperflow-heun"):
             r = ev["by_shots"][shots]["methods"][method]
-            assert {"accuracy", "ci95", "median_ms", "peak_mib"} <= set(r)
+            assert {"accuracy", "ci95", "adapt_ms", "adapt_peak_mib", "median_ms"} <= set(r)
     bad = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", weights, "--data",
               "digits", "--episodes", "1")
     assert bad.exit_code == 1 and "not a drift checkpoint" in bad.output
