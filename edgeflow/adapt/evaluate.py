@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -91,11 +94,26 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     return float(arr.mean()), float(1.96 * arr.std(ddof=1) / math.sqrt(len(arr)))
 
 
+@contextmanager
+def _quiet_fd2() -> Iterator[None]:
+    """torch 2.13's profiler prints 'USDT: profiler_start/stop' from C++ straight to file
+    descriptor 2 at every measurement; mute fd 2 for just that long."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_memory_bytes(fn: Callable[[], object]) -> int:
     """Peak of live PyTorch CPU allocations made while ``fn`` runs (profiler allocation events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())

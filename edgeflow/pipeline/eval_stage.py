@@ -43,12 +43,11 @@ def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ck
                               settings=settings, teacher=teacher, config=ec, progress=progress)
     table: dict[str, dict] = {}
     curve: dict[str, list[dict]] = {}
-    cost: dict[str, dict] = {}
     for shots, entry in res["by_shots"].items():
         table[shots] = {REPORT_NAMES[m]: {"acc": r["accuracy"], "ci95": r["ci95"],
                                           "gain": r.get("gain"), "median_ms": r["median_ms"],
-                                          "extra_ms": r.get("extra_ms"),
-                                          "peak_mib": r["peak_mib"], "extra_mib": r.get("extra_mib")}
+                                          "extra_ms": r.get("extra_ms"), "adapt_ms": r["adapt_ms"],
+                                          "adapt_peak_mib": r["adapt_peak_mib"]}
                         for m, r in entry["methods"].items()}
         if "euler_steps" in entry:
             none = entry["methods"]["none"]
@@ -56,18 +55,19 @@ def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ck
                 {"steps": int(s), "acc": v["accuracy"], "ci95": v["ci95"]}
                 for s, v in entry["euler_steps"].items()]
     last = table[max(table, key=int)]  # cost at the largest shot count
-    for name, r in last.items():
-        cost[name] = {"time_ms": r["median_ms"], "memory_bytes": None if r["peak_mib"] is None
-                      else int(r["peak_mib"] * 2**20)}
+    cost: dict[str, Any] = {
+        "methods": {name: {"time_ms": r["adapt_ms"], "memory_bytes": None if r["adapt_peak_mib"]
+                           is None else int(r["adapt_peak_mib"] * 2**20)} for name, r in last.items()},
+        "memory_method": "adaptation step alone: peak of live PyTorch CPU allocations "
+                         "(torch.profiler memory events)"}
+    if "hyperflow" in last:  # extra over no adaptation, as a fraction of fine-tuning's extra
+        hf, ft, none = last["hyperflow"], last["finetune"], last["none"]
+        for key, field in (("time_ratio", "adapt_ms"), ("memory_ratio", "adapt_peak_mib")):
+            base = none[field] or 0.0
+            if ft[field] is not None and hf[field] is not None and ft[field] - base > 0:
+                cost[key] = (hf[field] - base) / (ft[field] - base)
     out: dict[str, Any] = {"fewshot": table, "steps_curve": curve, "integrator": settings.to_dict(),
-                           "teacher": teacher.to_dict(),
-                           "cost": {"methods": cost, "memory_method": "peak of live PyTorch CPU "
-                                    "allocations (torch.profiler memory events)"}}
-    if "hyperflow" in last and last["finetune"].get("extra_ms"):
-        hf, ft = last["hyperflow"], last["finetune"]
-        out["cost"]["time_ratio"] = hf["extra_ms"] / ft["extra_ms"]
-        if ft.get("extra_mib"):
-            out["cost"]["memory_ratio"] = (hf["extra_mib"] or 0.0) / ft["extra_mib"]
+                           "teacher": teacher.to_dict(), "cost": cost}
     return out
 
 
