@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import typer
@@ -36,8 +37,9 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 
 
 def calibrate(
-    model: Path = typer.Argument(..., help="FP32 backbone .onnx (one NCHW image input). Later: a bundle."),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for calibration.npy, "
+    model: Path = typer.Argument(..., help="A bundle directory (its backbone gets an INT8 variant), "
+                                 "or an FP32 backbone .onnx (one NCHW image input)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Folder for calibration.npy, "
                                 "<model>.int8.onnx and calibration.json."),
     data: str = typer.Option(None, "--data", "-d", help="Calibration images: directory or .zip "
                              "(ImageFolder layout) from the training domain, or 'digits'."),
@@ -67,6 +69,10 @@ def calibrate(
     --output calibration/resnet20 --json
 
     Example: edgeflow calibrate backbone.onnx --recipe calibration/resnet20-cifar10.toml -o out/calib
+
+    With a bundle, the bundle's preprocessing and theta0 are used, and the INT8 backbone and the
+    sample are added to the bundle (atomically; the manifest lists the int8 precision):
+    edgeflow calibrate runs/digits/bundle --data digits --samples 256
     """
     from edgeflow.calibration import CalibrationRecipe
     from edgeflow.errors import ConfigError
@@ -75,10 +81,32 @@ def calibrate(
     if recipe is None and data is None:
         raise ConfigError("give the calibration images with --data PATH, or a --recipe")
     base = CalibrationRecipe.load(recipe) if recipe is not None else CalibrationRecipe(data=data)
+    extras = _extra(extra_input or [])
+    bundle = model if (model / "manifest.json").is_file() else None
+    if bundle is not None:  # the bundle knows its preprocessing and theta0
+        from edgeflow.runtime.bundle import load_bundle
+
+        b = load_bundle(bundle)
+        pre = b.preprocess
+        size, mean, std = size or pre.size, mean or ",".join(map(str, pre.mean)), \
+            std or ",".join(map(str, pre.std))
+        extras.setdefault("theta", b.theta0())
+        model = bundle / "backbone.onnx"
+    elif output is None:
+        raise ConfigError("give --output for the calibration files of a plain .onnx model")
     r = base.with_overrides(data=data, samples=samples, method=method, seed=seed, size=size,
                             split=split, mean=_floats(mean), std=_floats(std))
-    rec = calibrate_onnx(model, recipe=r, output=output, extra_inputs=_extra(extra_input or []),
-                         progress=not as_json)
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = output if output is not None else Path(tmp)
+        rec = calibrate_onnx(model, recipe=r, output=out_dir, extra_inputs=extras,
+                             progress=not as_json)
+        if bundle is not None:
+            from edgeflow.runtime.bundle import update_bundle
+
+            update_bundle(bundle, add={"backbone.int8.onnx": out_dir / rec["int8"]["file"],
+                                       "calibration_sample.npy": out_dir / rec["sample"]["file"]},
+                          precisions={"int8": "backbone.int8.onnx"})
+            rec["bundle"] = str(bundle)
     chk = rec["held_out_check"]
     human = (f"wrote [bold]{rec['output']}[/]: {rec['sample']['file']} {tuple(rec['sample']['shape'])}, "
              f"{rec['int8']['file']} ({rec['int8']['QuantizeLinear']} Q nodes), calibration.json")
