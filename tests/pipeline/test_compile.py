@@ -68,7 +68,10 @@ def test_default_compile_end_to_end(tmp_path):
             assert head[f"{shots}shot_{method}"] == row[method]["acc"]
             line = next(ln for ln in report.splitlines() if ln.startswith(f"| {shots} |"))
             assert f"{100 * row[method]['acc']:.2f}" in line
-    assert abs(metrics["prune"]["sparsity"] - metrics["prune"]["requested"]) <= 0.001
+    # channel pruning removes whole channels, so it lands at or just above the request (the exact
+    # count within 0.1 point is a property of weight granularity, tested in tests/prune)
+    assert metrics["prune"]["granularity"] == "channel"
+    assert 0 <= metrics["prune"]["sparsity"] - metrics["prune"]["requested"] <= 0.05
     assert metrics["int8"] and "int8" in load_bundle(out / "bundle").manifest["precisions"]
     # the bundle adapts and predicts in the torch-free runtime
     from edgeflow.data import load_dataset
