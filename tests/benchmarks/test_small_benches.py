@@ -1,0 +1,37 @@
+"""The quick modes of the small benchmark scripts run end to end and write their tables."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(script, *args, tmp_path):
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args, "--out",
+                          str(tmp_path)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_int8_hyperflow_quick(tmp_path):
+    _run("int8_hyperflow.py", "--quick", tmp_path=tmp_path)
+    rec = json.loads((tmp_path / "int8_hyperflow.json").read_text())
+    r = rec["results"]["digits"]
+    assert r["episodes"] == 10 and 0 <= r["label_agreement_hyperflow"] <= 1
+    for k in ("fp32_none", "fp32_hyperflow", "int8_none", "int8_hyperflow"):
+        assert 0 < r[k]["acc"] <= 1
+    assert "| digits | 10 |" in (tmp_path / "int8_hyperflow.md").read_text()
+
+
+def test_runtime_one_thread_runs(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tests.conftest import shared_file
+
+    shared_file("weights/cifar10-resnet20-12fca82f.th")
+    _run("runtime_one_thread.py", "--runs", "5", tmp_path=tmp_path)
+    rows = json.loads((tmp_path / "runtime_one_thread.json").read_text())["rows"]
+    assert set(rows) == {"batch1", "batch32"} and all(r["ort_ms"] > 0 for r in rows.values())
