@@ -111,6 +111,28 @@ class Task:
                    info=meta.get("info", {}))
 
 
+def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None,
+                build_options: Any) -> tuple[str, str | None, Any]:
+    """Backend, precision and TensorRT options from a target profile, where the caller left them.
+
+    The fastest precision both the bundle carries and the device runs (TensorRT builds FP16 from
+    the FP32 graph, so fp16 counts as carried there); a CPU target never tries TensorRT.
+    """
+    from edgeflow.targets import Target
+
+    t = target if isinstance(target, Target) else Target.load(target)
+    if backend == "auto" and t.backend == "onnxruntime":
+        backend = "onnxruntime"
+    trt = backend in ("auto", "tensorrt") and t.backend == "tensorrt"
+    if precision is None:
+        precision = t.pick_precision([*bundle.manifest["precisions"], *(["fp16"] if trt else [])])
+    if build_options is None and trt:
+        from edgeflow.runtime.trt_build import BuildOptions
+
+        build_options = BuildOptions.from_target(t, precision=precision)
+    return backend, precision, build_options
+
+
 def _frozen(a: np.ndarray) -> np.ndarray:
     a = np.array(a, copy=True)
     a.flags.writeable = False
@@ -134,8 +156,11 @@ class Session:
     def __init__(self, bundle: str | Path | Bundle, *, backend: str = "auto",
                  precision: str | None = None, threads: int | None = None, verify: bool = True,
                  engine_cache: str | Path | None = None, build_options: Any = None,
-                 batch_size: int | None = None) -> None:
+                 batch_size: int | None = None, target: Any = None) -> None:
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+        if target is not None:  # a device profile (name, path or Target) chooses what is unset
+            backend, precision, build_options = _per_target(self.bundle, target, backend, precision,
+                                                            build_options)
         opened = open_runners(self.bundle, backend=backend, precision=precision, threads=threads,
                               engine_cache=engine_cache, build_options=build_options)
         self.backend, self.precision = opened.backend, opened.precision
