@@ -80,13 +80,11 @@ def evaluate(bundle: Path, data: str, *, episodes: int, shots: int, ways: int, q
     for s in sessions.values():
         s.close()
 
-    def ci(v):
-        v = np.asarray(v)
-        return float(v.mean()), float(1.96 * v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    from edgeflow.adapt.evaluate import mean_ci  # the one definition of the 95% interval
 
-    out = {k: dict(zip(("acc", "ci95"), ci(v), strict=True)) for k, v in acc.items()}
+    out = {k: dict(zip(("acc", "ci95"), mean_ci(v), strict=True)) for k, v in acc.items()}
     delta = np.subtract(acc["int8_hyperflow"], acc["fp32_hyperflow"])
-    out["delta_hyperflow"] = dict(zip(("acc", "ci95"), ci(delta), strict=True))
+    out["delta_hyperflow"] = dict(zip(("acc", "ci95"), mean_ci(list(delta)), strict=True))
     out["label_agreement_hyperflow"] = float(np.mean(agree))
     out["episodes"] = episodes
     return out
