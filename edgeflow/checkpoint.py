@@ -85,3 +85,18 @@ def load_weights(model: nn.Module, path: str | Path, *, strict_head: bool = Fals
         load[k] = v
     model.load_state_dict(load, strict=False)
     return meta
+
+
+def state_digest(model_or_state: nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names and exact bytes: equal digests mean bit-identical models
+    (used to check that data-parallel replicas stayed in sync)."""
+    import hashlib
+
+    sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    h = hashlib.sha256()
+    for name in sorted(sd):
+        t = sd[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()

@@ -68,6 +68,79 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """The mean of one number over all ranks: every rank gets the bit-identical result, so
+    decisions taken from it (pressure controller, early stopping) agree everywhere."""
+    if not info().enabled:
+        return value
+    return all_reduce_sum([value], device)[0] / info().world_size
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (identity in a single process)."""
+    if not info().enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_to_main(obj) -> list | None:
+    """Every rank's ``obj`` as a list on rank 0 (``None`` elsewhere); ``[obj]`` when single."""
+    cur = info()
+    if not cur.enabled:
+        return [obj]
+    out = [None] * cur.world_size if cur.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when running under torchrun, else ``model`` itself.
+
+    Parameters must already have their final ``requires_grad``: DDP registers its gradient hooks
+    for the trainable ones when it is built.
+    """
+    if not info().enabled:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step each replica still
+    holds the statistics of its own last batch; call this once training ends.
+    """
+    if not info().enabled:
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
+def rank_batches(n: int, *, batch_size: int, generator: torch.Generator):
+    """Index batches of this rank's share of one permutation of ``n`` items.
+
+    ``batch_size`` is the global batch: each of K ranks takes ``batch_size // K`` per step, all
+    ranks take the same number of steps (so gradient all-reduces line up), and ``generator`` must
+    be seeded identically on every rank. In a single process this is a plain shuffled batching.
+    """
+    cur = info()
+    per_rank = n // cur.world_size
+    local = max(1, batch_size // cur.world_size)
+    order = torch.randperm(n, generator=generator)
+    mine = order[cur.rank::cur.world_size][:per_rank]
+    for i in range(0, per_rank, local):
+        yield mine[i:i + local]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps per epoch of :func:`rank_batches` (the same on every rank)."""
+    world = info().world_size
+    return -(-(n // world) // max(1, batch_size // world))
+
+
 def barrier() -> None:
     if info().enabled:
         dist.barrier()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, command, emit
+from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +51,7 @@ def prune(
                                       "e.g. --exclude conv1 --exclude linear."),
     seed: int = typer.Option(0, "--seed"),
     device: str = DEVICE_OPT,
+    nproc: int = NPROC_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Prune a model to a requested sparsity and write a plain (mask-free) checkpoint.
@@ -62,9 +63,14 @@ def prune(
     The JSON holds `sparsity` (achieved fraction of zero conv+linear weights), `top1` (with
     --val-data) and per-layer density in `layers`. Load the result with
     edgeflow.prune.load_pruned(path).
+
+    Data-parallel: add --nproc 2 (or launch with torchrun --nproc-per-node 2 -m edgeflow prune ...);
+    --batch-size stays the global batch, and only rank 0 writes the checkpoint and prints.
     """
+    from edgeflow import distributed
     from edgeflow.prune.run import prune_model
 
+    maybe_relaunch(nproc)
     result = prune_model(model=model, data=data, sparsity=sparsity, granularity=granularity,
                          output=output, method=method, epochs=epochs, regrowth_epochs=regrowth_epochs,
                          weights=weights, val_data=val_data, limit=limit, val_limit=val_limit,
@@ -72,6 +78,8 @@ def prune(
                          score_lr=score_lr, batch_size=batch_size,
                          controller_every=controller_every, budget=budget,
                          score_init_order=score_init_order, seed=seed, device=device)
+    if not distributed.info().is_main:
+        return
     top1 = f", top-1 {result['top1']:.4f}" if "top1" in result else ""
     emit(result, as_json=as_json,
          human=f"wrote [bold]{result['output']}[/]: sparsity {result['sparsity']:.4f} "

@@ -9,12 +9,16 @@ Phase 2 (``regrowth_epochs``): pressure off, weight lr reset to ``ft_lr`` (cosin
 after ``score_freeze_frac`` of the phase, which freezes the mask. At that moment the mask is
 trimmed (by score) to the exact requested count, so the last part of phase 2 fine-tunes the weights
 under the final mask instead of ending on an untrained trim. Baselines fine-tune with fixed masks.
+
+Under ``torchrun`` the scored model runs in DistributedDataParallel: weights and scores are
+parameters, so both gradients are averaged over ranks and every rank takes identical optimiser
+steps; ``batch_size`` is the global batch. The density the controller reads is averaged over ranks
+(bit-identical everywhere) so gamma, the GMP schedule and the final trim agree on every rank.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeflow import distributed
 from edgeflow.progress import ProgressBar
 from edgeflow.prune.baselines import cubic_density, magnitude_keep, random_keep
 from edgeflow.prune.config import PruneConfig
 from edgeflow.prune.pressure import PressureController, fit_power_law, gamma_for_density, solve_trajectory
 from edgeflow.prune.scored import MaskSet, attach_scores
-from edgeflow.train import batches, evaluate, resolve_device
+from edgeflow.train import evaluate, resolve_device
 from edgeflow.train.augment import random_crop_flip
 from edgeflow.train.loop import cosine_lr
 
@@ -56,8 +61,9 @@ def _weight_params(model: nn.Module, ms: MaskSet) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in skip]
 
 
-def _train_step(model, ms, xb, yb, *, opt, score_opt, pressure: float, config: PruneConfig):
-    logits = model(xb)
+def _train_step(net, ms, xb, yb, *, opt, score_opt, pressure: float, config: PruneConfig):
+    """One step; ``net`` is the model or its DDP wrapper (whose forward all-reduces gradients)."""
+    logits = net(xb)
     loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
     total = loss + pressure * ms.mean_score() if pressure > 0 else loss
     opt.zero_grad(set_to_none=True)
@@ -71,12 +77,16 @@ def _train_step(model, ms, xb, yb, *, opt, score_opt, pressure: float, config: P
 
 
 def pressure_sweep(model: nn.Module, ms: MaskSet, train, *, config: PruneConfig, score_lr: float,
-                   device: torch.device, generator: torch.Generator) -> dict:
+                   device: torch.device, generator: torch.Generator,
+                   net: nn.Module | None = None, aug_generator: torch.Generator | None = None) -> dict:
     """Constant-pressure runs from the current state; fit density ~ c * gamma^-alpha; restore.
 
     Each gamma trains weights and scores for ``sweep_steps`` steps at ``P = gamma ** 1.5``; the
-    model is restored after each. Returns the points, the fit and the steps spent.
+    model is restored after each. Returns the points, the fit and the steps spent. ``net`` is the
+    DDP wrapper when distributed; ``aug_generator`` the per-rank augmentation generator.
     """
+    net = net or model
+    aug_generator = aug_generator or generator
     state = copy.deepcopy(model.state_dict())
     points = []
     x, y = train
@@ -86,15 +96,18 @@ def pressure_sweep(model: nn.Module, ms: MaskSet, train, *, config: PruneConfig,
         sopt = torch.optim.Adam(ms.scores(), lr=score_lr)
         done = 0
         while done < config.sweep_steps:
-            for xb, yb in batches(x, y, batch_size=config.batch_size, shuffle=True, generator=generator):
+            for idx in distributed.rank_batches(len(y), batch_size=config.batch_size,
+                                                generator=generator):
+                xb, yb = x[idx], y[idx]
                 if config.augment:
-                    xb = random_crop_flip(xb, padding=4, generator=generator)
-                _train_step(model, ms, xb.to(device), yb.to(device), opt=opt, score_opt=sopt,
+                    xb = random_crop_flip(xb, padding=4, generator=aug_generator)
+                _train_step(net, ms, xb.to(device), yb.to(device), opt=opt, score_opt=sopt,
                             pressure=gamma ** 1.5, config=config)
                 done += 1
                 if done >= config.sweep_steps:
                     break
-        points.append({"gamma": gamma, "density": ms.density(config.budget)})
+        points.append({"gamma": gamma,
+                       "density": distributed.mean_over_ranks(ms.density(config.budget), device)})
         model.load_state_dict(state)
     out: dict = {"points": points, "steps": config.sweep_steps * len(config.sweep_gammas)}
     try:
@@ -113,9 +126,12 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     Example: ``res = prune(net, (x, y), config=PruneConfig(sparsity=0.95, epochs=3))``.
     """
     t_start = time.perf_counter()
-    device = resolve_device(config.device)
+    device = distributed.device_for_rank(resolve_device(config.device))
+    rank = distributed.setup(device)
     torch.manual_seed(config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)  # batch order, masks: identical on every rank
+    # crops and flips: one stream per rank (the single-process run keeps its one generator)
+    aug_gen = torch.Generator().manual_seed(config.seed + 7919 * rank.rank) if rank.enabled else gen
     model.to(device).train()
     ms = attach_scores(model, granularity=config.granularity, exclude=config.exclude,
                        score_init=config.score_init, slope=config.ste_slope,
@@ -124,7 +140,7 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     for s in ms.scores():
         s.data = s.data.to(device)
     x, y = train
-    spe = math.ceil(len(y) / config.batch_size)
+    spe = distributed.steps_per_epoch(len(y), config.batch_size)
     p_steps, r_steps = spe * config.epochs, spe * config.regrowth_epochs
     target = 1.0 - config.sparsity
     use_pressure = config.method == "hyperflows"
@@ -135,6 +151,7 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     learn = config.method == "hyperflows"
     for s in ms.scores():
         s.requires_grad_(learn)
+    net = distributed.wrap_ddp(model, device)
     score_lr = config.score_lr if config.score_lr is not None else max(1e-3, 10.0 / max(1, p_steps))
     every = config.controller_every or max(1, p_steps // 25)
     updates = max(1, p_steps // every)
@@ -147,7 +164,7 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     score_opt = torch.optim.Adam(ms.scores(), lr=score_lr) if learn else None
     if use_pressure and config.power_law_start:
         sweep = pressure_sweep(model, ms, train, config=config, score_lr=score_lr, device=device,
-                               generator=gen)
+                               generator=gen, net=net, aug_generator=aug_gen)
         if "alpha" in sweep:
             k = min(updates, max(1, config.sweep_steps // every))
             ctrl.gamma = sweep["gamma0"] = gamma_for_density(trajectory[k - 1], sweep["c"], sweep["alpha"])
@@ -159,16 +176,17 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     gmp_every = config.gmp_every or max(1, p_steps // 50)
     freeze_step = p_steps + int(config.score_freeze_frac * r_steps)
     trimmed = not learn
-    bar = ProgressBar(progress, p_steps + r_steps, config.method)
+    bar = ProgressBar(progress and rank.is_main, p_steps + r_steps, config.method)
     step = 0
     shown = ms.density()  # recounted at controller/mask updates only: counting every step is slow
     for epoch in range(config.epochs + config.regrowth_epochs):
         phase = 1 if epoch < config.epochs else 2
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        for xb, yb in batches(x, y, batch_size=config.batch_size, shuffle=True, generator=gen):
+        for idx in distributed.rank_batches(len(y), batch_size=config.batch_size, generator=gen):
+            xb, yb = x[idx], y[idx]
             if config.augment:
-                xb = random_crop_flip(xb, padding=4, generator=gen)
+                xb = random_crop_flip(xb, padding=4, generator=aug_gen)
             if phase == 1:
                 lr = cosine_lr(step, p_steps, peak=config.lr, final_frac=config.lr_final_frac)
                 slr = score_lr
@@ -183,7 +201,7 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
                 for g in score_opt.param_groups:
                     g["lr"] = slr
             pressure = ctrl.pressure if (use_pressure and phase == 1) else 0.0
-            loss, logits = _train_step(model, ms, xb.to(device), yb.to(device), opt=opt,
+            loss, logits = _train_step(net, ms, xb.to(device), yb.to(device), opt=opt,
                                        score_opt=score_opt, pressure=pressure, config=config)
             step += 1
             loss_sum += loss.item() * len(yb)
@@ -191,7 +209,7 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
             seen += len(yb)
             if phase == 1 and use_pressure and step % every == 0 and step // every <= updates:
                 u = step // every
-                density = ms.density(config.budget)
+                density = distributed.mean_over_ranks(ms.density(config.budget), device)
                 if result.reach_step is None and density <= trajectory[u - 1]:
                     result.reach_step = step
                 ctrl.update(density, trajectory[u - 1])
@@ -212,12 +230,14 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
         if phase == 1 and epoch == config.epochs - 1:
             ctrl.off()
         shown = ms.density()
+        loss_sum, correct, seen = distributed.all_reduce_sum([loss_sum, correct, seen], device)
         metrics = {"epoch": epoch + 1, "phase": phase, "loss": loss_sum / max(1, seen),
                    "train_acc": correct / max(1, seen), "sparsity": 1 - shown,
                    "gamma": ctrl.gamma, "lr": lr, "seconds": time.perf_counter() - t0}
         result.history.append(metrics)
         if on_epoch_end is not None:
             on_epoch_end(metrics)
+    distributed.sync_buffers(model)
     if not trimmed:
         ms.trim(target, budget=config.budget, min_channels=config.min_channels,
                 multiple=config.channel_multiple)

@@ -18,10 +18,12 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
 
     ``regrowth_epochs`` defaults to ``epochs // 2`` (the spec's 100 + 60 ratio, rounded down).
     Extra ``options`` go to :class:`PruneConfig` (``lr``, ``ft_lr``, ``batch_size``, ``score_lr``,
-    ``controller_every``, ``budget``, ``seed``, ``device``...).
+    ``controller_every``, ``budget``, ``seed``, ``device``...). Under ``torchrun`` every rank
+    prunes its share of each batch (DDP) and rank 0 alone writes ``output``.
     """
     from torch import nn
 
+    from edgeflow.checkpoint import state_digest
     from edgeflow.data import load_dataset
     from edgeflow.models import create_model
     from edgeflow.prune.channel import count_macs
@@ -70,6 +72,14 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
     prune_meta = {"method": method, "granularity": granularity, "sparsity": report["sparsity"],
                   "requested_sparsity": sparsity, "epochs": config.epochs,
                   "regrowth_epochs": config.regrowth_epochs, "data": str(data)}
-    save_pruned(output, plain, meta=checkpoint_meta(model, plain, ds.classes, spec, model_kwargs,
-                                                    prune=prune_meta))
+    from edgeflow import distributed
+
+    out["world_size"] = distributed.info().world_size
+    if distributed.info().enabled:  # DDP keeps replicas equal; prove it instead of assuming it
+        digests = distributed.gather_to_main(state_digest(plain))
+        out["ranks_agree"] = None if digests is None else len(set(digests)) == 1
+    if distributed.info().is_main:  # one writer; every rank holds the same pruned model
+        save_pruned(output, plain, meta=checkpoint_meta(model, plain, ds.classes, spec, model_kwargs,
+                                                        prune=prune_meta))
+    distributed.barrier()
     return out

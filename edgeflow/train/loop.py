@@ -188,6 +188,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: T
         if on_epoch_end is not None:
             on_epoch_end(metrics)
     bar.close()
+    distributed.sync_buffers(model)  # replicas end bit-identical, BatchNorm statistics included
     model.eval()
     return history
 
