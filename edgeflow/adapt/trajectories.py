@@ -12,6 +12,10 @@ and float16 moves from them, (n, T+1, P), stopping steps, query-accuracy curves,
 prototypes at theta0 that the drift conditions on). Generation is deterministic per task index,
 written chunk by chunk atomically, and resumes by skipping the chunks already on disk.
 
+Under ``torchrun`` the missing chunks are dealt round-robin to the ranks; each round is gathered on
+rank 0, which alone writes files, so the folder is the same as a single process would write. The
+work follows the backbone's device (move the model to a GPU to generate there).
+
 Example::
 
     generate_trajectories(model, spec, base_ds, Preprocess(size=32), "runs/traj",
@@ -30,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgeflow import distributed
 from edgeflow.adapt.split import SplitFeatures, select
 from edgeflow.adapt.tasks import make_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune, flip_cache, stopping_step
@@ -92,19 +97,21 @@ def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds
     task = make_task(ds, samplers[shots].episode(index), pre, shift=shift,
                      seed=[config.seed, index, 1])
     theta0 = spec.get(model)
-    sup = flip_cache(split, task.support_x) if shots == 1 else split.prefix(task.support_x)
-    qry = split.prefix(task.query_x)
+    dev = theta0.device  # the backbone's device: the teacher runs where the model is
+    support_x, support_y = task.support_x.to(dev), task.support_y.to(dev)
+    sup = flip_cache(split, support_x) if shots == 1 else split.prefix(support_x)
+    qry = split.prefix(task.query_x.to(dev))
     with torch.no_grad():
-        feats = split.suffix(select(sup, slice(0, len(task.support_y))), theta0)
-        protos = prototypes(feats, task.support_y, task.ways)
+        feats = split.suffix(select(sup, slice(0, len(support_y))), theta0)
+        protos = prototypes(feats, support_y, task.ways).cpu()
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     paths, accs, stops = [], [], []
     for s in range(config.starts):
         start = theta0 if s == 0 else theta0 + config.noise * theta0.std() * torch.randn(
-            theta0.shape, generator=gen)
-        res = finetune(split, sup, task.support_y, task.ways, start, config=config.teacher,
-                       query=qry, query_y=task.query_y, eval_every=config.eval_every)
-        paths.append(res.path.numpy())
+            theta0.shape, generator=gen).to(dev)
+        res = finetune(split, sup, support_y, task.ways, start, config=config.teacher,
+                       query=qry, query_y=task.query_y.to(dev), eval_every=config.eval_every)
+        paths.append(res.path.cpu().numpy())
         accs.append(res.query_acc.numpy())
         stops.append(stopping_step(res.query_acc, tolerance=config.tolerance, smooth=config.smooth))
     starts = np.stack([p[0] for p in paths])
@@ -124,33 +131,51 @@ def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pr
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"config": config.to_dict(), "theta_layout": spec.layout(), **(extra_meta or {})}
     mpath = out / "manifest.json"
-    if mpath.exists():  # resuming: everything but the task count must match (tasks are per index)
-        old = json.loads(mpath.read_text())
-        same = {k: v for k, v in old.get("config", {}).items() if k != "tasks"} == \
-            {k: v for k, v in manifest["config"].items() if k != "tasks"}
-        if not same or old.get("theta_layout") != spec.layout():
-            raise ConfigError(f"{out} holds trajectories of another configuration; use a new "
-                              "folder (or delete it) to generate these")
-    mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    n_chunks = -(-config.tasks // config.chunk)
+    rank = distributed.info()
+    todo, problem = None, None
+    if rank.is_main:  # one reader/writer of the folder; the others get its verdict
+        if mpath.exists():  # resuming: everything but the task count must match (per index)
+            old = json.loads(mpath.read_text())
+            same = {k: v for k, v in old.get("config", {}).items() if k != "tasks"} == \
+                {k: v for k, v in manifest["config"].items() if k != "tasks"}
+            if not same or old.get("theta_layout") != spec.layout():
+                problem = (f"{out} holds trajectories of another configuration; use a new folder "
+                           "(or delete it) to generate these")
+        if problem is None:
+            mpath.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+            todo = [c for c in range(n_chunks) if not (out / f"chunk_{c:05d}.npz").exists()]
+    todo, problem = distributed.broadcast_object((todo, problem))
+    if problem is not None:
+        raise ConfigError(problem)
     model.eval()
     split = SplitFeatures(model, spec)
     samplers = {k: EpisodeSampler(ds.labels, ways=config.ways, shots=k, queries=config.queries,
                                   seed=config.seed) for k in config.shots}
-    n_chunks = -(-config.tasks // config.chunk)
-    bar = ProgressBar(progress, config.tasks, "trajectories")
-    for c in range(n_chunks):
-        path = out / f"chunk_{c:05d}.npz"
-        lo, hi = c * config.chunk, min(config.tasks, (c + 1) * config.chunk)
-        if path.exists():
-            bar.advance(f"chunk {c} (on disk)", steps=hi - lo)
-            continue
-        parts = []
-        for i in range(lo, hi):
-            parts.append(task_trajectories(model, spec, split, ds, pre, samplers, i, config))
-            bar.advance(f"chunk {c + 1}/{n_chunks}")
-        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        arrays["task"] = np.repeat(np.arange(lo, hi), config.starts).astype(np.int32)
-        _save_npz(path, **arrays)
+
+    def span(c: int) -> range:
+        return range(c * config.chunk, min(config.tasks, (c + 1) * config.chunk))
+
+    bar = ProgressBar(progress and rank.is_main, config.tasks, "trajectories")
+    bar.advance("on disk", steps=config.tasks - sum(len(span(c)) for c in todo))
+    for r in range(0, len(todo), rank.world_size):
+        mine = todo[r + rank.rank] if r + rank.rank < len(todo) else None
+        arrays = None
+        if mine is not None:
+            parts = []
+            for i in span(mine):
+                parts.append(task_trajectories(model, spec, split, ds, pre, samplers, i, config))
+                if rank.world_size == 1:
+                    bar.advance(f"chunk {mine + 1}/{n_chunks}")
+            arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            arrays["task"] = np.repeat(np.asarray(span(mine)), config.starts).astype(np.int32)
+        gathered = distributed.gather_to_main((mine, arrays))
+        for c, arr in gathered or []:
+            if c is not None:
+                _save_npz(out / f"chunk_{c:05d}.npz", **arr)
+                if rank.world_size > 1:
+                    bar.advance(f"chunk {c + 1}/{n_chunks}", steps=len(span(c)))
+    distributed.barrier()
     bar.close()
     return out
 
