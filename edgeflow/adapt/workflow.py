@@ -38,6 +38,11 @@ def load_backbone(model: str, weights: Path) -> tuple[Backbone, dict, Preprocess
     if meta.get("model") not in (None, model):
         raise ConfigError(f"{weights} holds a {meta['model']}, not a {model}; pass --model "
                           f"{meta['model']}")
+    if meta.get("prune", {}).get("channels"):  # channel-pruned: a narrower model than create_model's
+        from edgeflow.prune.finalize import load_pruned
+
+        net = load_pruned(weights)
+        return net, meta, preprocess_for(net, meta, None)
     head = next((v for k, v in sd.items() if k.split(".")[0] in ("linear", "classifier")
                  and k.endswith("weight")), None)
     num_classes = int(head.shape[0]) if head is not None else int(meta.get("num_classes", 10))
@@ -67,12 +72,18 @@ def choose_teacher(split: SplitFeatures, tasks: list[TaskCache], theta0: torch.T
                    lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2), max_steps: int = 40,
                    step_choices: tuple[int, ...] = (5, 10, 20, 40)) -> tuple[TeacherConfig, dict]:
     """The (lr, steps) with the best mean query accuracy on ``tasks`` (ties: fewer steps)."""
+    from edgeflow import distributed
+
     table: dict[str, float] = {}
+    mine = distributed.shard(len(tasks))  # under torchrun: this rank's share, curves summed
     for lr in lrs:
-        curves = [finetune(split, t.support, t.support_y, t.ways, theta0,
-                           config=TeacherConfig(lr=lr, steps=max_steps), query=t.query,
-                           query_y=t.query_y, eval_every=1).query_acc for t in tasks]
-        mean = torch.stack(curves).mean(0)
+        total = torch.zeros(max_steps + 1, dtype=torch.float64)
+        for i in mine:
+            t = tasks[i]
+            total += finetune(split, t.support, t.support_y, t.ways, theta0,
+                              config=TeacherConfig(lr=lr, steps=max_steps), query=t.query,
+                              query_y=t.query_y, eval_every=1).query_acc.double()
+        mean = torch.tensor(distributed.all_reduce_sum(total.tolist(), torch.device("cpu"))) / len(tasks)
         for s in step_choices:
             table[f"{lr:g}@{s}"] = float(mean[s])
     best_key = max(table, key=lambda k: (round(table[k], 6), -int(k.split("@")[1])))
@@ -81,56 +92,87 @@ def choose_teacher(split: SplitFeatures, tasks: list[TaskCache], theta0: torch.T
                                                           "no_adaptation": float(mean[0])}
 
 
-def run_meta_train(*, model: str, weights: Path, data: str, val_data: str, output: Path,
-                   trajectories: Path | None = None, theta_size: int = 128,
-                   traj_config: TrajectoryConfig | None = None,
-                   train_config: MetaTrainConfig | None = None, val_count: int = 60,
-                   teacher_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2),
-                   teacher_steps: tuple[int, ...] = (5, 10, 20, 40), limit: int | None = None,
-                   progress: bool = False) -> dict[str, Any]:
-    """The whole offline stage; returns a JSON-able report (times included)."""
+def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: ImageDataset,
+                        pre: Preprocess, output: Path, trajectories: Path, theta_size: int = 128,
+                        traj_config: TrajectoryConfig | None = None,
+                        train_config: MetaTrainConfig | None = None, val_count: int = 60,
+                        val_seed: int = 1, teacher_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2),
+                        teacher_steps: tuple[int, ...] = (5, 10, 20, 40), method: str = "euler",
+                        steps: int = 0, progress: bool = False,
+                        extra_meta: dict | None = None) -> dict[str, Any]:
+    """The whole offline stage on loaded data: teacher recipe on ``val`` tasks -> trajectories on
+    ``base`` tasks -> drift regression -> ``output`` (rank 0 writes it). Returns a JSON-able report.
+
+    ``method``/``steps`` set the device integrator (``steps=0``: the Euler step count chosen on val).
+    Under torchrun the trajectory chunks, the validation tasks and the drift's batches are shared
+    across ranks; on CUDA (``train_config.device``) trajectories and regression run on the GPU.
+    """
+    from edgeflow import distributed
+    from edgeflow.adapt.apply import IntegratorSettings
+    from edgeflow.train import resolve_device
+
     traj_config = traj_config or TrajectoryConfig()
     train_config = train_config or MetaTrainConfig()
-    net, meta, pre = load_backbone(model, weights)
     spec = ThetaSpec.from_model(net, max_size=theta_size)
     split = SplitFeatures(net, spec)
     theta0 = spec.get(net)
-    base = load_dataset(data, size=pre.size, limit=limit, progress=progress)
-    val = load_dataset(val_data, size=pre.size, progress=progress)
     t0 = time.perf_counter()
-    vtasks = val_tasks(split, val, pre, count=val_count)
+    vtasks = val_tasks(split, val, pre, count=val_count, seed=val_seed)
     teacher, teacher_report = choose_teacher(split, [t for t in vtasks if not t.shift], theta0,
                                              lrs=teacher_lrs, max_steps=max(teacher_steps),
                                              step_choices=teacher_steps)
     t_teacher = time.perf_counter() - t0
-    traj_dir = Path(trajectories) if trajectories else output.with_suffix(".trajectories")
     t0 = time.perf_counter()
-    generate_trajectories(net, spec, base, pre, traj_dir, config=traj_config, progress=progress,
-                          extra_meta={"backbone": str(weights)})
+    device = distributed.device_for_rank(resolve_device(train_config.device))
+    generate_trajectories(net.to(device), spec, base, pre, trajectories, config=traj_config,
+                          progress=progress, extra_meta=extra_meta)
+    net.cpu()
     t_traj = time.perf_counter() - t0
-    data_t = load_trajectories(traj_dir)
+    data_t = load_trajectories(trajectories)
     drift, report = meta_train(data_t, vtasks, split, theta0, config=train_config,
                                progress=progress)
-    from edgeflow.adapt.apply import IntegratorSettings
-
-    settings = IntegratorSettings(**report["integrator"])
+    chosen = IntegratorSettings(**report["integrator"])
+    settings = IntegratorSettings(method=method, steps=steps or chosen.steps)
     stops = data_t.stop.float()
-    summary = {"output": str(output), "trajectories": str(traj_dir), "theta_size": spec.size,
+    summary = {"output": str(output), "trajectories": str(trajectories), "theta_size": spec.size,
                "theta_layers": list(spec.names), "teacher": teacher.to_dict(),
                "teacher_selection": teacher_report, "integrator": settings.to_dict(),
                "val_acc_no_adaptation": report["val_acc_no_adaptation"],
-               "val_acc_hyperflow": report["val_acc_by_euler_steps"][settings.steps],
+               "val_acc_hyperflow": report["val_acc_by_euler_steps"][chosen.steps],
                "val_acc_by_euler_steps": report["val_acc_by_euler_steps"],
                "trajectory_rows": len(data_t), "mean_stop_step": float(stops.mean()),
                "fraction_stopped_at_0": float((stops == 0).float().mean()),
                "seconds": {"teacher_selection": t_teacher, "trajectories": t_traj,
                            "meta_train": report["seconds"]},
+               "world_size": distributed.info().world_size,
                "history": report["history"], "trajectory_config": traj_config.to_dict(),
                "meta_train_config": train_config.to_dict()}
-    save_drift(output, drift=drift, spec=spec, theta0=theta0, settings=settings, metric="cosine",
-               backbone_meta=meta, teacher=teacher.to_dict(), model=model,
-               report={k: v for k, v in summary.items() if k != "history"})
+    if distributed.info().enabled:  # DDP keeps the replicas equal; prove it
+        from edgeflow.checkpoint import state_digest
+
+        digests = distributed.gather_to_main(state_digest(drift))
+        summary["ranks_agree"] = None if digests is None else len(set(digests)) == 1
+    if distributed.info().is_main:
+        save_drift(output, drift=drift, spec=spec, theta0=theta0, settings=settings,
+                   metric="cosine", backbone_meta=meta, teacher=teacher.to_dict(),
+                   model=meta.get("model"),
+                   report={k: v for k, v in summary.items() if k != "history"})
+    distributed.barrier()
     return summary
+
+
+def run_meta_train(*, model: str, weights: Path, data: str, val_data: str, output: Path,
+                   trajectories: Path | None = None, limit: int | None = None,
+                   progress: bool = False, **options: Any) -> dict[str, Any]:
+    """``edgeflow meta-train``: load the backbone and both splits, then
+    :func:`meta_train_backbone` (``options`` are its keyword arguments)."""
+    net, meta, pre = load_backbone(model, weights)
+    base = load_dataset(data, size=pre.size, limit=limit, progress=progress)
+    val = load_dataset(val_data, size=pre.size, progress=progress)
+    traj_dir = Path(trajectories) if trajectories else output.with_suffix(".trajectories")
+    return meta_train_backbone(net, meta, base=base, val=val, pre=pre, output=output,
+                               trajectories=traj_dir, progress=progress,
+                               extra_meta={"backbone": str(weights)}, **options)
 
 
 def run_evaluate(*, model: str, weights: Path, drift: Path, data: str, ways: int = 5,

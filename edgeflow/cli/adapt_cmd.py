@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgeflow.cli.common import JSON_OPT, command, emit
+from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
 MODEL_OPT = typer.Option(..., "--model", "-m", help="Backbone name (as trained), e.g. resnet20.")
 WEIGHTS_OPT = typer.Option(..., "--weights", "-w", help="Backbone checkpoint (edgeflow train).")
@@ -49,6 +49,9 @@ def meta_train(
     hidden: int = typer.Option(256, "--hidden", min=8, help="Drift width."),
     val_tasks: int = typer.Option(60, "--val-tasks", min=2, help="Val episodes for selection."),
     limit: int = typer.Option(None, "--limit", min=1, help="Use N base images (balanced)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the tasks and of the drift's training."),
+    device: str = DEVICE_OPT,
+    nproc: int = NPROC_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Meta-train a HyperFlow drift network for a trained backbone (gradient-free adaptation).
@@ -56,18 +59,27 @@ def meta_train(
     Example: edgeflow meta-train --model resnet20 --weights runs/backbone.pt --data
     ../shared/data/tiny-imagenet/base.zip --val-data ../shared/data/tiny-imagenet/val.zip
     --output runs/drift.pt --json
+
+    Data-parallel: add --nproc 2 (or torchrun --nproc-per-node 2 -m edgeflow meta-train ...): the
+    trajectory chunks and validation tasks are shared across processes and the drift trains in
+    DDP (--steps and the batch stay global); only rank 0 writes and prints.
     """
+    from edgeflow import distributed
     from edgeflow.adapt.meta_train import MetaTrainConfig
     from edgeflow.adapt.teacher import TeacherConfig
     from edgeflow.adapt.trajectories import TrajectoryConfig
     from edgeflow.adapt.workflow import run_meta_train
 
-    traj = TrajectoryConfig(tasks=tasks, starts=starts,
+    maybe_relaunch(nproc)
+    traj = TrajectoryConfig(tasks=tasks, starts=starts, seed=seed,
                             teacher=TeacherConfig(lr=teacher_lr, steps=teacher_steps))
     res = run_meta_train(model=model, weights=weights, data=data, val_data=val_data, output=output,
                          trajectories=trajectories, theta_size=theta_size, traj_config=traj,
-                         train_config=MetaTrainConfig(steps=steps, target=target, hidden=hidden),
+                         train_config=MetaTrainConfig(steps=steps, target=target, hidden=hidden,
+                                                      seed=seed, device=device),
                          val_count=val_tasks, limit=limit, progress=not as_json)
+    if not distributed.info().is_main:
+        return
     emit(res, as_json=as_json,
          human=f"wrote [bold]{res['output']}[/]: val accuracy {res['val_acc_no_adaptation']:.4f} "
                f"-> {res['val_acc_hyperflow']:.4f} with {res['integrator']['steps']} Euler steps "

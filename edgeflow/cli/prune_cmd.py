@@ -45,6 +45,10 @@ def prune(
     score_init_order: str = typer.Option("random", "--score-init-order",
                                          help="random (the spec: t ~ U(0.2, 0.5)) or magnitude "
                                          "(same range ordered by |w|; helps short runs)."),
+    controller_release: str = typer.Option("inertia", "--controller-release",
+                                           help="inertia (the spec's controller) or reset (gamma "
+                                           "to 0 whenever the density is below the target: "
+                                           "avoids the overshoot of short runs)."),
     budget: str = typer.Option("weights", "--budget", help="channel only: count removed 'weights' "
                                "or 'flops' (multiply-accumulates) against --sparsity."),
     exclude: list[str] = typer.Option([], "--exclude", help="Layer to keep dense (repeatable), "
@@ -77,7 +81,8 @@ def prune(
                          exclude=tuple(exclude), progress=not as_json, lr=lr, ft_lr=ft_lr,
                          score_lr=score_lr, batch_size=batch_size,
                          controller_every=controller_every, budget=budget,
-                         score_init_order=score_init_order, seed=seed, device=device)
+                         score_init_order=score_init_order, seed=seed, device=device,
+                         controller_release=controller_release)
     if not distributed.info().is_main:
         return
     top1 = f", top-1 {result['top1']:.4f}" if "top1" in result else ""

@@ -45,6 +45,9 @@ def parse_granularity(text: str) -> tuple[str, int, int]:
                       "with 0 < N < M, e.g. 2:4")
 
 
+RELEASES = ("inertia", "reset")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """Options of :func:`edgeflow.prune.prune`.
@@ -83,6 +86,7 @@ class PruneConfig:
     score_freeze_frac: float = 50 / 60  # ... and 0 after this fraction of phase 2 (mask frozen)
     # pressure controller and trajectory
     controller_step: float = 0.2
+    controller_release: str = "inertia"  # or "reset": gamma -> 0 below the target (short runs)
     controller_every: int = 0  # steps between controller moves; 0 = auto (~50 moves)
     trajectory_ceiling: float = 0.999
     trajectory_steepness: float = 6.0
@@ -106,6 +110,8 @@ class PruneConfig:
             raise unknown_name("method", self.method, METHODS)
         if self.budget not in BUDGETS:
             raise unknown_name("budget", self.budget, BUDGETS)
+        if self.controller_release not in RELEASES:
+            raise unknown_name("controller release", self.controller_release, RELEASES)
         if not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"sparsity must be in [0, 1) (a fraction of weights set to zero, "
                               f"e.g. 0.9); got {self.sparsity}")

@@ -78,3 +78,33 @@ def test_two_process_prune_matches_single_process_and_replicas_agree(tmp_path):
                     "digits", "--json", tmp=tmp_path)
     assert abs(val["top1"] - two["top1"]) < 1e-6
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("p")) == ["p1.pt", "p2.pt"]
+
+
+@pytest.mark.slow
+def test_two_process_meta_train_shards_trajectories_and_matches_single_process(tmp_path):
+    import numpy as np
+
+    _edgeflow("train", "--model", "conv4", "--data", "digits", "--epochs", "4", "--size", "16",
+              "--output", tmp_path / "bb.pt", "--device", "cpu", "--json", tmp=tmp_path)
+    common = ["meta-train", "--model", "conv4", "--weights", tmp_path / "bb.pt", "--data", "digits",
+              "--val-data", "digits", "--tasks", "50", "--starts", "2", "--steps", "60",
+              "--val-tasks", "6", "--teacher-steps", "8", "--theta-size", "64", "--hidden", "32",
+              "--device", "cpu", "--json"]
+    one = _edgeflow(*common, "--output", tmp_path / "d1.pt", tmp=tmp_path)
+    two = _edgeflow(*common, "--output", tmp_path / "d2.pt", nproc=2, tmp=tmp_path)
+    assert one["world_size"] == 1 and two["world_size"] == 2 and two["ranks_agree"] is True
+    # two chunks of 25 tasks, one per rank, gathered and written by rank 0: the same files as
+    # the single process writes (trajectories are deterministic per task index)
+    for c in ("chunk_00000.npz", "chunk_00001.npz"):
+        a, b = np.load(tmp_path / "d1.trajectories" / c), np.load(tmp_path / "d2.trajectories" / c)
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files), c
+    # val tasks split across ranks and summed: the same teacher choice and baseline accuracy
+    assert one["teacher"] == two["teacher"]
+    assert abs(one["val_acc_no_adaptation"] - two["val_acc_no_adaptation"]) < 1e-6
+    assert abs(one["val_acc_hyperflow"] - two["val_acc_hyperflow"]) < 0.1
+    # the 2-process drift is an ordinary checkpoint: evaluate it in a single process
+    ev = _edgeflow("evaluate", "--model", "conv4", "--weights", tmp_path / "bb.pt", "--drift",
+                   tmp_path / "d2.pt", "--data", "digits", "--shots", "5", "--episodes", "5",
+                   "--methods", "none,hyperflow-euler", "--timing-episodes", "1", "--json",
+                   tmp=tmp_path)
+    assert set(ev["by_shots"]["5"]["methods"]) == {"none", "hyperflow-euler"}
