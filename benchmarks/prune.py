@@ -133,7 +133,7 @@ def run_one(run: str, args: dict) -> dict:
     name, _, level = run.partition(":")
     (x, y), (xt, yt) = _data(args["limit"], args["test_limit"])
     method = {"hf": "hyperflows", "hfpl": "hyperflows", "hfm": "hyperflows", "hfs": "hyperflows",
-              "hfr": "hyperflows", "hfmr": "hyperflows",
+              "hfr": "hyperflows", "hfmr": "hyperflows", "hfplr": "hyperflows",
               "dense": "magnitude", "nm": "hyperflows", "channel": "hyperflows"}.get(name, name)
     granularity = {"nm": "2:4", "channel": "channel"}.get(name, "weight")
     sparsity = 0.0 if name in ("dense", "nm") else float(level)
@@ -141,9 +141,9 @@ def run_one(run: str, args: dict) -> dict:
                          method=method, epochs=args["epochs"], regrowth_epochs=args["regrowth"],
                          batch_size=args["batch_size"], lr=args["lr"], ft_lr=args["ft_lr"],
                          budget="flops" if name == "channel" else "weights",
-                         power_law_start=name == "hfpl",
+                         power_law_start=name in ("hfpl", "hfplr"),
                          score_init_order="magnitude" if name in ("hfm", "hfs", "hfmr") else "random",
-                         controller_release="reset" if name in ("hfr", "hfmr") else "inertia",
+                         controller_release="reset" if name in ("hfr", "hfmr", "hfplr") else "inertia",
                          sweep_steps=args["sweep_steps"],
                          sweep_gammas=tuple(args["sweep_gammas"]),
                          channel_multiple=args["channel_multiple"] if name == "channel" else 1,

@@ -46,6 +46,22 @@ def test_controller_bang_bang_with_inertia():
     assert c.gamma == 0.0  # clamped
 
 
+def test_controller_reset_release_drops_pressure_below_target():
+    c = PressureController(step=0.2, release="reset")
+    for _ in range(3):
+        c.update(0.9, 0.5)
+    assert c.gamma == pytest.approx(0.75)  # ramps up like the spec's controller
+    assert c.update(0.4, 0.5) == 0.0 and c.pressure == 0.0  # below target: off at once
+    assert c.update(0.9, 0.5) == pytest.approx(0.2)  # and ramps again from zero, inertia reset
+
+
+def test_prune_config_rejects_unknown_release():
+    from edgeflow.prune import PruneConfig
+
+    with pytest.raises(ConfigError, match="inertia"):
+        PruneConfig(sparsity=0.5, controller_release="instant")
+
+
 def test_power_law_fit_recovers_exact_law():
     gammas = [1, 2, 4, 8, 16]
     dens = [0.76 * g ** -0.69 for g in gammas]
