@@ -143,6 +143,7 @@ def run_one(run: str, args: dict) -> dict:
                          budget="flops" if name == "channel" else "weights",
                          power_law_start=name in ("hfpl", "hfplr"),
                          score_init_order="magnitude" if name in ("hfm", "hfs", "hfmr") else "random",
+                         # hf/hfm/hfpl: the spec's controller; the *r variants: reset release
                          controller_release="reset" if name in ("hfr", "hfmr", "hfplr") else "inertia",
                          sweep_steps=args["sweep_steps"],
                          sweep_gammas=tuple(args["sweep_gammas"]),

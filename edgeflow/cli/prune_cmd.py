@@ -45,10 +45,11 @@ def prune(
     score_init_order: str = typer.Option("random", "--score-init-order",
                                          help="random (the spec: t ~ U(0.2, 0.5)) or magnitude "
                                          "(same range ordered by |w|; helps short runs)."),
-    controller_release: str = typer.Option("inertia", "--controller-release",
-                                           help="inertia (the spec's controller) or reset (gamma "
-                                           "to 0 whenever the density is below the target: "
-                                           "avoids the overshoot of short runs)."),
+    controller_release: str = typer.Option("auto", "--controller-release",
+                                           help="inertia (the spec's controller), reset (gamma to "
+                                           "0 whenever the density is below the target: avoids "
+                                           "the overshoot of short runs) or auto (reset below "
+                                           "20 pruning epochs)."),
     budget: str = typer.Option("weights", "--budget", help="channel only: count removed 'weights' "
                                "or 'flops' (multiply-accumulates) against --sparsity."),
     exclude: list[str] = typer.Option([], "--exclude", help="Layer to keep dense (repeatable), "

@@ -45,7 +45,8 @@ def parse_granularity(text: str) -> tuple[str, int, int]:
                       "with 0 < N < M, e.g. 2:4")
 
 
-RELEASES = ("inertia", "reset")
+RELEASES = ("auto", "inertia", "reset")
+AUTO_RESET_BELOW_EPOCHS = 20  # the spec's controller was tuned for 100 pruning epochs
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ class PruneConfig:
     score_freeze_frac: float = 50 / 60  # ... and 0 after this fraction of phase 2 (mask frozen)
     # pressure controller and trajectory
     controller_step: float = 0.2
-    controller_release: str = "inertia"  # or "reset": gamma -> 0 below the target (short runs)
+    # "inertia" (the spec), "reset" (gamma -> 0 below the target; see PressureController) or
+    # "auto": reset for pruning phases shorter than AUTO_RESET_BELOW_EPOCHS epochs, else inertia
+    controller_release: str = "auto"
     controller_every: int = 0  # steps between controller moves; 0 = auto (~50 moves)
     trajectory_ceiling: float = 0.999
     trajectory_steepness: float = 6.0
@@ -134,6 +137,13 @@ class PruneConfig:
             raise unknown_name("score_init_order", self.score_init_order, ("random", "magnitude"))
         if self.min_channels < 1 or self.channel_multiple < 1:
             raise ConfigError("min_channels and channel_multiple must be >= 1")
+
+    @property
+    def release(self) -> str:
+        """The controller release in effect (``auto`` resolved by the pruning-phase length)."""
+        if self.controller_release != "auto":
+            return self.controller_release
+        return "reset" if self.epochs < AUTO_RESET_BELOW_EPOCHS else "inertia"
 
     @property
     def kind(self) -> str:

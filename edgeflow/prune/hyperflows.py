@@ -158,7 +158,7 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     trajectory = solve_trajectory(target, updates, ceiling=config.trajectory_ceiling,
                                   steepness=config.trajectory_steepness)[1] if use_pressure else []
     ctrl = PressureController(step=config.controller_step, gamma=config.gamma_init,
-                              release=config.controller_release)
+                              release=config.release)
     result = PruneResult(masks=ms, target_density=target, score_lr=score_lr if learn else 0.0)
     opt = torch.optim.SGD(_weight_params(model, ms), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay)

@@ -64,6 +64,7 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
         "nonzero_weights": report["nonzero"], "total_weights": report["total"],
         "macs": count_macs(plain), "dense_macs": dense_macs, "epochs": config.epochs,
         "regrowth_epochs": config.regrowth_epochs, "score_lr": result.score_lr,
+        "controller_release": config.release if method == "hyperflows" else None,
         "seconds": result.seconds, "layers": report["density"], "history": result.history}
     if val is not None:
         dev = resolve_device(config.device)

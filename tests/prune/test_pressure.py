@@ -60,6 +60,10 @@ def test_prune_config_rejects_unknown_release():
 
     with pytest.raises(ConfigError, match="inertia"):
         PruneConfig(sparsity=0.5, controller_release="instant")
+    # auto: the spec's controller for long schedules, reset for short ones
+    assert PruneConfig(sparsity=0.5, epochs=3).release == "reset"
+    assert PruneConfig(sparsity=0.5, epochs=100).release == "inertia"
+    assert PruneConfig(sparsity=0.5, epochs=3, controller_release="inertia").release == "inertia"
 
 
 def test_power_law_fit_recovers_exact_law():
