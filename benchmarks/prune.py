@@ -6,7 +6,13 @@ worker processes (one thread each); each finished run is appended to the JSON an
 table is rewritten, so a run cut short by ``--deadline`` still leaves honest, labelled results.
 
     python benchmarks/prune.py --quick                 # a minute or two: proves the script runs
-    python benchmarks/prune.py --limit 5000 --epochs 2 --regrowth 1 --jobs 2   # the committed table
+    python benchmarks/prune.py --limit 3000 --test-limit 5000 --batch-size 32 --jobs 1  # committed
+
+Run names are ``<variant>:<sparsity>``: ``hf`` Hyperflows with the spec's inertia controller,
+``hfr`` with the reset release (pressure off as soon as the density is below its trajectory; the
+default for short schedules), ``hfm``/``hfmr`` with magnitude-ordered initial scores, ``hfpl``/
+``hfplr`` with the power-law start; ``gmp``, ``magnitude``, ``random`` the baselines; ``dense``,
+``nm`` (2:4) and ``channel:<fraction>``.
 """
 
 from __future__ import annotations
@@ -30,10 +36,11 @@ SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "weights" / "cifar10-resnet20-12fca82f.th"
 TRAIN = SHARED / "data" / "cifar10" / "train.zip"
 TEST = SHARED / "data" / "cifar10" / "test.zip"
-FULL_RUNS = ("dense,hf:0.9,gmp:0.9,hf:0.95,gmp:0.95,hf:0.98,gmp:0.98,nm,channel:0.5,"
-             "magnitude:0.9,magnitude:0.95,magnitude:0.98,random:0.9,random:0.95,random:0.98,"
-             "hf:0.99,gmp:0.99,magnitude:0.99,random:0.99,hfpl:0.95")
-QUICK_RUNS = "dense,hf:0.9,gmp:0.9,magnitude:0.9,random:0.9,nm,channel:0.5,hfpl:0.9"
+FULL_RUNS = ("dense,hfr:0.9,gmp:0.9,hfr:0.95,gmp:0.95,hfr:0.98,gmp:0.98,hfr:0.99,gmp:0.99,nm,"
+             "channel:0.5,hf:0.9,hf:0.95,hf:0.98,hf:0.99,magnitude:0.9,magnitude:0.95,"
+             "magnitude:0.98,magnitude:0.99,random:0.9,random:0.95,random:0.98,random:0.99,"
+             "hfmr:0.95,hfplr:0.95")
+QUICK_RUNS = "dense,hfr:0.9,hf:0.9,gmp:0.9,magnitude:0.9,random:0.9,nm,channel:0.5,hfplr:0.9"
 _DATA: dict = {}
 
 
@@ -143,8 +150,11 @@ def run_one(run: str, args: dict) -> dict:
                          budget="flops" if name == "channel" else "weights",
                          power_law_start=name in ("hfpl", "hfplr"),
                          score_init_order="magnitude" if name in ("hfm", "hfs", "hfmr") else "random",
-                         # hf/hfm/hfpl: the spec's controller; the *r variants: reset release
-                         controller_release="reset" if name in ("hfr", "hfmr", "hfplr") else "inertia",
+                         # hf/hfm/hfpl: the spec's controller; the *r variants: reset release;
+                         # the rest: the default (auto: reset at this short a schedule)
+                         controller_release={"hf": "inertia", "hfm": "inertia", "hfpl": "inertia",
+                                             "hfr": "reset", "hfmr": "reset",
+                                             "hfplr": "reset"}.get(name, "auto"),
                          sweep_steps=args["sweep_steps"],
                          sweep_gammas=tuple(args["sweep_gammas"]),
                          channel_multiple=args["channel_multiple"] if name == "channel" else 1,
@@ -198,7 +208,7 @@ def targets(results: list[dict]) -> list[str]:
 
     for level in ("0.9", "0.95", "0.98", "0.99"):
         g = by.get(f"gmp:{level}")
-        for variant in ("hf", "hfm"):
+        for variant in ("hfr", "hf", "hfm"):
             h = by.get(f"{variant}:{level}")
             if h and g:
                 need = {"0.95": 0.02, "0.98": 0.04}.get(level, 0.0)
@@ -207,7 +217,7 @@ def targets(results: list[dict]) -> list[str]:
                            f"{100 * g['top1']:.2f}% ({pts(h['top1'], g['top1'])}; target >= "
                            f"{100 * need:+.0f} pts): {'met' if ok else 'MISSED'}")
     if dense is not None:
-        for variant in ("hf", "hfm"):
+        for variant in ("hfr", "hf", "hfm"):
             h = by.get(f"{variant}:0.9")
             if h:
                 ok = dense - h["top1"] <= 0.015

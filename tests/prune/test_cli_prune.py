@@ -60,13 +60,13 @@ def test_benchmark_quick_mode_runs(tmp_path):
     shared_file("weights/cifar10-resnet20-12fca82f.th")
     out = tmp_path / "b1"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prune.py"), "--quick",
-                           "--runs", "dense,hf:0.9,nm,channel:0.5", "--jobs", "1", "--out", str(out)],
+                           "--runs", "dense,hfr:0.9,nm,channel:0.5", "--jobs", "1", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.with_suffix(".json").read_text())
     runs = {r["run"]: r for r in data["results"]}
-    assert set(runs) == {"dense", "hf:0.9", "nm", "channel:0.5"}
-    assert abs(runs["hf:0.9"]["sparsity"] - 0.9) < 1e-3
+    assert set(runs) == {"dense", "hfr:0.9", "nm", "channel:0.5"}
+    assert abs(runs["hfr:0.9"]["sparsity"] - 0.9) < 1e-3
     assert runs["nm"]["nm_all_valid"]
     assert runs["channel:0.5"]["macs"]["reduction"] >= 2.0
     assert "| run |" in out.with_suffix(".md").read_text()
