@@ -106,3 +106,20 @@ def test_mean_ci_and_peak_memory():
     assert ci == pytest.approx(1.96 * np.std([0.5, 0.7, 0.6, 0.8], ddof=1) / 2)
     peak = peak_memory_bytes(lambda: torch.ones(1024, 1024).sum())  # 4 MiB live at the peak
     assert 4 * 2**20 <= peak < 5 * 2**20
+
+
+def test_load_backbone_reads_channel_pruned_checkpoints(tmp_path):
+    """A channel-pruned checkpoint is narrower than create_model's; adaptation must still load it."""
+    from edgeflow.adapt.workflow import load_backbone
+    from edgeflow.prune.finalize import load_pruned
+    from edgeflow.prune.run import prune_model
+
+    out = prune_model(model="conv4", data="digits", sparsity=0.5, granularity="channel",
+                      output=tmp_path / "c.pt", epochs=1, regrowth_epochs=0, limit=300,
+                      size=16, model_kwargs={"width": 16}, device="cpu")
+    assert out["macs"] < out["dense_macs"]
+    net, meta, pre = load_backbone("conv4", tmp_path / "c.pt")
+    ref = load_pruned(tmp_path / "c.pt")
+    x = torch.randn(4, 3, pre.size, pre.size)
+    assert torch.equal(net.features(x), ref.features(x))
+    assert ThetaSpec.from_model(net, max_size=64).size > 0 and meta["prune"]["channels"]
