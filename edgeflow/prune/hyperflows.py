@@ -10,7 +10,8 @@ after ``score_freeze_frac`` of the phase, which freezes the mask. At that moment
 trimmed (by score) to the exact requested count, so the last part of phase 2 fine-tunes the weights
 under the final mask instead of ending on an untrained trim. Baselines fine-tune with fixed masks.
 
-Under ``torchrun`` the scored model runs in DistributedDataParallel: weights and scores are
+On CUDA the forward runs under bfloat16 autocast where the GPU supports it. Under ``torchrun`` the
+scored model runs in DistributedDataParallel: weights and scores are
 parameters, so both gradients are averaged over ranks and every rank takes identical optimiser
 steps; ``batch_size`` is the global batch. The density the controller reads is averaged over ranks
 (bit-identical everywhere) so gamma, the GMP schedule and the final trim agree on every rank.
@@ -61,9 +62,20 @@ def _weight_params(model: nn.Module, ms: MaskSet) -> list[nn.Parameter]:
     return [p for p in model.parameters() if id(p) not in skip]
 
 
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 autocast on CUDA GPUs that support it (Ampere/Orin and later), else full precision.
+
+    Only bf16: fp16 would need loss scaling across two optimisers, and a scaled pressure term."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def _train_step(net, ms, xb, yb, *, opt, score_opt, pressure: float, config: PruneConfig):
     """One step; ``net`` is the model or its DDP wrapper (whose forward all-reduces gradients)."""
-    logits = net(xb)
+    amp = _amp_dtype(xb.device)
+    with torch.autocast(xb.device.type, dtype=amp, enabled=amp is not None):
+        logits = net(xb).float()
     loss = F.cross_entropy(logits, yb, label_smoothing=config.label_smoothing)
     total = loss + pressure * ms.mean_score() if pressure > 0 else loss
     opt.zero_grad(set_to_none=True)
@@ -186,6 +198,8 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
         loss_sum, correct, seen = 0.0, 0, 0
         for idx in distributed.rank_batches(len(y), batch_size=config.batch_size, generator=gen):
             xb, yb = x[idx], y[idx]
+            if device.type == "cuda":  # pinned host memory: the copy overlaps the previous step
+                xb = xb.pin_memory().to(device, non_blocking=True)
             if config.augment:
                 xb = random_crop_flip(xb, padding=4, generator=aug_gen)
             if phase == 1:
