@@ -35,3 +35,16 @@ def test_runtime_one_thread_runs(tmp_path):
     _run("runtime_one_thread.py", "--runs", "5", tmp_path=tmp_path)
     rows = json.loads((tmp_path / "runtime_one_thread.json").read_text())["rows"]
     assert set(rows) == {"batch1", "batch32"} and all(r["ort_ms"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+def test_scaleout_quick(tmp_path):
+    _run("scaleout.py", "--quick", tmp_path=tmp_path)
+    rec = json.loads((tmp_path / "scaleout.json").read_text())
+    runs = rec["meta_train"]
+    assert set(runs) == {"1 process x 1 thread", "1 process x 2 threads", "2 processes x 1 thread"}
+    assert runs["2 processes x 1 thread"]["ranks_agree"] is True
+    assert all(r["trajectories"] > 0 for r in runs.values())
+    assert rec["prune"]["2 processes x 1 thread"]["ranks_agree"] is True
+    assert abs(rec["prune"]["1 process x 1 thread"]["sparsity"] - 0.9) < 1e-3
+    assert "2 processes / best single process" in (tmp_path / "scaleout.md").read_text()
