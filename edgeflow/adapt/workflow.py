@@ -139,6 +139,7 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                "teacher_selection": teacher_report, "integrator": settings.to_dict(),
                "val_acc_no_adaptation": report["val_acc_no_adaptation"],
                "val_acc_hyperflow": report["val_acc_by_euler_steps"][chosen.steps],
+               "best_step": report["best_step"],  # 0: no trained drift beat the zero drift on val
                "val_acc_by_euler_steps": report["val_acc_by_euler_steps"],
                "trajectory_rows": len(data_t), "mean_stop_step": float(stops.mean()),
                "fraction_stopped_at_0": float((stops == 0).float().mean()),

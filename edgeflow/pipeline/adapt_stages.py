@@ -35,7 +35,8 @@ def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path,
                               val_count=a.val_tasks, val_seed=cfg.seed + 1, method=a.method,
                               steps=a.steps, progress=progress)
     keep = ("theta_size", "theta_layers", "teacher", "teacher_selection", "integrator",
-            "val_acc_no_adaptation", "trajectory_rows", "mean_stop_step", "fraction_stopped_at_0")
+            "val_acc_no_adaptation", "trajectory_rows", "mean_stop_step", "fraction_stopped_at_0",
+            "best_step")
     return {"drift": "drift.pt", **{k: res[k] for k in keep},
             "val_acc_by_euler_steps": {str(k): v for k, v in res["val_acc_by_euler_steps"].items()},
             "meta_train_seconds": res["seconds"]["meta_train"],

@@ -130,6 +130,21 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
         lines += ["", f"HyperFlow's extra time over no adaptation is "
                   f"{_pct(cost.get('time_ratio'))} of fine-tuning's; its extra memory "
                   f"{_pct(cost.get('memory_ratio'))} ({cost.get('memory_method', '')}).", ""]
+    adapt = metrics.get("adapt") or {}
+    if adapt.get("val_acc_by_euler_steps"):
+        by = adapt["val_acc_by_euler_steps"]
+        none = adapt.get("val_acc_no_adaptation")
+        lines += ["## Meta-training (val tasks)", "",
+                  f"Val accuracy without adaptation {_pct(none)}; with the drift, by Euler steps: "
+                  + ", ".join(f"{k}: {_pct(by[k])}" for k in sorted(by, key=int))
+                  + f". Device integrator: {adapt.get('integrator')}.", ""]
+        if adapt.get("best_step") == 0 or (none is not None and all(v == none for v in by.values())):
+            lines += ["**The drift is the untrained (zero) one.** No drift checkpoint beat no "
+                      "adaptation on the val tasks, so meta-training kept the zero-initialised "
+                      "drift: HyperFlow leaves theta unchanged (no harm, and no gain). Compare the "
+                      "fine-tuning column above: where fine-tuning the same biases gains little, "
+                      "there is little for the drift to learn.",
+                      ""]
     if metrics.get("steps_curve"):
         lines += ["## Accuracy against Euler steps", "", "![accuracy vs steps](steps.png)", ""]
         for shots, points in metrics["steps_curve"].items():
@@ -154,7 +169,8 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
         lines += ["## Stage times", "", "| stage | seconds | reused |", "|---|---|---|"]
         for name, s in seconds.items():
             lines.append(f"| {name} | {s['seconds']:.1f} | {'yes' if s.get('reused') else 'no'} |")
-        lines.append("")
+        lines += ["", f"Sum of stage times (reused stages at their original time): "
+                  f"{sum(s['seconds'] for s in seconds.values()) / 60:.1f} min.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
