@@ -267,6 +267,7 @@ def table(results: list[dict], meta: dict) -> str:
              f"(cosine to /10), crop+flip, label smoothing 0.1; seed {meta['seed']}. "
              f"Machine: {meta['machine']}; {meta['jobs']} worker processes x 1 thread, "
              "shared with other jobs (timings are noisy).", "",
+             *([f"**Note.** {meta['note']}.", ""] if meta.get("note") else []),
              "| run | method | granularity | requested | achieved sparsity | top-1 | vs dense | "
              "s/epoch |", "|---|---|---|---|---|---|---|---|"]
     for r in results:

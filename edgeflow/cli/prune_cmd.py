@@ -37,7 +37,8 @@ def prune(
     lr: float = typer.Option(0.1, "--lr", help="Peak weight lr of the pruning phase (cosine to /30)."),
     ft_lr: float = typer.Option(1e-3, "--ft-lr", help="Weight lr of the regrowth phase (to /10)."),
     score_lr: float = typer.Option(None, "--score-lr", help="Score Adam lr (default: auto, "
-                                   "max(1e-3, 10 / pruning steps); the spec's value is 1e-3)."),
+                                   "max(1e-3, 10 / pruning steps) under pressure, the spec's "
+                                   "1e-3 for n:m at its pattern sparsity)."),
     batch_size: int = typer.Option(128, "--batch-size", min=1),
     controller_every: int = typer.Option(0, "--controller-every", min=0,
                                          help="Steps between pressure-controller moves (0: auto, "
