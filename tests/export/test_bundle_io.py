@@ -74,7 +74,10 @@ def test_writer_leaves_nothing_on_error(tmp_path):
 
 
 _KILL_SCRIPT = textwrap.dedent("""
-    import os, sys, time
+    import os, signal, sys, time
+    # Ctrl-C as a terminal delivers it: a parent started in the background (nohup, `cmd &` in a
+    # script) passes SIGINT down as ignored, and Python then never raises KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {root!r})
     import numpy as np, torch
     from edgeflow.data import Preprocess
