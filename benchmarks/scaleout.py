@@ -92,7 +92,8 @@ def main() -> None:
                            "val_acc_no_adaptation": rep["val_acc_no_adaptation"],
                            "val_acc_hyperflow": rep["val_acc_hyperflow"],
                            "euler_steps": rep["integrator"]["steps"],
-                           "ranks_agree": rep.get("ranks_agree")}
+                           "ranks_agree": rep.get("ranks_agree"),
+                           "trajectory_tasks_by_rank": rep.get("trajectory_tasks_by_rank")}
         print(name, json.dumps(meta_rows[name]), flush=True)
     for name, (nproc, threads) in RUNS.items():
         if name == "1 process x 2 threads":
@@ -125,13 +126,14 @@ def render(r: dict) -> str:
              f"time. Meta-train: {r['model']} backbone, {r['tasks']} trajectory tasks x 2 starts, "
              f"theta {r['theta_size']}, {r['meta_steps']} drift steps, 20 val tasks.", "",
              "| run | trajectories s | teacher selection s | meta-train s | wall s | val acc none | "
-             "val acc HyperFlow | Euler steps | replicas identical |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "val acc HyperFlow | Euler steps | replicas identical | tasks per rank |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in r["meta_train"].items():
         lines.append(f"| {name} | {m['trajectories']:.1f} | {m['teacher_selection']:.1f} | "
                      f"{m['meta_train']:.1f} | {m['wall_s']:.1f} | {100 * m['val_acc_no_adaptation']:.2f}% | "
                      f"{100 * m['val_acc_hyperflow']:.2f}% | {m['euler_steps']} | "
-                     f"{'-' if m['ranks_agree'] is None else m['ranks_agree']} |")
+                     f"{'-' if m['ranks_agree'] is None else m['ranks_agree']} | "
+                     f"{m.get('trajectory_tasks_by_rank')} |")
     verdict = "met" if r["met"] else "MISSED"
     lines += ["", f"Trajectory generation, 2 processes / best single process: "
               f"**{r['trajectory_ratio_2proc_vs_best_single']:.2f}x** (target <= 0.6x): {verdict}.",

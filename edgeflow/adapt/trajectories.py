@@ -125,8 +125,11 @@ def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds
 
 def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre: Preprocess,
                           out_dir: str | Path, *, config: TrajectoryConfig, progress: bool = False,
-                          extra_meta: dict | None = None) -> Path:
-    """Write (or complete) a trajectory folder; returns it. Resumes where chunks already exist."""
+                          extra_meta: dict | None = None, stats: dict | None = None) -> Path:
+    """Write (or complete) a trajectory folder; returns it. Resumes where chunks already exist.
+
+    ``stats``, when given, receives ``computed_tasks``: the tasks this process generated.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"config": config.to_dict(), "theta_layout": spec.layout(), **(extra_meta or {})}
@@ -158,10 +161,12 @@ def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pr
 
     bar = ProgressBar(progress and rank.is_main, config.tasks, "trajectories")
     bar.advance("on disk", steps=config.tasks - sum(len(span(c)) for c in todo))
+    computed = 0
     for r in range(0, len(todo), rank.world_size):
         mine = todo[r + rank.rank] if r + rank.rank < len(todo) else None
         arrays = None
         if mine is not None:
+            computed += len(span(mine))
             parts = []
             for i in span(mine):
                 parts.append(task_trajectories(model, spec, split, ds, pre, samplers, i, config))
@@ -176,6 +181,8 @@ def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pr
                 if rank.world_size > 1:
                     bar.advance(f"chunk {c + 1}/{n_chunks}", steps=len(span(c)))
     distributed.barrier()
+    if stats is not None:
+        stats["computed_tasks"] = computed
     bar.close()
     return out
 

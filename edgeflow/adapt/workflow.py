@@ -113,6 +113,9 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
 
     traj_config = traj_config or TrajectoryConfig()
     train_config = train_config or MetaTrainConfig()
+    # join the process group first: teacher selection and trajectories are shared across ranks
+    device = distributed.device_for_rank(resolve_device(train_config.device))
+    distributed.setup(device)
     spec = ThetaSpec.from_model(net, max_size=theta_size)
     split = SplitFeatures(net, spec)
     theta0 = spec.get(net)
@@ -123,9 +126,9 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                                              step_choices=teacher_steps)
     t_teacher = time.perf_counter() - t0
     t0 = time.perf_counter()
-    device = distributed.device_for_rank(resolve_device(train_config.device))
+    stats: dict[str, int] = {}
     generate_trajectories(net.to(device), spec, base, pre, trajectories, config=traj_config,
-                          progress=progress, extra_meta=extra_meta)
+                          progress=progress, extra_meta=extra_meta, stats=stats)
     net.cpu()
     t_traj = time.perf_counter() - t0
     data_t = load_trajectories(trajectories)
@@ -146,6 +149,8 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                "seconds": {"teacher_selection": t_teacher, "trajectories": t_traj,
                            "meta_train": report["seconds"]},
                "world_size": distributed.info().world_size,
+               # tasks each rank generated in this call (chunks already on disk are not counted)
+               "trajectory_tasks_by_rank": distributed.gather_to_main(stats["computed_tasks"]),
                "history": report["history"], "trajectory_config": traj_config.to_dict(),
                "meta_train_config": train_config.to_dict()}
     if distributed.info().enabled:  # DDP keeps the replicas equal; prove it

@@ -44,6 +44,7 @@ def test_scaleout_quick(tmp_path):
     runs = rec["meta_train"]
     assert set(runs) == {"1 process x 1 thread", "1 process x 2 threads", "2 processes x 1 thread"}
     assert runs["2 processes x 1 thread"]["ranks_agree"] is True
+    assert runs["2 processes x 1 thread"]["trajectory_tasks_by_rank"] == [25, 25]
     assert all(r["trajectories"] > 0 for r in runs.values())
     assert rec["prune"]["2 processes x 1 thread"]["ranks_agree"] is True
     assert abs(rec["prune"]["1 process x 1 thread"]["sparsity"] - 0.9) < 1e-3

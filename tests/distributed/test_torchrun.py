@@ -93,6 +93,8 @@ def test_two_process_meta_train_shards_trajectories_and_matches_single_process(t
     one = _edgeflow(*common, "--output", tmp_path / "d1.pt", tmp=tmp_path)
     two = _edgeflow(*common, "--output", tmp_path / "d2.pt", nproc=2, tmp=tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["ranks_agree"] is True
+    # each rank generated its own chunk (not both ranks everything)
+    assert one["trajectory_tasks_by_rank"] == [50] and two["trajectory_tasks_by_rank"] == [25, 25]
     # two chunks of 25 tasks, one per rank, gathered and written by rank 0: the same files as
     # the single process writes (trajectories are deterministic per task index)
     for c in ("chunk_00000.npz", "chunk_00001.npz"):
