@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--meta-steps", type=int, default=400)
     ap.add_argument("--theta-size", type=int, default=256)
     ap.add_argument("--prune-limit", type=int, default=2000)
+    ap.add_argument("--prune-only", action="store_true",
+                    help="rerun only the prune rows into an existing OUT/scaleout.json")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="scaleout-"))
@@ -80,7 +82,8 @@ def main() -> None:
                       "--limit", str(args.prune_limit),
                       "--weights", str(SHARED / "weights/cifar10-resnet20-12fca82f.th")]
     meta_rows, prune_rows = {}, {}
-    for name, (nproc, threads) in RUNS.items():
+    old = json.loads((args.out / "scaleout.json").read_text()) if args.prune_only else None
+    for name, (nproc, threads) in ({} if old else RUNS).items():
         tag = name.split()[0] + name.split()[3]
         rep, wall = edgeflow(["meta-train", "--model", model, "--weights", str(backbone), "--data",
                               base, "--val-data", val, "--tasks", str(tasks), "--steps",
@@ -98,14 +101,18 @@ def main() -> None:
     for name, (nproc, threads) in RUNS.items():
         if name == "1 process x 2 threads":
             continue  # the accuracy comparison needs one single-process run
-        rep, wall = edgeflow(["prune", *prune_args, "--sparsity", "0.9", "--epochs", "1",
-                              "--regrowth-epochs", "1", "--batch-size", "64", "--device", "cpu",
+        rep, wall = edgeflow(["prune", *prune_args, "--sparsity", "0.5", "--epochs", "2",
+                              "--regrowth-epochs", "1", "--batch-size", "64", "--lr", "0.02",
+                              "--ft-lr", "0.005", "--device", "cpu",
                               "--output", str(work / f"pruned{nproc}.pt")],
                              nproc=nproc, threads=threads, cwd=work)
         prune_rows[name] = {"nproc": nproc, "wall_s": wall, "seconds": rep["seconds"],
                             "sparsity": rep["sparsity"], "top1": rep.get("top1"),
                             "ranks_agree": rep.get("ranks_agree")}
         print(name, json.dumps(prune_rows[name]), flush=True)
+    if old:
+        meta_rows, tasks, meta_steps, theta = (old["meta_train"], old["tasks"], old["meta_steps"],
+                                               old["theta_size"])
     single = min(meta_rows[n]["trajectories"] for n in RUNS if RUNS[n][0] == 1)
     ratio = meta_rows["2 processes x 1 thread"]["trajectories"] / single
     record = {"mode": "quick" if args.quick else "full", "machine": f"{platform.machine()}, "
@@ -136,8 +143,14 @@ def render(r: dict) -> str:
                      f"{m.get('trajectory_tasks_by_rank')} |")
     verdict = "met" if r["met"] else "MISSED"
     lines += ["", f"Trajectory generation, 2 processes / best single process: "
-              f"**{r['trajectory_ratio_2proc_vs_best_single']:.2f}x** (target <= 0.6x): {verdict}.",
-              "", "Prune (Hyperflows, 90% unstructured, 1 + 1 epochs, global batch 64):", "",
+              f"**{r['trajectory_ratio_2proc_vs_best_single']:.2f}x** (target <= 0.6x): {verdict}. "
+              "Against one process at one thread (the per-process setting torchrun uses): "
+              f"{r['meta_train']['2 processes x 1 thread']['trajectories'] / r['meta_train']['1 process x 1 thread']['trajectories']:.2f}x. "  # noqa: E501
+              "A single process already spreads its small tensors over both cores with intra-op "
+              "threads, so on a 2-core machine two processes can only beat it by the threads' "
+              "inefficiency.",
+              "", "Prune (Hyperflows, pretrained ResNet-20, 50% unstructured, 2 + 1 epochs on 2,000 "
+              "CIFAR-10 images, global batch 64, lr 0.02 then 0.005; top-1 on 2,000 test images):", "",
               "| run | sparsity | top-1 | prune s | wall s | replicas identical |",
               "|---|---|---|---|---|---|"]
     for name, p in r["prune"].items():
