@@ -40,6 +40,21 @@ FULL_RUNS = ("dense,hfr:0.9,gmp:0.9,hfr:0.95,gmp:0.95,hfr:0.98,gmp:0.98,hfr:0.99
              "channel:0.5,hf:0.9,hf:0.95,hf:0.98,hf:0.99,magnitude:0.9,magnitude:0.95,"
              "magnitude:0.98,magnitude:0.99,random:0.9,random:0.95,random:0.98,random:0.99,"
              "hfmr:0.95,hfplr:0.95")
+# Run-name prefixes that are not a baseline's method name. Unset keys: weight granularity,
+# random score init, release "auto" (reset at this short a schedule), no power-law start.
+HF = "hyperflows"
+VARIANTS = {
+    "hf": {"method": HF, "release": "inertia"},  # the spec's controller
+    "hfm": {"method": HF, "release": "inertia", "init": "magnitude"},
+    "hfpl": {"method": HF, "release": "inertia", "power_law": True},
+    "hfr": {"method": HF, "release": "reset"},
+    "hfmr": {"method": HF, "release": "reset", "init": "magnitude"},
+    "hfplr": {"method": HF, "release": "reset", "power_law": True},
+    "hfs": {"method": HF, "init": "magnitude"},  # plus a slow score lr, see run_one
+    "dense": {"method": "magnitude"},  # magnitude at sparsity 0: fine-tuning only
+    "nm": {"method": HF, "granularity": "2:4"},
+    "channel": {"method": HF, "granularity": "channel"},
+}
 QUICK_RUNS = "dense,hfr:0.9,hf:0.9,gmp:0.9,magnitude:0.9,random:0.9,nm,channel:0.5,hfplr:0.9"
 _DATA: dict = {}
 
@@ -139,22 +154,16 @@ def run_one(run: str, args: dict) -> dict:
     t0 = time.perf_counter()
     name, _, level = run.partition(":")
     (x, y), (xt, yt) = _data(args["limit"], args["test_limit"])
-    method = {"hf": "hyperflows", "hfpl": "hyperflows", "hfm": "hyperflows", "hfs": "hyperflows",
-              "hfr": "hyperflows", "hfmr": "hyperflows", "hfplr": "hyperflows",
-              "dense": "magnitude", "nm": "hyperflows", "channel": "hyperflows"}.get(name, name)
-    granularity = {"nm": "2:4", "channel": "channel"}.get(name, "weight")
+    v = VARIANTS.get(name, {"method": name})
+    method, granularity = v["method"], v.get("granularity", "weight")
     sparsity = 0.0 if name in ("dense", "nm") else float(level)
     config = PruneConfig(sparsity=sparsity if name != "nm" else 0.5, granularity=granularity,
                          method=method, epochs=args["epochs"], regrowth_epochs=args["regrowth"],
                          batch_size=args["batch_size"], lr=args["lr"], ft_lr=args["ft_lr"],
                          budget="flops" if name == "channel" else "weights",
-                         power_law_start=name in ("hfpl", "hfplr"),
-                         score_init_order="magnitude" if name in ("hfm", "hfs", "hfmr") else "random",
-                         # hf/hfm/hfpl: the spec's controller; the *r variants: reset release;
-                         # the rest: the default (auto: reset at this short a schedule)
-                         controller_release={"hf": "inertia", "hfm": "inertia", "hfpl": "inertia",
-                                             "hfr": "reset", "hfmr": "reset",
-                                             "hfplr": "reset"}.get(name, "auto"),
+                         power_law_start=v.get("power_law", False),
+                         score_init_order=v.get("init", "random"),
+                         controller_release=v.get("release", "auto"),
                          sweep_steps=args["sweep_steps"],
                          sweep_gammas=tuple(args["sweep_gammas"]),
                          channel_multiple=args["channel_multiple"] if name == "channel" else 1,

@@ -119,6 +119,17 @@ def sync_buffers(model: torch.nn.Module) -> None:
         dist.broadcast(buf.data, src=0)
 
 
+def replicas_agree(model: torch.nn.Module) -> bool | None:
+    """On rank 0: whether every rank's ``model`` is bit-identical (sha256 of its state); ``None``
+    on the other ranks and in a single process. DDP should keep replicas equal; this proves it."""
+    if not info().enabled:
+        return None
+    from edgeflow.checkpoint import state_digest
+
+    digests = gather_to_main(state_digest(model))
+    return None if digests is None else len(set(digests)) == 1
+
+
 def rank_batches(n: int, *, batch_size: int, generator: torch.Generator):
     """Index batches of this rank's share of one permutation of ``n`` items.
 

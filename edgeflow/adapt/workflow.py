@@ -153,11 +153,8 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                "trajectory_tasks_by_rank": distributed.gather_to_main(stats["computed_tasks"]),
                "history": report["history"], "trajectory_config": traj_config.to_dict(),
                "meta_train_config": train_config.to_dict()}
-    if distributed.info().enabled:  # DDP keeps the replicas equal; prove it
-        from edgeflow.checkpoint import state_digest
-
-        digests = distributed.gather_to_main(state_digest(drift))
-        summary["ranks_agree"] = None if digests is None else len(set(digests)) == 1
+    if distributed.info().enabled:
+        summary["ranks_agree"] = distributed.replicas_agree(drift)
     if distributed.info().is_main:
         save_drift(output, drift=drift, spec=spec, theta0=theta0, settings=settings,
                    metric="cosine", backbone_meta=meta, teacher=teacher.to_dict(),

@@ -23,7 +23,6 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
     """
     from torch import nn
 
-    from edgeflow.checkpoint import state_digest
     from edgeflow.data import load_dataset
     from edgeflow.models import create_model
     from edgeflow.prune.channel import count_macs
@@ -76,9 +75,8 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
     from edgeflow import distributed
 
     out["world_size"] = distributed.info().world_size
-    if distributed.info().enabled:  # DDP keeps replicas equal; prove it instead of assuming it
-        digests = distributed.gather_to_main(state_digest(plain))
-        out["ranks_agree"] = None if digests is None else len(set(digests)) == 1
+    if distributed.info().enabled:
+        out["ranks_agree"] = distributed.replicas_agree(plain)
     if distributed.info().is_main:  # one writer; every rank holds the same pruned model
         save_pruned(output, plain, meta=checkpoint_meta(model, plain, ds.classes, spec, model_kwargs,
                                                         prune=prune_meta))

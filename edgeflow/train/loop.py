@@ -129,10 +129,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: T
     order_gen = torch.Generator().manual_seed(config.seed)  # identical on every rank
     aug_gen = torch.Generator().manual_seed(config.seed + 7919 * rank.rank)
     model.to(device).train()
-    net: nn.Module = model
-    if rank.enabled:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    net = distributed.wrap_ddp(model, device)
     opt = make_optimizer(model.parameters(), config)
     amp_dtype = None
     if device.type == "cuda":
@@ -141,10 +138,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: T
     x, y = train
     # batch_size is the global batch: each rank takes its share, so K processes take the same
     # optimiser steps with the same schedule as one process.
-    per_rank = len(y) // rank.world_size
-    local_batch = max(1, config.batch_size // rank.world_size)
-    steps_per_epoch = math.ceil(per_rank / local_batch)
-    total = steps_per_epoch * config.epochs
+    total = distributed.steps_per_epoch(len(y), config.batch_size) * config.epochs
     history = History()
     bar = ProgressBar(progress and rank.is_main, total, "train")
     step = 0
@@ -152,10 +146,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: T
     for epoch in range(config.epochs):
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
-        order = torch.randperm(len(y), generator=order_gen)
-        mine = order[rank.rank::rank.world_size][:per_rank]
-        for i in range(0, per_rank, local_batch):
-            idx = mine[i:i + local_batch]
+        for idx in distributed.rank_batches(len(y), batch_size=config.batch_size,
+                                            generator=order_gen):
             xb, yb = x[idx], y[idx]
             if device.type == "cuda":
                 xb, yb = xb.pin_memory().to(device, non_blocking=True), yb.to(device)
