@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgeflow import distributed
 from edgeflow.data import ImageDataset, Preprocess, load_dataset
 from edgeflow.errors import ConfigError, unknown_name
@@ -47,6 +49,7 @@ def train_model(*, model: str, data: str, epochs: int, output: Path, weights: Pa
     from edgeflow.train import TrainConfig, fit, to_tensor
 
     ds = load_dataset(data, split=split, limit=limit, progress=progress)
+    torch.manual_seed(seed)  # the initial weights too: same seed, same checkpoint
     net = create_model(model, num_classes=ds.num_classes, **(model_kwargs or {}))
     meta = load_weights(net, weights) if weights is not None else None
     spec = preprocess_for(net, meta, _default_size(ds, net, size))

@@ -21,6 +21,7 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
     ``controller_every``, ``budget``, ``seed``, ``device``...). Under ``torchrun`` every rank
     prunes its share of each batch (DDP) and rank 0 alone writes ``output``.
     """
+    import torch
     from torch import nn
 
     from edgeflow.data import load_dataset
@@ -36,6 +37,7 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
                          regrowth_epochs=epochs // 2 if regrowth_epochs is None else regrowth_epochs,
                          exclude=tuple(exclude), **options)
     ds = load_dataset(data, split=split, limit=limit, progress=progress)
+    torch.manual_seed(config.seed)  # initial weights when no --weights: reproducible
     net = create_model(model, num_classes=ds.num_classes, **(model_kwargs or {}))
     meta = None
     if weights is not None:
