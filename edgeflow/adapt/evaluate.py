@@ -9,14 +9,16 @@ shot count only.
 Accuracy: mean over episodes with a 95% interval 1.96 * std / sqrt(n). Cost, per episode, measured
 in the same run on the first ``timing_episodes`` episodes (``time.perf_counter``):
 
-- ``adapt_ms``: the adaptation step alone, support set -> adapted parameters (the theta methods
-  start from the support set's cached prefix activations, full fine-tuning from the images; no
-  adaptation costs nothing);
+- ``adapt_ms``: the adaptation step alone, support set -> ready classifier (the theta methods
+  start from the support set's cached prefix activations and end with the support prototypes at
+  their theta, which no adaptation computes at theta0; full fine-tuning starts from the images);
+  ``adapt_extra_ms`` = minus ``none``'s, per episode;
 - ``median_ms``: the whole method end to end, from preprocessed support/query tensors to query
   logits, each method computing its own features; ``extra_ms`` = minus ``none``'s, per episode;
 - ``adapt_peak_mib``: peak of live PyTorch CPU allocations during the adaptation step, from the
   allocation events of ``torch.profiler`` (profile_memory=True), on ``memory_episodes`` episodes
-  (the teacher's includes what autograd keeps for backprop and Adam's state).
+  (the teacher's includes what autograd keeps for backprop and Adam's state); ``adapt_extra_mib``
+  = minus ``none``'s median.
 
 Example::
 
@@ -192,9 +194,18 @@ class Adapter:
         return float((logits.argmax(1) == task.query_y).float().mean())
 
     def adapt_step(self, name: str, task: Task, tc: TaskCache) -> object:
-        """What the adaptation-step time and memory measure (features of the support set are
-        cached for the theta methods; full fine-tuning starts from the images)."""
-        return self.full_finetune(task) if name == "full-finetune" else self.adapt_theta(name, tc)
+        """What the adaptation-step time and memory measure: support set -> ready classifier.
+
+        For the theta methods that is the support prototypes at the adapted theta, from the support
+        set's cached prefix activations; "none" does that at theta0, so the step costs it too and
+        a method's *extra* cost over "none" is what adapting adds. Full fine-tuning starts from
+        the images and ends with the tuned network.
+        """
+        if name == "full-finetune":
+            return self.full_finetune(task)
+        theta = self.adapt_theta(name, tc)
+        with torch.no_grad():
+            return prototypes(self.split.suffix(tc.support_only, theta), tc.support_y, tc.ways)
 
     def sweep(self, tc: TaskCache, steps: tuple[int, ...], method: str = "euler") -> dict[int, float]:
         """Query accuracy after integrating with each step count (same z, same start)."""
@@ -262,6 +273,13 @@ def evaluate_adaptation(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre:
                for m in config.methods if accs[m]}
         if "none" in res:
             for m, r in res.items():
+                n = min(len(adapt_times[m]), len(adapt_times["none"]))
+                if n:
+                    r["adapt_extra_ms"] = statistics.median(
+                        a - b for a, b in zip(adapt_times[m][:n], adapt_times["none"][:n],
+                                              strict=True)) * 1e3
+                if r["adapt_peak_mib"] is not None and res["none"]["adapt_peak_mib"] is not None:
+                    r["adapt_extra_mib"] = r["adapt_peak_mib"] - res["none"]["adapt_peak_mib"]
                 n = min(len(times[m]), len(times["none"]))
                 if n:
                     r["extra_ms"] = statistics.median(

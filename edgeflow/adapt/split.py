@@ -128,8 +128,10 @@ class TaskCache:
 
     def __init__(self, split: SplitFeatures, support_x: torch.Tensor, support_y: torch.Tensor,
                  query_x: torch.Tensor, query_y: torch.Tensor, ways: int, *,
-                 views: bool | None = None, shift: tuple[str, ...] = ()) -> None:
+                 views: bool | None = None, shift: tuple[str, ...] = (),
+                 kind: str = "class") -> None:
         self.ways, self.support_y, self.query_y, self.shift = ways, support_y, query_y, shift
+        self.kind = kind
         self.shots = len(support_y) // ways
         views = self.shots == 1 if views is None else views
         sx = torch.cat([support_x, support_x.flip(3)]) if views else support_x

@@ -1,11 +1,12 @@
 """Teacher trajectories on base-split tasks: the training data of the drift network.
 
-For every task (a seeded episode of the base split, with a per-task domain shift drawn from
-:data:`edgeflow.adapt.tasks.SHIFTS` or none) and several starts (the clean theta0, then theta0 plus
-Gaussian noise of ``noise`` times theta0's standard deviation), the teacher runs ``T`` Adam steps and
-records the task's own query accuracy along the way. The *stopping step* k* is the fewest steps
-whose (smoothed) query accuracy is within ``tolerance`` of the best: the drift is taught to go
-exactly as far as adaptation helps (k* = 0: stay put).
+For every task (a seeded episode of the base split, or with probability ``instance_fraction`` an
+instance task, see :func:`edgeflow.adapt.tasks.make_instance_task`; either with a per-task domain
+shift drawn from :data:`edgeflow.adapt.tasks.SHIFTS` or none) and several starts (the clean theta0,
+then theta0 plus Gaussian noise of ``noise`` times theta0's standard deviation), the teacher runs
+``T`` Adam steps and records the task's own query accuracy along the way. The *stopping step* k* is
+the fewest steps whose (smoothed) query accuracy is within ``tolerance`` of the best: the drift is
+taught to go exactly as far as adaptation helps (k* = 0: stay put).
 
 Storage: ``<dir>/manifest.json`` (the config) and ``<dir>/chunk_00000.npz`` ... (float32 starts
 and float16 moves from them, (n, T+1, P), stopping steps, query-accuracy curves, float16 support
@@ -36,7 +37,7 @@ import torch
 
 from edgeflow import distributed
 from edgeflow.adapt.split import SplitFeatures, select
-from edgeflow.adapt.tasks import make_task, sample_shift
+from edgeflow.adapt.tasks import make_instance_task, make_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune, flip_cache, stopping_step
 from edgeflow.adapt.theta import ThetaSpec, prototypes
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess
@@ -56,7 +57,10 @@ class TrajectoryConfig:
     starts: int = 2
     noise: float = 0.1
     plain_fraction: float = 0.35
-    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(lr=2e-2, steps=24))
+    instance_fraction: float = 0.4
+    # strong and long enough to reach the gains instance tasks offer (their query accuracy still
+    # rises at 40 steps of 3e-2); each task's stopping step keeps class tasks from overshooting
+    teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(lr=3e-2, steps=40))
     eval_every: int = 2
     tolerance: float = 0.005
     smooth: int = 3
@@ -73,6 +77,7 @@ class TrajectoryConfig:
         d = dict(d)
         d["teacher"] = TeacherConfig(**d["teacher"])
         d["shots"] = tuple(d["shots"])
+        d.setdefault("instance_fraction", 0.0)  # folders written before instance tasks existed
         return cls(**d)
 
 
@@ -94,8 +99,12 @@ def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds
     rng = np.random.default_rng([config.seed, index])
     shots = int(rng.choice(config.shots))
     shift = sample_shift(rng, plain_fraction=config.plain_fraction)
-    task = make_task(ds, samplers[shots].episode(index), pre, shift=shift,
-                     seed=[config.seed, index, 1])
+    if rng.random() < config.instance_fraction:
+        task = make_instance_task(ds, rng, pre, ways=config.ways, shots=shots,
+                                  queries=config.queries, shift=shift, seed=[config.seed, index, 1])
+    else:
+        task = make_task(ds, samplers[shots].episode(index), pre, shift=shift,
+                         seed=[config.seed, index, 1])
     theta0 = spec.get(model)
     dev = theta0.device  # the backbone's device: the teacher runs where the model is
     support_x, support_y = task.support_x.to(dev), task.support_y.to(dev)
@@ -120,7 +129,8 @@ def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds
     return {"start": starts.astype(np.float32), "delta": deltas,
             "query_acc": np.stack(accs).astype(np.float16),
             "stop": np.asarray(stops, np.int16), "protos": protos.numpy().astype(np.float16)[None],
-            "shots": np.asarray([shots], np.int16), "shift": np.asarray(["+".join(shift)])}
+            "shots": np.asarray([shots], np.int16),
+            "shift": np.asarray(["+".join((("instance",) if task.kind == "instance" else ()) + shift)])}
 
 
 def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre: Preprocess,

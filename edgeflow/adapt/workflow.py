@@ -19,7 +19,7 @@ from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation
 from edgeflow.adapt.io import load_drift, save_drift
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
 from edgeflow.adapt.split import SplitFeatures, TaskCache
-from edgeflow.adapt.tasks import make_task, sample_shift
+from edgeflow.adapt.tasks import make_instance_task, make_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune
 from edgeflow.adapt.theta import ThetaSpec
 from edgeflow.adapt.trajectories import TrajectoryConfig, generate_trajectories, load_trajectories
@@ -53,8 +53,10 @@ def load_backbone(model: str, weights: Path) -> tuple[Backbone, dict, Preprocess
 
 def val_tasks(split: SplitFeatures, ds: ImageDataset, pre: Preprocess, *, count: int,
               shots: tuple[int, ...] = (1, 5), ways: int = 5, queries: int = 15,
-              shifted_fraction: float = 0.5, seed: int = 1) -> list[TaskCache]:
-    """Cached val-split tasks; a ``shifted_fraction`` of them with a random domain shift."""
+              shifted_fraction: float = 0.5, instance_fraction: float = 0.3,
+              seed: int = 1) -> list[TaskCache]:
+    """Cached val-split tasks: an ``instance_fraction`` of instance tasks, the rest class episodes;
+    a ``shifted_fraction`` of either kind with a random domain shift."""
     samplers = {k: EpisodeSampler(ds.labels, ways=ways, shots=k, queries=queries, seed=seed)
                 for k in shots}
     out = []
@@ -62,9 +64,13 @@ def val_tasks(split: SplitFeatures, ds: ImageDataset, pre: Preprocess, *, count:
         rng = np.random.default_rng([seed, i, 7])
         k = shots[i % len(shots)]
         shift = sample_shift(rng, plain_fraction=0.0) if rng.random() < shifted_fraction else ()
-        task = make_task(ds, samplers[k].episode(i), pre, shift=shift, seed=[seed, i])
+        if rng.random() < instance_fraction:
+            task = make_instance_task(ds, rng, pre, ways=ways, shots=k, queries=queries,
+                                      shift=shift, seed=[seed, i])
+        else:
+            task = make_task(ds, samplers[k].episode(i), pre, shift=shift, seed=[seed, i])
         out.append(TaskCache(split, task.support_x, task.support_y, task.query_x, task.query_y, ways,
-                             shift=shift))
+                             shift=shift, kind=task.kind))
     return out
 
 
@@ -121,7 +127,9 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
     theta0 = spec.get(net)
     t0 = time.perf_counter()
     vtasks = val_tasks(split, val, pre, count=val_count, seed=val_seed)
-    teacher, teacher_report = choose_teacher(split, [t for t in vtasks if not t.shift], theta0,
+    # the evaluation teacher's recipe: chosen on plain val episodes, as a user would tune it
+    plain = [t for t in vtasks if not t.shift and t.kind == "class"]
+    teacher, teacher_report = choose_teacher(split, plain, theta0,
                                              lrs=teacher_lrs, max_steps=max(teacher_steps),
                                              step_choices=teacher_steps)
     t_teacher = time.perf_counter() - t0

@@ -40,8 +40,11 @@ def meta_train(
                                       "OUTPUT with suffix .trajectories); resumes if present."),
     tasks: int = typer.Option(600, "--tasks", min=1, help="Base tasks to generate trajectories on."),
     starts: int = typer.Option(2, "--starts", min=1, help="Starts per task (clean + noisy)."),
-    teacher_steps: int = typer.Option(24, "--teacher-steps", min=1, help="Max teacher steps."),
-    teacher_lr: float = typer.Option(2e-2, "--teacher-lr", help="Trajectory teacher's Adam lr."),
+    teacher_steps: int = typer.Option(40, "--teacher-steps", min=1, help="Max teacher steps."),
+    teacher_lr: float = typer.Option(3e-2, "--teacher-lr", help="Trajectory teacher's Adam lr."),
+    instance_fraction: float = typer.Option(0.4, "--instance-fraction", min=0.0, max=1.0,
+                                            help="Share of instance tasks (near-identical "
+                                            "classes, where adapting pays) among base tasks."),
     steps: int = typer.Option(3000, "--steps", min=0, help="Meta-training iterations (max)."),
     target: str = typer.Option("linear", "--target", help="Velocity targets: linear or cubic."),
     theta_size: int = typer.Option(128, "--theta-size", min=1, help="Max adapted biases (last "
@@ -72,6 +75,7 @@ def meta_train(
 
     maybe_relaunch(nproc)
     traj = TrajectoryConfig(tasks=tasks, starts=starts, seed=seed,
+                            instance_fraction=instance_fraction,
                             teacher=TeacherConfig(lr=teacher_lr, steps=teacher_steps))
     res = run_meta_train(model=model, weights=weights, data=data, val_data=val_data, output=output,
                          trajectories=trajectories, theta_size=theta_size, traj_config=traj,

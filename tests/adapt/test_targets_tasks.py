@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from edgeflow.adapt.meta_train import velocity_targets
-from edgeflow.adapt.tasks import SHIFTS, apply_shift, sample_shift
-from edgeflow.errors import ConfigError
+from edgeflow.adapt.tasks import SHIFTS, apply_shift, instance_views, make_instance_task, sample_shift
+from edgeflow.data import ImageDataset, Preprocess
+from edgeflow.errors import ConfigError, DataError
 
 
 def test_linear_targets_on_a_hand_made_trajectory():
@@ -59,3 +60,47 @@ def test_every_shift_keeps_shape_and_is_seeded():
     draws = [sample_shift(np.random.default_rng(i), plain_fraction=0.3) for i in range(200)]
     assert 0.15 < sum(d == () for d in draws) / 200 < 0.45
     assert all(len(d) <= 2 and set(d) <= set(SHIFTS) for d in draws)
+
+
+def _flat_dataset() -> ImageDataset:
+    """Flat-colour images named by their channel order, which views keep (a crop of a flat image
+    is flat, and the contrast/brightness jitter is one positive affine map for all channels):
+    the brightest channel is the class, the order of the other two the image within it."""
+    images, labels = [], []
+    for c in range(3):
+        others = [k for k in range(3) if k != c]
+        for order in (others, others[::-1]):
+            px = np.zeros(3, np.uint8)
+            px[c], px[order[0]], px[order[1]] = 180, 120, 60
+            images.append(np.broadcast_to(px, (12, 12, 3)))
+            labels.append(c)
+    return ImageDataset(images=np.stack(images), labels=np.asarray(labels), classes=("a", "b", "c"),
+                        source="flat")
+
+
+def test_instance_tasks_are_views_of_distinct_images_of_one_class():
+    ds = _flat_dataset()
+    for seed in range(6):
+        task = make_instance_task(ds, np.random.default_rng(seed), Preprocess(size=12), ways=2,
+                                  shots=2, queries=3)
+        assert task.kind == "instance" and task.ways == 2
+        assert task.support_x.shape == (4, 3, 12, 12) and task.query_x.shape == (6, 3, 12, 12)
+        assert task.support_y.tolist() == [0, 0, 1, 1]
+        assert task.query_y.tolist() == [0, 0, 0, 1, 1, 1]
+        # undo the normalisation, then name each view by its channel order
+        mean, std = torch.tensor(Preprocess(size=12).mean), torch.tensor(Preprocess(size=12).std)
+        x = torch.cat([task.support_x, task.query_x]).mean((2, 3)) * std + mean
+        y = torch.cat([task.support_y, task.query_y])
+        names = [tuple(v.argsort(descending=True).tolist()) for v in x]
+        assert len({n[0] for n in names}) == 1  # one dataset class per task
+        per_label = [{n for n, lab in zip(names, y.tolist(), strict=True) if lab == k} for k in range(2)]
+        assert all(len(s) == 1 for s in per_label)  # every view of a label: the same image
+        assert per_label[0] != per_label[1]  # and a different image per label
+    img = np.random.default_rng(1).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    a = instance_views(img, 5, np.random.default_rng(3))
+    assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, instance_views(img, 5, np.random.default_rng(3)))  # seeded
+    assert not np.array_equal(a[0], a[1])  # views differ
+    with pytest.raises(DataError, match="at least 3 images"):
+        make_instance_task(ds, np.random.default_rng(0), Preprocess(size=12), ways=3, shots=1,
+                           queries=1)
