@@ -22,7 +22,12 @@ from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import make_instance_task, make_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune
 from edgeflow.adapt.theta import ThetaSpec
-from edgeflow.adapt.trajectories import TrajectoryConfig, generate_trajectories, load_trajectories
+from edgeflow.adapt.trajectories import (
+    Trajectories,
+    TrajectoryConfig,
+    generate_trajectories,
+    load_trajectories,
+)
 from edgeflow.checkpoint import load_checkpoint
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess, load_dataset
 from edgeflow.errors import ConfigError, unknown_name
@@ -98,6 +103,23 @@ def choose_teacher(split: SplitFeatures, tasks: list[TaskCache], theta0: torch.T
                                                           "no_adaptation": float(mean[0])}
 
 
+def trajectory_gains(data: Trajectories) -> dict[str, dict[str, float]]:
+    """Mean query-accuracy gain of the teacher trajectories over their start, at the stopping step
+    (optimistic: the step is chosen on those queries) and at the last step, per task kind."""
+    rows = torch.arange(len(data))
+    at_stop = data.query_acc[rows, data.stop] - data.query_acc[:, 0]
+    at_last = data.query_acc[:, -1] - data.query_acc[:, 0]
+    kind = ["instance" if data.shift[r].startswith("instance") else "class"
+            for r in data.task_row.tolist()]
+    out = {}
+    for name in ("all", "class", "instance"):
+        m = torch.tensor([name in ("all", k) for k in kind], dtype=torch.bool)
+        if m.any():
+            out[name] = {"rows": int(m.sum()), "at_stop": float(at_stop[m].mean()),
+                         "at_last": float(at_last[m].mean())}
+    return out
+
+
 def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: ImageDataset,
                         pre: Preprocess, output: Path, trajectories: Path, theta_size: int = 128,
                         traj_config: TrajectoryConfig | None = None,
@@ -145,6 +167,7 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
     chosen = IntegratorSettings(**report["integrator"])
     settings = IntegratorSettings(method=method, steps=steps or chosen.steps)
     stops = data_t.stop.float()
+    gain = trajectory_gains(data_t)
     summary = {"output": str(output), "trajectories": str(trajectories), "theta_size": spec.size,
                "theta_layers": list(spec.names), "teacher": teacher.to_dict(),
                "teacher_selection": teacher_report, "integrator": settings.to_dict(),
@@ -154,6 +177,8 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                "val_acc_by_euler_steps": report["val_acc_by_euler_steps"],
                "trajectory_rows": len(data_t), "mean_stop_step": float(stops.mean()),
                "fraction_stopped_at_0": float((stops == 0).float().mean()),
+               # what the drift can learn: near 0 everywhere means nothing (check before training)
+               "trajectory_gain": gain,
                "seconds": {"teacher_selection": t_teacher, "trajectories": t_traj,
                            "meta_train": report["seconds"]},
                "world_size": distributed.info().world_size,

@@ -27,6 +27,8 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     out = json.loads(res.stdout)
     assert Path(out["output"]).exists() and out["theta_size"] == 32
     assert out["integrator"]["method"] == "euler" and out["trajectory_rows"] == 6
+    gain = out["trajectory_gain"]
+    assert gain["all"]["rows"] == 6 == sum(gain[k]["rows"] for k in ("class", "instance") if k in gain)
     res = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", drift, "--data",
               "digits", "--shots", "1,2", "--episodes", "2", "--queries", "3",
               "--timing-episodes", "1", "--json")

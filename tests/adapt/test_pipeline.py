@@ -10,8 +10,13 @@ from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation, mean_ci, pe
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
 from edgeflow.adapt.split import SplitFeatures
 from edgeflow.adapt.teacher import TeacherConfig
-from edgeflow.adapt.trajectories import TrajectoryConfig, generate_trajectories, load_trajectories
-from edgeflow.adapt.workflow import val_tasks
+from edgeflow.adapt.trajectories import (
+    Trajectories,
+    TrajectoryConfig,
+    generate_trajectories,
+    load_trajectories,
+)
+from edgeflow.adapt.workflow import trajectory_gains, val_tasks
 from edgeflow.data import Preprocess, load_dataset
 from edgeflow.errors import ConfigError, DataError
 
@@ -143,3 +148,19 @@ def test_load_backbone_reads_channel_pruned_checkpoints(tmp_path):
     x = torch.randn(4, 3, pre.size, pre.size)
     assert torch.equal(net.features(x), ref.features(x))
     assert ThetaSpec.from_model(net, max_size=64).size > 0 and meta["prune"]["channels"]
+
+
+def test_trajectory_gains_by_kind_on_hand_made_curves():
+    acc = torch.tensor([[0.5, 0.7, 0.6],   # class task, stops at 1: +0.2, last +0.1
+                        [0.4, 0.4, 0.3],   # class task, stops at 0: 0, last -0.1
+                        [0.2, 0.5, 0.8]])  # instance task, stops at 2: +0.6
+    data = Trajectories(paths=torch.zeros(3, 3, 2), stop=torch.tensor([1, 0, 2]), query_acc=acc,
+                        task_row=torch.tensor([0, 1, 2]), protos=torch.zeros(3, 2, 4),
+                        shots=torch.ones(3, dtype=torch.long), shift=["", "invert", "instance+blur"],
+                        config=SMALL)
+    g = trajectory_gains(data)
+    assert g["class"]["rows"] == 2 and g["instance"]["rows"] == 1 and g["all"]["rows"] == 3
+    assert g["class"]["at_stop"] == pytest.approx(0.1, abs=1e-6)
+    assert g["class"]["at_last"] == pytest.approx(0.0, abs=1e-6)
+    assert g["instance"]["at_stop"] == pytest.approx(0.6, abs=1e-6)
+    assert g["all"]["at_last"] == pytest.approx((0.1 - 0.1 + 0.6) / 3, abs=1e-6)
