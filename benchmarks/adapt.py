@@ -105,6 +105,14 @@ def fmt(x: float | None, scale: float = 100.0, nd: int = 2) -> str:
     return "-" if x is None else f"{scale * x:.{nd}f}"
 
 
+def val_mix(v: dict | None) -> str:
+    """"Val tasks (...)" from meta-train's count of its val tasks by kind."""
+    if not v:
+        return "Val tasks (half with domain shifts)"
+    return (f"Val tasks ({v['count']}: {v['shifted']} with domain shifts, {v['instance']} instance "
+            "tasks)")
+
+
 def markdown(res: dict) -> str:
     mt_traj = res["meta_train"].get("trajectory_config", {})
     lines = ["# B2 gradient-free adaptation (HyperFlow)", "",
@@ -132,8 +140,7 @@ def markdown(res: dict) -> str:
              f"{mt_traj.get('teacher', {}).get('steps')} steps, stopped at the task's best query "
              f"accuracy (mean stop {res['meta_train'].get('mean_stop_step', 0):.1f} steps, "
              f"{100 * res['meta_train'].get('fraction_stopped_at_0', 0):.0f}% stopped at 0). "
-             f"Val tasks (half with domain shifts"
-             + ("; 30% instance tasks" if mt_traj.get("instance_fraction") else "") + "): no adaptation "
+             + val_mix(res["meta_train"].get("val_tasks")) + ": no adaptation "
              f"{fmt(res['meta_train'].get('val_acc_no_adaptation'))}, HyperFlow "
              f"{fmt(res['meta_train'].get('val_acc_hyperflow'))}.", ""]
     for shots in res["shots"]:
@@ -203,21 +210,17 @@ def targets(res: dict) -> dict:
         out["cross-domain mean gain HyperFlow vs teacher (target HF >= teacher)"] = \
             f"{100 * g_hf:+.2f} vs {100 * g_t:+.2f}"
         out["domains with HyperFlow CI above none's (target >= 2)"] = f"{len(sep)}: {sep}"
-    def extra(m: dict, name: str, field: str) -> float | None:
-        """A method's adaptation cost over no adaptation's (every step ends with prototypes)."""
-        if m[name].get(field) is None or m["none"].get(field) is None:
-            return None
-        return m[name][field] - m["none"][field]
-
     def ratio(m: dict, field: str) -> float | None:
-        h, t = extra(m, hf, field), extra(m, "teacher", field)
+        """HyperFlow's extra adaptation cost over no adaptation's, as a fraction of the teacher's
+        (the harness's ``adapt_extra_*``: every step ends with the support prototypes)."""
+        h, t = m[hf].get(field), m["teacher"].get(field)
         return None if h is None or not t else h / t
 
     ratios_t, ratios_m = [], []
     cost = res.get("cost")
     for m in [d["by_shots"][s]["methods"] for d in dom.values()] or \
             ([cost["by_shots"][s]["methods"]] if cost else []):
-        for field, into in (("adapt_ms", ratios_t), ("adapt_peak_mib", ratios_m)):
+        for field, into in (("adapt_extra_ms", ratios_t), ("adapt_extra_mib", ratios_m)):
             if (r := ratio(m, field)) is not None:
                 into.append(r)
     if ratios_t:
@@ -297,9 +300,10 @@ def main() -> None:
     ap.add_argument("--theta-size", type=int, default=256)
     ap.add_argument("--domains", default=",".join(DOMAINS))
     ap.add_argument("--starts", type=int, default=2)
-    ap.add_argument("--traj-lr", type=float, default=3e-2)
-    ap.add_argument("--traj-steps", type=int, default=40)
-    ap.add_argument("--instance-fraction", type=float, default=0.4)
+    ap.add_argument("--traj-lr", type=float, default=TrajectoryConfig().teacher.lr)
+    ap.add_argument("--traj-steps", type=int, default=TrajectoryConfig().teacher.steps)
+    ap.add_argument("--instance-fraction", type=float,
+                    default=TrajectoryConfig().instance_fraction)
     ap.add_argument("--val-count", type=int, default=60)
     ap.add_argument("--teacher-lrs", default="0.001,0.003,0.01")
     ap.add_argument("--teacher-steps", default="5,10,20,40")

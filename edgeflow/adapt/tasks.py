@@ -207,3 +207,15 @@ def make_instance_task(ds: ImageDataset, rng: np.random.Generator, spec: Preproc
     return Task(support_x=x[:n], support_y=torch.arange(ways).repeat_interleave(shots),
                 query_x=x[n:], query_y=torch.arange(ways).repeat_interleave(queries), ways=ways,
                 shift=shift, kind="instance")
+
+
+def draw_task(ds: ImageDataset, rng: np.random.Generator, spec: Preprocess, *, episode: Episode,
+              instance_fraction: float, shift: tuple[str, ...] = (),
+              seed: int | list[int] = 0) -> Task:
+    """With probability ``instance_fraction`` an instance task of ``episode``'s size (ways, shots,
+    queries), else ``episode`` itself; ``shift`` applied either way (its parameters from ``seed``)."""
+    ways = len(episode.classes)
+    if rng.random() < instance_fraction:
+        return make_instance_task(ds, rng, spec, ways=ways, shots=len(episode.support) // ways,
+                                  queries=len(episode.query) // ways, shift=shift, seed=seed)
+    return make_task(ds, episode, spec, shift=shift, seed=seed)

@@ -37,7 +37,7 @@ import torch
 
 from edgeflow import distributed
 from edgeflow.adapt.split import SplitFeatures, select
-from edgeflow.adapt.tasks import make_instance_task, make_task, sample_shift
+from edgeflow.adapt.tasks import draw_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune, flip_cache, stopping_step
 from edgeflow.adapt.theta import ThetaSpec, prototypes
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess
@@ -99,12 +99,9 @@ def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds
     rng = np.random.default_rng([config.seed, index])
     shots = int(rng.choice(config.shots))
     shift = sample_shift(rng, plain_fraction=config.plain_fraction)
-    if rng.random() < config.instance_fraction:
-        task = make_instance_task(ds, rng, pre, ways=config.ways, shots=shots,
-                                  queries=config.queries, shift=shift, seed=[config.seed, index, 1])
-    else:
-        task = make_task(ds, samplers[shots].episode(index), pre, shift=shift,
-                         seed=[config.seed, index, 1])
+    task = draw_task(ds, rng, pre, episode=samplers[shots].episode(index),
+                     instance_fraction=config.instance_fraction, shift=shift,
+                     seed=[config.seed, index, 1])
     theta0 = spec.get(model)
     dev = theta0.device  # the backbone's device: the teacher runs where the model is
     support_x, support_y = task.support_x.to(dev), task.support_y.to(dev)
@@ -129,8 +126,8 @@ def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds
     return {"start": starts.astype(np.float32), "delta": deltas,
             "query_acc": np.stack(accs).astype(np.float16),
             "stop": np.asarray(stops, np.int16), "protos": protos.numpy().astype(np.float16)[None],
-            "shots": np.asarray([shots], np.int16),
-            "shift": np.asarray(["+".join((("instance",) if task.kind == "instance" else ()) + shift)])}
+            "shots": np.asarray([shots], np.int16), "shift": np.asarray(["+".join(shift)]),
+            "kind": np.asarray([task.kind])}
 
 
 def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pre: Preprocess,
@@ -208,6 +205,7 @@ class Trajectories:
     protos: torch.Tensor  # (n_tasks, W, D)
     shots: torch.Tensor  # (n_tasks,)
     shift: list[str]  # (n_tasks,)
+    kind: list[str]  # (n_tasks,) "class" or "instance" (edgeflow.adapt.tasks)
     config: TrajectoryConfig
 
     def __len__(self) -> int:
@@ -238,4 +236,7 @@ def load_trajectories(folder: str | Path) -> Trajectories:
         task_row=torch.tensor([row_of[int(t)] for t in cat["task"]]),
         protos=torch.from_numpy(cat["protos"].astype(np.float32)),
         shots=torch.from_numpy(cat["shots"].astype(np.int64)),
-        shift=[str(s) for s in cat["shift"]], config=config)
+        shift=[str(s) for s in cat["shift"]],
+        # folders written before instance tasks existed hold class tasks only
+        kind=[str(k) for k in cat["kind"]] if "kind" in cat else ["class"] * len(cat["shift"]),
+        config=config)

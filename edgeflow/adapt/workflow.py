@@ -19,7 +19,7 @@ from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation
 from edgeflow.adapt.io import load_drift, save_drift
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
 from edgeflow.adapt.split import SplitFeatures, TaskCache
-from edgeflow.adapt.tasks import make_instance_task, make_task, sample_shift
+from edgeflow.adapt.tasks import draw_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune
 from edgeflow.adapt.theta import ThetaSpec
 from edgeflow.adapt.trajectories import (
@@ -69,11 +69,8 @@ def val_tasks(split: SplitFeatures, ds: ImageDataset, pre: Preprocess, *, count:
         rng = np.random.default_rng([seed, i, 7])
         k = shots[i % len(shots)]
         shift = sample_shift(rng, plain_fraction=0.0) if rng.random() < shifted_fraction else ()
-        if rng.random() < instance_fraction:
-            task = make_instance_task(ds, rng, pre, ways=ways, shots=k, queries=queries,
-                                      shift=shift, seed=[seed, i])
-        else:
-            task = make_task(ds, samplers[k].episode(i), pre, shift=shift, seed=[seed, i])
+        task = draw_task(ds, rng, pre, episode=samplers[k].episode(i),
+                         instance_fraction=instance_fraction, shift=shift, seed=[seed, i])
         out.append(TaskCache(split, task.support_x, task.support_y, task.query_x, task.query_y, ways,
                              shift=shift, kind=task.kind))
     return out
@@ -109,8 +106,7 @@ def trajectory_gains(data: Trajectories) -> dict[str, dict[str, float]]:
     rows = torch.arange(len(data))
     at_stop = data.query_acc[rows, data.stop] - data.query_acc[:, 0]
     at_last = data.query_acc[:, -1] - data.query_acc[:, 0]
-    kind = ["instance" if data.shift[r].startswith("instance") else "class"
-            for r in data.task_row.tolist()]
+    kind = [data.kind[r] for r in data.task_row.tolist()]
     out = {}
     for name in ("all", "class", "instance"):
         m = torch.tensor([name in ("all", k) for k in kind], dtype=torch.bool)
@@ -177,6 +173,8 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                "val_acc_by_euler_steps": report["val_acc_by_euler_steps"],
                "trajectory_rows": len(data_t), "mean_stop_step": float(stops.mean()),
                "fraction_stopped_at_0": float((stops == 0).float().mean()),
+               "val_tasks": {"count": len(vtasks), "shifted": sum(bool(t.shift) for t in vtasks),
+                             "instance": sum(t.kind == "instance" for t in vtasks)},
                # what the drift can learn: near 0 everywhere means nothing (check before training)
                "trajectory_gain": gain,
                "seconds": {"teacher_selection": t_teacher, "trajectories": t_traj,

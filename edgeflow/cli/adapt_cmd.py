@@ -40,6 +40,8 @@ def meta_train(
                                       "OUTPUT with suffix .trajectories); resumes if present."),
     tasks: int = typer.Option(600, "--tasks", min=1, help="Base tasks to generate trajectories on."),
     starts: int = typer.Option(2, "--starts", min=1, help="Starts per task (clean + noisy)."),
+    # the next three repeat TrajectoryConfig's defaults (importing it here would load torch for
+    # every --help); tests/adapt/test_cli_bench.py keeps them equal
     teacher_steps: int = typer.Option(40, "--teacher-steps", min=1, help="Max teacher steps."),
     teacher_lr: float = typer.Option(3e-2, "--teacher-lr", help="Trajectory teacher's Adam lr."),
     instance_fraction: float = typer.Option(0.4, "--instance-fraction", min=0.0, max=1.0,

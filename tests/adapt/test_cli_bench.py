@@ -59,3 +59,16 @@ def test_quick_benchmark_end_to_end(tmp_path):
                                                                             "20", "50"}
     assert "break_even_episodes" in res["offline"]
     assert (tmp_path / "adapt-quick.md").read_text().startswith("# B2")
+
+
+def test_meta_train_cli_defaults_are_the_trajectory_config_defaults():
+    import inspect
+
+    from edgeflow.adapt.trajectories import TrajectoryConfig
+    from edgeflow.cli.adapt_cmd import meta_train
+
+    params = inspect.signature(meta_train).parameters
+    cfg = TrajectoryConfig()
+    assert params["teacher_lr"].default.default == cfg.teacher.lr
+    assert params["teacher_steps"].default.default == cfg.teacher.steps
+    assert params["instance_fraction"].default.default == cfg.instance_fraction

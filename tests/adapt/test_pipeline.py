@@ -59,12 +59,17 @@ def test_instance_fraction_sets_the_task_kinds_and_old_folders_read_as_class_tas
     for frac in (0.0, 1.0):
         out = generate_trajectories(net, spec, ds, PRE, tmp_path / f"f{frac}",
                                     config=replace(SMALL, starts=1, instance_fraction=frac))
-        kinds[frac] = [s.split("+")[0] == "instance" for s in load_trajectories(out).shift]
+        kinds[frac] = [k == "instance" for k in load_trajectories(out).kind]
     assert kinds == {0.0: [False] * 5, 1.0: [True] * 5}
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["config"]["instance_fraction"]  # written before instance tasks existed
     (out / "manifest.json").write_text(json.dumps(manifest))
     assert load_trajectories(out).config.instance_fraction == 0.0
+    for chunk in out.glob("chunk_*.npz"):  # and their chunks carry no kinds: class tasks
+        with np.load(chunk) as z:
+            arrays = {k: z[k] for k in z.files if k != "kind"}
+        np.savez(chunk, **arrays)
+    assert load_trajectories(out).kind == ["class"] * 5
 
 
 def test_meta_train_fits_the_velocities_and_keeps_the_best_val(tmp_path, digits_backbone):
@@ -156,8 +161,8 @@ def test_trajectory_gains_by_kind_on_hand_made_curves():
                         [0.2, 0.5, 0.8]])  # instance task, stops at 2: +0.6
     data = Trajectories(paths=torch.zeros(3, 3, 2), stop=torch.tensor([1, 0, 2]), query_acc=acc,
                         task_row=torch.tensor([0, 1, 2]), protos=torch.zeros(3, 2, 4),
-                        shots=torch.ones(3, dtype=torch.long), shift=["", "invert", "instance+blur"],
-                        config=SMALL)
+                        shots=torch.ones(3, dtype=torch.long), shift=["", "invert", "blur"],
+                        kind=["class", "class", "instance"], config=SMALL)
     g = trajectory_gains(data)
     assert g["class"]["rows"] == 2 and g["instance"]["rows"] == 1 and g["all"]["rows"] == 3
     assert g["class"]["at_stop"] == pytest.approx(0.1, abs=1e-6)
