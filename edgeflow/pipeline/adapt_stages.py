@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeflow.pipeline.config import CompileConfig
 from edgeflow.pipeline.model_stages import CompileData
+
+if TYPE_CHECKING:
+    from edgeflow.adapt.meta_train import MetaTrainConfig
+    from edgeflow.adapt.trajectories import TrajectoryConfig
+
+
+def adapt_configs(cfg: CompileConfig) -> tuple[TrajectoryConfig, MetaTrainConfig]:
+    """The trajectory and meta-training configurations the compile's ``[adapt]`` section resolves to
+    (the library's defaults fill the rest)."""
+    from edgeflow.adapt.meta_train import MetaTrainConfig
+    from edgeflow.adapt.trajectories import TrajectoryConfig
+
+    a = cfg.adapt
+    traj = TrajectoryConfig(tasks=a.tasks, starts=a.starts, seed=cfg.seed,
+                            chunk=max(1, min(25, a.tasks)))
+    train = MetaTrainConfig(steps=a.meta_steps, seed=cfg.seed, eval_every=max(1, a.meta_steps // 8),
+                            device=cfg.device)
+    return traj, train
+
+
+def cache_parts(cfg: CompileConfig) -> dict[str, Any]:
+    """What the meta-train stage's cache key must cover beyond the ``[adapt]`` section: the resolved
+    configurations, so that a change of the library's defaults (teacher recipe, task mix) runs the
+    stage again instead of reusing a drift trained under the old ones."""
+    traj, train = adapt_configs(cfg)
+    return {"trajectories": traj.to_dict(), "meta_train": train.to_dict()}
 
 
 def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, out: Path, *,
@@ -16,8 +42,6 @@ def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path,
     The same function as ``edgeflow meta-train`` (:func:`edgeflow.adapt.workflow.meta_train_backbone`)
     on the compile's in-memory datasets (class subsets of one archive are possible here).
     """
-    from edgeflow.adapt.meta_train import MetaTrainConfig
-    from edgeflow.adapt.trajectories import TrajectoryConfig
     from edgeflow.adapt.workflow import meta_train_backbone
     from edgeflow.checkpoint import load_checkpoint
     from edgeflow.prune.finalize import load_pruned
@@ -25,10 +49,7 @@ def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path,
     a = cfg.adapt
     net = load_pruned(backbone_ckpt)  # any EdgeFlow checkpoint: pruned, recovered or dense
     _, meta = load_checkpoint(backbone_ckpt)
-    traj = TrajectoryConfig(tasks=a.tasks, starts=a.starts, seed=cfg.seed,
-                            chunk=max(1, min(25, a.tasks)))
-    train = MetaTrainConfig(steps=a.meta_steps, seed=cfg.seed, eval_every=max(1, a.meta_steps // 8),
-                            device=cfg.device)
+    traj, train = adapt_configs(cfg)
     res = meta_train_backbone(net, meta, base=data.train, val=data.val, pre=data.preprocess,
                               output=out / "drift.pt", trajectories=out / "trajectories",
                               theta_size=a.theta_max, traj_config=traj, train_config=train,

@@ -108,9 +108,11 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
     data = model_stages.prepare_data(cfg, progress=progress)
     base = {"data": cfg.digest("data"), "seed": cfg.seed}
 
-    def stage(name: str, fn, sections: tuple[str, ...], after: tuple[str, ...] = ()):
+    def stage(name: str, fn, sections: tuple[str, ...], after: tuple[str, ...] = (),
+              extra: dict[str, Any] | None = None):
         log(f"stage {name} ...")
-        return runner.run(name, fn, parts={**base, "config": cfg.digest(*sections)}, after=after)
+        return runner.run(name, fn, parts={**base, "config": cfg.digest(*sections), **(extra or {})},
+                          after=after)
 
     bb = stage("backbone", lambda d: model_stages.train_backbone(cfg, data, d, progress=progress),
                ("backbone",))
@@ -140,7 +142,7 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
         with _torch_threads(1):
             mt = stage("meta-train", lambda d: adapt_stages.meta_train_drift(cfg, data, current, d,
                                                                              progress=progress),
-                       ("adapt",), chain)
+                       ("adapt",), chain, extra=adapt_stages.cache_parts(cfg))
         drift_ckpt, adapt_out = mt.dir / mt.outputs["drift"], mt.outputs
         chain = (*chain, "meta-train")
     bundle = out / "bundle"

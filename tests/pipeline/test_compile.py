@@ -45,6 +45,22 @@ def test_resume_after_interruption_reuses_finished_stages(tmp_path, monkeypatch)
     assert {"backbone", "prune", "recover", "meta-train"} <= reused
     assert "export" not in reused
     load_bundle(result.bundle)  # complete and every hash checks out
+    # a changed library default (not a config option) still redoes meta-training and what follows
+    import dataclasses
+
+    from edgeflow.pipeline import adapt_stages
+
+    resolved = adapt_stages.adapt_configs
+
+    def new_default(c):
+        traj, train = resolved(c)
+        return dataclasses.replace(traj, instance_fraction=0.0), train
+
+    monkeypatch.setattr(adapt_stages, "adapt_configs", new_default)
+    changed = run_compile(cfg, resume=True, log=messages.append)
+    reused = {n for n, s in changed.metrics["seconds"].items() if s["reused"]}
+    assert reused == {"backbone", "prune", "recover"}
+    monkeypatch.setattr(adapt_stages, "adapt_configs", resolved)
     # a changed option upstream redoes that stage and everything after it, nothing before
     again = run_compile(_cfg(tmp_path, **{"prune.sparsity": 0.6}), resume=True, log=messages.append)
     reused = {n for n, s in again.metrics["seconds"].items() if s["reused"]}
