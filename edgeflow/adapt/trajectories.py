@@ -37,7 +37,7 @@ import torch
 
 from edgeflow import distributed
 from edgeflow.adapt.split import SplitFeatures, select
-from edgeflow.adapt.tasks import draw_task, sample_shift
+from edgeflow.adapt.tasks import Task, draw_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune, flip_cache, stopping_step
 from edgeflow.adapt.theta import ThetaSpec, prototypes
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess
@@ -92,16 +92,33 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
-def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds: ImageDataset,
-                      pre: Preprocess, samplers: dict[int, EpisodeSampler], index: int,
-                      config: TrajectoryConfig) -> dict[str, np.ndarray]:
-    """All starts of task ``index``: arrays of one task (paths, curves, k*, prototypes)."""
+def episode_samplers(ds: ImageDataset, config: TrajectoryConfig) -> dict[int, EpisodeSampler]:
+    """The per-shot-count episode samplers that :func:`trajectory_task` draws from."""
+    return {k: EpisodeSampler(ds.labels, ways=config.ways, shots=k, queries=config.queries,
+                              seed=config.seed) for k in config.shots}
+
+
+def trajectory_task(ds: ImageDataset, pre: Preprocess, samplers: dict[int, EpisodeSampler],
+                    index: int, config: TrajectoryConfig,
+                    ) -> tuple[Task, tuple[str, ...], np.random.Generator]:
+    """(task, its domain shift, the task's generator advanced past them) for task ``index`` of a
+    trajectory folder: deterministic, so analyses can rebuild the exact task a stored trajectory
+    was generated on. The noisy starts draw from the returned generator."""
     rng = np.random.default_rng([config.seed, index])
     shots = int(rng.choice(config.shots))
     shift = sample_shift(rng, plain_fraction=config.plain_fraction)
     task = draw_task(ds, rng, pre, episode=samplers[shots].episode(index),
                      instance_fraction=config.instance_fraction, shift=shift,
                      seed=[config.seed, index, 1])
+    return task, shift, rng
+
+
+def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds: ImageDataset,
+                      pre: Preprocess, samplers: dict[int, EpisodeSampler], index: int,
+                      config: TrajectoryConfig) -> dict[str, np.ndarray]:
+    """All starts of task ``index``: arrays of one task (paths, curves, k*, prototypes)."""
+    task, shift, rng = trajectory_task(ds, pre, samplers, index, config)
+    shots = len(task.support_y) // task.ways
     theta0 = spec.get(model)
     dev = theta0.device  # the backbone's device: the teacher runs where the model is
     support_x, support_y = task.support_x.to(dev), task.support_y.to(dev)
@@ -160,8 +177,7 @@ def generate_trajectories(model: Backbone, spec: ThetaSpec, ds: ImageDataset, pr
         raise ConfigError(problem)
     model.eval()
     split = SplitFeatures(model, spec)
-    samplers = {k: EpisodeSampler(ds.labels, ways=config.ways, shots=k, queries=config.queries,
-                                  seed=config.seed) for k in config.shots}
+    samplers = episode_samplers(ds, config)
 
     def span(c: int) -> range:
         return range(c * config.chunk, min(config.tasks, (c + 1) * config.chunk))
@@ -207,6 +223,7 @@ class Trajectories:
     shift: list[str]  # (n_tasks,)
     kind: list[str]  # (n_tasks,) "class" or "instance" (edgeflow.adapt.tasks)
     config: TrajectoryConfig
+    task_index: torch.Tensor  # (n_tasks,) the task numbers (trajectory_task rebuilds a task)
 
     def __len__(self) -> int:
         return len(self.stop)
@@ -239,4 +256,4 @@ def load_trajectories(folder: str | Path) -> Trajectories:
         shift=[str(s) for s in cat["shift"]],
         # folders written before instance tasks existed hold class tasks only
         kind=[str(k) for k in cat["kind"]] if "kind" in cat else ["class"] * len(cat["shift"]),
-        config=config)
+        config=config, task_index=torch.from_numpy(tasks.astype(np.int64)))

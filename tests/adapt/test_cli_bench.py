@@ -38,6 +38,21 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
         for method in ("none", "teacher", "hyperflow-euler", "hyperflow-heun"):
             r = ev["by_shots"][shots]["methods"][method]
             assert {"accuracy", "ci95", "adapt_ms", "adapt_peak_mib", "median_ms"} <= set(r)
+    # the drift-vs-teacher analysis on this drift and its trajectories
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "drift_direction.py"),
+                           "--model", "conv4", "--backbone", str(weights), "--drift", str(drift),
+                           "--trajectories", str(drift.with_suffix(".trajectories")),
+                           "--base-data", "digits", "--val-data", "digits", "--seeds", "0,1",
+                           "--val-tasks", "2", "--meta-steps", "10", "--out", str(tmp_path / "dd")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dd = json.loads((tmp_path / "dd.json").read_text())
+    # the rebuilt tasks and recomputed gradients are the teacher's own: its first Adam step is
+    # -lr * sign(g0)
+    assert dd["direction"]["check_first_step_vs_minus_sign_grad"]["mean"] > 0.99
+    assert dd["direction"]["all"]["tasks"] == 3 and [r["seed"] for r in dd["seeds"]] == [0, 1]
+    assert all(0 <= r["val_acc"] <= 1 for r in dd["seeds"])
+    assert (tmp_path / "dd.md").read_text().startswith("# Drift vs teacher")
     bad = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", weights, "--data",
               "digits", "--episodes", "1")
     assert bad.exit_code == 1 and "not a drift checkpoint" in bad.output

@@ -10,11 +10,14 @@ from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation, mean_ci, pe
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
 from edgeflow.adapt.split import SplitFeatures
 from edgeflow.adapt.teacher import TeacherConfig
+from edgeflow.adapt.theta import features_with_theta, prototypes
 from edgeflow.adapt.trajectories import (
     Trajectories,
     TrajectoryConfig,
+    episode_samplers,
     generate_trajectories,
     load_trajectories,
+    trajectory_task,
 )
 from edgeflow.adapt.workflow import trajectory_gains, val_tasks
 from edgeflow.data import Preprocess, load_dataset
@@ -35,6 +38,14 @@ def test_trajectories_are_resumable_and_identical(tmp_path, digits_backbone):
     assert len(first.shift) == 5 and first.stop.max() <= 6
     torch.testing.assert_close(first.paths[::2, 0], spec.get(net).expand(5, -1))  # clean starts
     assert not torch.allclose(first.paths[1, 0], spec.get(net))  # noisy start
+    # trajectory_task rebuilds the exact task a stored trajectory came from (analyses rely on it)
+    assert first.task_index.tolist() == [0, 1, 2, 3, 4]
+    task, shift, _ = trajectory_task(ds, PRE, episode_samplers(ds, SMALL), 3, SMALL)
+    with torch.no_grad():
+        rebuilt = prototypes(features_with_theta(net, task.support_x, spec.get(net), spec),
+                             task.support_y, task.ways)
+    torch.testing.assert_close(rebuilt, first.protos[3], atol=2e-3, rtol=2e-3)  # stored as float16
+    assert "+".join(shift) == first.shift[3]
     (out / "chunk_00001.npz").unlink()  # an interrupted run: the missing chunk is regenerated
     generate_trajectories(net, spec, ds, PRE, out, config=SMALL)
     again = load_trajectories(out)
@@ -162,7 +173,8 @@ def test_trajectory_gains_by_kind_on_hand_made_curves():
     data = Trajectories(paths=torch.zeros(3, 3, 2), stop=torch.tensor([1, 0, 2]), query_acc=acc,
                         task_row=torch.tensor([0, 1, 2]), protos=torch.zeros(3, 2, 4),
                         shots=torch.ones(3, dtype=torch.long), shift=["", "invert", "blur"],
-                        kind=["class", "class", "instance"], config=SMALL)
+                        kind=["class", "class", "instance"], config=SMALL,
+                        task_index=torch.arange(3))
     g = trajectory_gains(data)
     assert g["class"]["rows"] == 2 and g["instance"]["rows"] == 1 and g["all"]["rows"] == 3
     assert g["class"]["at_stop"] == pytest.approx(0.1, abs=1e-6)
