@@ -132,7 +132,8 @@ def write(res: dict, out: Path) -> None:
              f"{m['seconds']:.0f} s.", "",
              "Means over tasks whose teacher moved (k* > 0); cosines are with the teacher's "
              "displacement theta_k* - theta0.", "",
-             "| tasks | moved | drift / teacher length | cos(drift) | cos(-g0) | cos(-sign g0) "
+             "| tasks | moved | drift / teacher length, median (mean) | cos(drift) | cos(-g0) "
+             "| cos(-sign g0) "
              "| drift move where teacher stayed |", "|---|---|---|---|---|---|---|"]
     for name, r in d.items():
         if not isinstance(r, dict) or not r.get("moved_tasks"):
@@ -140,11 +141,14 @@ def write(res: dict, out: Path) -> None:
         still = r["drift_move_when_teacher_stayed"]
         stayed = f"{still['mean']:.2f} ({still['n']} tasks)" if still["n"] else "-"
         lines.append(f"| {name} ({r['tasks']}) | {r['moved_tasks']} | "
-                     f"{r['length_ratio']['mean']:.2f} | {r['cosine_drift']['mean']:.2f} | "
+                     f"{r['length_ratio']['median']:.2f} ({r['length_ratio']['mean']:.2f}) | "
+                     f"{r['cosine_drift']['mean']:.2f} | "
                      f"{r['cosine_minus_grad']['mean']:.2f} | "
                      f"{r['cosine_minus_sign_grad']['mean']:.2f} | {stayed} |")
     check = d["check_first_step_vs_minus_sign_grad"]["mean"]
-    lines += ["", "g0: the gradient of the teacher's support loss at theta0. The device never has "
+    lines += ["", "The last column: how far the drift moves on tasks where the teacher's best step "
+              "was 0, in units of the teacher's mean move on the tasks where it moved.", "",
+              "g0: the gradient of the teacher's support loss at theta0. The device never has "
               "it; the two gradient columns say how much direction a gradient would carry, "
               "against what the drift gets from prototypes alone. Check: the teacher's first "
               f"(Adam) step has cosine {check:.3f} with -sign(g0) (1 = g0 is the gradient it "

@@ -246,6 +246,13 @@ def load_trajectories(folder: str | Path) -> Trajectories:
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     tasks = np.concatenate([np.unique(p["task"]) for p in parts])
     row_of = {int(t): i for i, t in enumerate(tasks)}
+    shift, kind = [str(s) for s in cat["shift"]], None
+    if "kind" in cat:
+        kind = [str(k) for k in cat["kind"]]
+    else:  # older folders: no kinds (class tasks only), or instance tasks marked in the shift
+        parts_of = [s.split("+") if s else [] for s in shift]
+        kind = ["instance" if p[:1] == ["instance"] else "class" for p in parts_of]
+        shift = ["+".join(p[1:] if p[:1] == ["instance"] else p) for p in parts_of]
     return Trajectories(
         paths=torch.from_numpy(cat["start"][:, None, :] + cat["delta"].astype(np.float32)),
         stop=torch.from_numpy(cat["stop"].astype(np.int64)),
@@ -253,7 +260,5 @@ def load_trajectories(folder: str | Path) -> Trajectories:
         task_row=torch.tensor([row_of[int(t)] for t in cat["task"]]),
         protos=torch.from_numpy(cat["protos"].astype(np.float32)),
         shots=torch.from_numpy(cat["shots"].astype(np.int64)),
-        shift=[str(s) for s in cat["shift"]],
-        # folders written before instance tasks existed hold class tasks only
-        kind=[str(k) for k in cat["kind"]] if "kind" in cat else ["class"] * len(cat["shift"]),
+        shift=shift, kind=kind,
         config=config, task_index=torch.from_numpy(tasks.astype(np.int64)))

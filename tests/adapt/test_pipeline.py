@@ -72,6 +72,15 @@ def test_instance_fraction_sets_the_task_kinds_and_old_folders_read_as_class_tas
                                     config=replace(SMALL, starts=1, instance_fraction=frac))
         kinds[frac] = [k == "instance" for k in load_trajectories(out).kind]
     assert kinds == {0.0: [False] * 5, 1.0: [True] * 5}
+    shifts = load_trajectories(out).shift
+    for chunk in out.glob("chunk_*.npz"):  # folders of the first instance-task format: no kinds,
+        with np.load(chunk) as z:          # instance tasks marked by an "instance" shift prefix
+            arrays = {k: z[k] for k in z.files if k != "kind"}
+        arrays["shift"] = np.asarray(["+".join(["instance", *([s] if s else [])])
+                                      for s in arrays["shift"]])
+        np.savez(chunk, **arrays)
+    legacy = load_trajectories(out)
+    assert legacy.kind == ["instance"] * 5 and legacy.shift == shifts
     manifest = json.loads((out / "manifest.json").read_text())
     del manifest["config"]["instance_fraction"]  # written before instance tasks existed
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -79,6 +88,8 @@ def test_instance_fraction_sets_the_task_kinds_and_old_folders_read_as_class_tas
     for chunk in out.glob("chunk_*.npz"):  # and their chunks carry no kinds: class tasks
         with np.load(chunk) as z:
             arrays = {k: z[k] for k in z.files if k != "kind"}
+        arrays["shift"] = np.asarray([s.removeprefix("instance").removeprefix("+")
+                                      for s in arrays["shift"]])
         np.savez(chunk, **arrays)
     assert load_trajectories(out).kind == ["class"] * 5
 
