@@ -115,16 +115,18 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
                           after=after)
 
     bb = stage("backbone", lambda d: model_stages.train_backbone(cfg, data, d, progress=progress),
-               ("backbone",))
+               ("backbone",), extra=model_stages.resolved(model_stages.backbone_train_config(cfg)))
     current, chain = bb.dir / bb.outputs["checkpoint"], ("backbone",)
     prune_metrics: dict[str, Any] = {}
     if cfg.prune.enabled:
         pr = stage("prune", lambda d: model_stages.prune_backbone(cfg, data, current, d,
                                                                   progress=progress),
-                   ("prune", "backbone"), chain)
+                   ("prune", "backbone"), chain,
+                   extra=model_stages.resolved(model_stages.prune_config(cfg)))
         pruned = pr.dir / pr.outputs["checkpoint"]
         rc = stage("recover", lambda d: model_stages.recover(cfg, data, pruned, d, progress=progress),
-                   ("prune", "backbone"), ("prune",))
+                   ("prune", "backbone"), ("prune",),
+                   extra=model_stages.resolved(model_stages.recovery_train_config(cfg)))
         current, chain = rc.dir / rc.outputs["checkpoint"], ("recover",)
         po = pr.outputs
         prune_metrics = {

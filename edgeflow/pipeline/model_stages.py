@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def train_backbone(cfg: CompileConfig, data: CompileData, out: Path, *,
     """Train (or load) the backbone on the base classes; write ``backbone.pt``."""
     from edgeflow.checkpoint import load_weights, save_checkpoint
     from edgeflow.models import create_model
-    from edgeflow.train import TrainConfig, evaluate, fit, to_tensor
+    from edgeflow.train import evaluate, fit, to_tensor
     from edgeflow.workflows import checkpoint_meta
 
     b = cfg.backbone
@@ -103,9 +103,8 @@ def train_backbone(cfg: CompileConfig, data: CompileData, out: Path, *,
         load_weights(net, b.weights)
     history: list[dict] = []
     if b.epochs:
-        tc = TrainConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, label_smoothing=0.1,
-                         crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed, device=cfg.device)
-        history = fit(net, to_tensor(data.train, data.preprocess), config=tc, progress=progress).epochs
+        history = fit(net, to_tensor(data.train, data.preprocess), config=backbone_train_config(cfg),
+                      progress=progress).epochs
     net.cpu().eval()
     top1 = evaluate(net, *to_tensor(data.holdout, data.preprocess))
     save_checkpoint(out / "backbone.pt", state_dict=net.state_dict(),
@@ -113,6 +112,40 @@ def train_backbone(cfg: CompileConfig, data: CompileData, out: Path, *,
                                          train={"epochs": b.epochs, "data": cfg.data.base}))
     return {"checkpoint": "backbone.pt", "top1": top1, "params": _params(net),
             "history": history}
+
+
+def backbone_train_config(cfg: CompileConfig):
+    """The backbone stage's TrainConfig: the ``[backbone]`` section plus the library's defaults."""
+    from edgeflow.train import TrainConfig
+
+    b = cfg.backbone
+    return TrainConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, label_smoothing=0.1,
+                       crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed, device=cfg.device)
+
+
+def prune_config(cfg: CompileConfig):
+    """The prune stage's PruneConfig: the ``[prune]`` section plus the library's defaults."""
+    from edgeflow.prune.config import PruneConfig
+
+    p = cfg.prune
+    return PruneConfig(sparsity=p.sparsity, granularity=p.granularity, method=p.method,
+                       epochs=p.epochs, regrowth_epochs=p.regrowth_epochs,
+                       batch_size=cfg.backbone.batch_size, seed=cfg.seed, device=cfg.device)
+
+
+def recovery_train_config(cfg: CompileConfig):
+    """The recovery stage's TrainConfig (a fifth of the backbone's learning rate, its zeros held)."""
+    from edgeflow.train import TrainConfig
+
+    return TrainConfig(epochs=cfg.prune.recovery_epochs, lr=cfg.backbone.lr / 5,
+                       batch_size=cfg.backbone.batch_size, label_smoothing=0.1,
+                       crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed + 1,
+                       device=cfg.device)
+
+
+def resolved(config: Any) -> dict[str, Any]:
+    """A library configuration as a cache-key part: a changed default then reruns the stage."""
+    return {"resolved": asdict(config)}
 
 
 def _params(net: nn.Module) -> int:
@@ -129,7 +162,6 @@ def prune_backbone(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, o
     from edgeflow.checkpoint import load_checkpoint
     from edgeflow.models import create_model
     from edgeflow.prune.channel import count_macs
-    from edgeflow.prune.config import PruneConfig
     from edgeflow.prune.finalize import finalize, save_pruned, sparsity_report
     from edgeflow.prune.hyperflows import prune
     from edgeflow.train import evaluate, to_tensor
@@ -141,10 +173,8 @@ def prune_backbone(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, o
     reference = {n: m.weight.numel() for n, m in net.named_modules()
                  if isinstance(m, (nn.Conv2d, nn.Linear))}
     dense_macs = count_macs(net, input_size=cfg.data.size)
-    config = PruneConfig(sparsity=p.sparsity, granularity=p.granularity, method=p.method,
-                         epochs=p.epochs, regrowth_epochs=p.regrowth_epochs,
-                         batch_size=cfg.backbone.batch_size, seed=cfg.seed, device=cfg.device)
-    result = prune(net, to_tensor(data.train, data.preprocess), config=config, progress=progress)
+    result = prune(net, to_tensor(data.train, data.preprocess), config=prune_config(cfg),
+                   progress=progress)
     plain = finalize(net).cpu().eval()
     report = sparsity_report(plain, reference)
     top1 = evaluate(plain, *to_tensor(data.holdout, data.preprocess))
@@ -177,16 +207,14 @@ def recover(cfg: CompileConfig, data: CompileData, pruned_ckpt: Path, out: Path,
     """A short fine-tune of the pruned model with its zeros held; write ``recovered.pt``."""
     from edgeflow.checkpoint import load_checkpoint, save_checkpoint
     from edgeflow.prune.finalize import load_pruned, sparsity_report
-    from edgeflow.train import TrainConfig, evaluate, fit, to_tensor
+    from edgeflow.train import evaluate, fit, to_tensor
 
     net = load_pruned(pruned_ckpt)
     _, meta = load_checkpoint(pruned_ckpt)
     before = sparsity_report(net)["sparsity"]
     handles = keep_zeros(net)
-    tc = TrainConfig(epochs=cfg.prune.recovery_epochs, lr=cfg.backbone.lr / 5,
-                     batch_size=cfg.backbone.batch_size, label_smoothing=0.1,
-                     crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed + 1, device=cfg.device)
-    fit(net, to_tensor(data.train, data.preprocess), config=tc, progress=progress)
+    fit(net, to_tensor(data.train, data.preprocess), config=recovery_train_config(cfg),
+        progress=progress)
     for h in handles:
         h.remove()
     net.cpu().eval()

@@ -61,6 +61,14 @@ def test_resume_after_interruption_reuses_finished_stages(tmp_path, monkeypatch)
     reused = {n for n, s in changed.metrics["seconds"].items() if s["reused"]}
     assert reused == {"backbone", "prune", "recover"}
     monkeypatch.setattr(adapt_stages, "adapt_configs", resolved)
+    from edgeflow.pipeline import model_stages
+
+    pruning = model_stages.prune_config
+    monkeypatch.setattr(model_stages, "prune_config",
+                        lambda c: dataclasses.replace(pruning(c), ft_lr=2 * pruning(c).ft_lr))
+    changed = run_compile(cfg, resume=True, log=messages.append)
+    assert {n for n, s in changed.metrics["seconds"].items() if s["reused"]} == {"backbone"}
+    monkeypatch.setattr(model_stages, "prune_config", pruning)
     # a changed option upstream redoes that stage and everything after it, nothing before
     again = run_compile(_cfg(tmp_path, **{"prune.sparsity": 0.6}), resume=True, log=messages.append)
     reused = {n for n, s in again.metrics["seconds"].items() if s["reused"]}
