@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -13,6 +13,10 @@ from torch import nn
 from edgeflow.data import ImageDataset, Preprocess, load_dataset
 from edgeflow.errors import ConfigError
 from edgeflow.pipeline.config import CompileConfig, parse_int_list
+
+if TYPE_CHECKING:
+    from edgeflow.prune.config import PruneConfig
+    from edgeflow.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,7 @@ def train_backbone(cfg: CompileConfig, data: CompileData, out: Path, *,
             "history": history}
 
 
-def backbone_train_config(cfg: CompileConfig):
+def backbone_train_config(cfg: CompileConfig) -> TrainConfig:
     """The backbone stage's TrainConfig: the ``[backbone]`` section plus the library's defaults."""
     from edgeflow.train import TrainConfig
 
@@ -123,7 +127,7 @@ def backbone_train_config(cfg: CompileConfig):
                        crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed, device=cfg.device)
 
 
-def prune_config(cfg: CompileConfig):
+def prune_config(cfg: CompileConfig) -> PruneConfig:
     """The prune stage's PruneConfig: the ``[prune]`` section plus the library's defaults."""
     from edgeflow.prune.config import PruneConfig
 
@@ -133,7 +137,7 @@ def prune_config(cfg: CompileConfig):
                        batch_size=cfg.backbone.batch_size, seed=cfg.seed, device=cfg.device)
 
 
-def recovery_train_config(cfg: CompileConfig):
+def recovery_train_config(cfg: CompileConfig) -> TrainConfig:
     """The recovery stage's TrainConfig (a fifth of the backbone's learning rate, its zeros held)."""
     from edgeflow.train import TrainConfig
 
