@@ -27,14 +27,6 @@ def adapt_configs(cfg: CompileConfig) -> tuple[TrajectoryConfig, MetaTrainConfig
     return traj, train
 
 
-def cache_parts(cfg: CompileConfig) -> dict[str, Any]:
-    """What the meta-train stage's cache key must cover beyond the ``[adapt]`` section: the resolved
-    configurations, so that a change of the library's defaults (teacher recipe, task mix) runs the
-    stage again instead of reusing a drift trained under the old ones."""
-    traj, train = adapt_configs(cfg)
-    return {"trajectories": traj.to_dict(), "meta_train": train.to_dict()}
-
-
 def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, out: Path, *,
                      progress: bool) -> dict[str, Any]:
     """Teacher recipe on val tasks -> trajectories on base tasks -> drift regression -> drift.pt.

@@ -144,7 +144,8 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
         with _torch_threads(1):
             mt = stage("meta-train", lambda d: adapt_stages.meta_train_drift(cfg, data, current, d,
                                                                              progress=progress),
-                       ("adapt",), chain, extra=adapt_stages.cache_parts(cfg))
+                       ("adapt",), chain,
+                       extra=model_stages.resolved(*adapt_stages.adapt_configs(cfg)))
         drift_ckpt, adapt_out = mt.dir / mt.outputs["drift"], mt.outputs
         chain = (*chain, "meta-train")
     bundle = out / "bundle"

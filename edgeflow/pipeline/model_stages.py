@@ -147,9 +147,10 @@ def recovery_train_config(cfg: CompileConfig) -> TrainConfig:
                        device=cfg.device)
 
 
-def resolved(config: Any) -> dict[str, Any]:
-    """A library configuration as a cache-key part: a changed default then reruns the stage."""
-    return {"resolved": asdict(config)}
+def resolved(*configs: Any) -> dict[str, Any]:
+    """The library configurations a stage runs with, as a part of its cache key: a changed library
+    default then reruns the stage instead of reusing a result made under the old one."""
+    return {"resolved": [asdict(c) for c in configs]}
 
 
 def _params(net: nn.Module) -> int:
