@@ -28,6 +28,7 @@ import statistics
 import sys
 import time
 import warnings
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def direction(net, spec, drift, settings, data, base, pre, *, limit: int | None)
     rows = torch.tensor([first_row[t] for t in tasks])
     stop = data.stop[rows]
     teacher = data.paths[rows, stop] - data.paths[rows, 0]
-    moved = adapt_batch(drift, data.protos[tasks], theta0, settings=settings) - theta0
+    # the drift's own move: without the re-centring move a drift's settings may add
+    drift_only = replace(settings, recenter=0.0)
+    moved = adapt_batch(drift, data.protos[tasks], theta0, settings=drift_only) - theta0
     samplers = episode_samplers(base, cfg)
     grads = []
     for t in tasks:
@@ -102,7 +105,6 @@ def direction(net, spec, drift, settings, data, base, pre, *, limit: int | None)
 def seed_spread(net, spec, data, val, pre, *, seeds: list[int], val_count: int,
                 steps: int) -> list[dict]:
     """Meta-train the drift once per seed on the same trajectories and val tasks."""
-    from dataclasses import replace
 
     from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
     from edgeflow.adapt.split import SplitFeatures
@@ -110,14 +112,16 @@ def seed_spread(net, spec, data, val, pre, *, seeds: list[int], val_count: int,
 
     split, theta0 = SplitFeatures(net, spec), spec.get(net)
     vtasks = val_tasks(split, val, pre, count=val_count, seed=1)  # meta-train's own val tasks
-    base_cfg = MetaTrainConfig() if steps is None else MetaTrainConfig(steps=steps)
+    # the drift alone: no re-centring in the selection (steps 0 = no drift beat no adaptation)
+    base_cfg = MetaTrainConfig(recenter_choices=(0.0,))
+    base_cfg = base_cfg if steps is None else replace(base_cfg, steps=steps)
     out = []
     for s in seeds:
         _, rep = meta_train(data, vtasks, split, theta0, config=replace(base_cfg, seed=s))
         chosen = rep["integrator"]["steps"]
         out.append({"seed": s, "val_acc_no_adaptation": rep["val_acc_no_adaptation"],
                     "best_step": rep["best_step"], "euler_steps": chosen,
-                    "val_acc": rep["val_acc_by_euler_steps"][chosen],
+                    "val_acc": rep["val_acc_chosen"],
                     "val_acc_euler10": rep["val_acc_by_euler_steps"].get(10)})
     return out
 

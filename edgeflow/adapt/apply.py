@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.theta import ThetaSpec, features_with_theta, prototypes
-from edgeflow.errors import unknown_name
+from edgeflow.errors import ConfigError, unknown_name
 from edgeflow.integrate import STEPPERS, integrate
 from edgeflow.models import Backbone
 
@@ -22,15 +22,24 @@ METRICS = ("cosine", "euclidean")
 
 @dataclass(frozen=True)
 class IntegratorSettings:
-    """How the device integrates the drift: ``steps`` of ``dt`` (default 1/steps) with ``method``."""
+    """How the device adapts theta: ``steps`` of ``dt`` (default 1/steps) with ``method``, plus
+    the re-centring move of strength ``recenter`` (alpha, :mod:`edgeflow.adapt.recenter`; 0: off).
+
+    The two moves add: theta_S = integral of the drift from theta0 + alpha's re-centring move,
+    both computed from the support pass at theta0. (Starting the drift at the re-centred theta
+    instead puts it off its training distribution: -2.4 points on val tasks.)
+    """
 
     method: str = "euler"
     steps: int = 10
     dt: float | None = None
+    recenter: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in STEPPERS:
             raise unknown_name("integrator", self.method, list(STEPPERS))
+        if not 0.0 <= self.recenter <= 2.0:
+            raise ConfigError(f"recenter (alpha) must be in [0, 2], got {self.recenter}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,12 +59,21 @@ def prototype_logits(query: torch.Tensor, protos: torch.Tensor, *, metric: str =
 def hyperflow_adapt(model: Backbone, spec: ThetaSpec, drift: DriftNet, support_x: torch.Tensor,
                     support_y: torch.Tensor, ways: int, *, settings: IntegratorSettings,
                     theta0: torch.Tensor | None = None) -> torch.Tensor:
-    """theta after integrating the drift conditioned on the support set (no gradients anywhere)."""
+    """theta after integrating the drift conditioned on the support set, plus the re-centring move
+    when ``settings.recenter`` > 0 (no gradients anywhere)."""
+    from edgeflow.adapt.recenter import recentered, support_pass
+    from edgeflow.adapt.split import SplitFeatures
+
     theta0 = spec.get(model) if theta0 is None else theta0
-    protos = prototypes(features_with_theta(model, support_x, theta0, spec), support_y, ways)
-    z = drift.embed_task(protos[None])
+    split = SplitFeatures(model, spec)
+    feats, means = support_pass(split, split.prefix(support_x), theta0,
+                                means=settings.recenter > 0)
+    z = drift.embed_task(prototypes(feats, support_y, ways)[None])
     f = lambda t, th: drift.velocity(th[None], t, z)[0]  # noqa: E731
-    return integrate(f, theta0, steps=settings.steps, dt=settings.dt, method=settings.method)
+    theta = integrate(f, theta0, steps=settings.steps, dt=settings.dt, method=settings.method)
+    if means is not None:  # the re-centring move adds to the drift's
+        theta = theta + recentered(theta0, means, alpha=settings.recenter) - theta0
+    return theta
 
 
 @torch.no_grad()

@@ -1,9 +1,11 @@
 """Few-shot evaluation harness: every method on the same seeded episodes, accuracy and cost.
 
 Methods (:data:`METHODS`): ``none`` (prototypes at theta0), ``teacher`` (Adam on theta by backprop,
-the recipe chosen on val), ``hyperflow-euler`` / ``hyperflow-heun`` (integrate the drift; no
-gradients), ``full-finetune`` (Adam on every backbone weight; only on the first ``full_episodes``
-episodes of the largest shot count, it is expensive). The Euler step sweep also runs on the largest
+the recipe chosen on val), ``hyperflow-euler`` / ``hyperflow-heun`` (integrate the drift, plus the
+re-centring move when the settings have one; no gradients), ``recenter`` (the re-centring move
+alone, at the settings' alpha: what the drift adds is hyperflow minus this), ``full-finetune``
+(Adam on every backbone weight; only on the first ``full_episodes`` episodes of the largest shot
+count, it is expensive). The Euler step sweep also runs on the largest
 shot count only.
 
 Accuracy: mean over episodes with a 95% interval 1.96 * std / sqrt(n). Cost, per episode, measured
@@ -45,6 +47,7 @@ import torch
 from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
 from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.meta_train import task_accuracy
+from edgeflow.adapt.recenter import recentered, support_pass
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import Task, make_task
 from edgeflow.adapt.teacher import TeacherConfig, finetune, resolve_loss, support_loss
@@ -55,7 +58,7 @@ from edgeflow.integrate import integrate
 from edgeflow.models import Backbone
 from edgeflow.progress import ProgressBar
 
-METHODS = ("none", "teacher", "hyperflow-euler", "hyperflow-heun", "full-finetune")
+METHODS = ("none", "teacher", "recenter", "hyperflow-euler", "hyperflow-heun", "full-finetune")
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class EvalConfig:
     queries: int = 15
     episodes: int = 600
     seed: int = 0
-    methods: tuple[str, ...] = ("none", "teacher", "hyperflow-euler", "hyperflow-heun")
+    methods: tuple[str, ...] = ("none", "teacher", "recenter", "hyperflow-euler", "hyperflow-heun")
     timing_episodes: int = 50
     memory_episodes: int = 3
     full_episodes: int = 20
@@ -143,14 +146,20 @@ class Adapter:
                          task.ways, views=views)
 
     def hyperflow_theta(self, tc: TaskCache, settings: IntegratorSettings) -> torch.Tensor:
-        if self.drift is None:
+        if self.drift is None and settings.steps:
             raise ConfigError("HyperFlow needs a drift checkpoint (--drift)")
         with torch.no_grad():
-            protos = prototypes(self.split.suffix(tc.support_only, self.theta0), tc.support_y,
-                                tc.ways)
-            z = self.drift.embed_task(protos[None])
-            return integrate(lambda t, th: self.drift.velocity(th[None], t, z)[0], self.theta0,
-                             steps=settings.steps, dt=settings.dt, method=settings.method)
+            # one support pass at theta0 gives both the prototypes (for z) and the means
+            feats, means = support_pass(self.split, tc.support_only, self.theta0,
+                                        means=settings.recenter > 0)
+            theta = self.theta0
+            if settings.steps:
+                z = self.drift.embed_task(prototypes(feats, tc.support_y, tc.ways)[None])
+                theta = integrate(lambda t, th: self.drift.velocity(th[None], t, z)[0], theta,
+                                  steps=settings.steps, dt=settings.dt, method=settings.method)
+            if means is not None:
+                theta = theta + recentered(self.theta0, means, alpha=settings.recenter) - self.theta0
+            return theta
 
     def adapt_theta(self, name: str, tc: TaskCache) -> torch.Tensor:
         """The adaptation step of a theta method: support set (prefix cache) -> adapted theta."""
@@ -159,6 +168,8 @@ class Adapter:
         if name == "teacher":
             return finetune(self.split, tc.support, tc.support_y, tc.ways, self.theta0,
                             config=self.teacher).path[-1]
+        if name == "recenter":
+            return self.hyperflow_theta(tc, replace(self.settings, steps=0))
         if name.startswith("hyperflow-"):
             return self.hyperflow_theta(tc, replace(self.settings,
                                                     method=name.removeprefix("hyperflow-")))
@@ -210,7 +221,8 @@ class Adapter:
     def sweep(self, tc: TaskCache, steps: tuple[int, ...], method: str = "euler") -> dict[int, float]:
         """Query accuracy after integrating with each step count (same z, same start)."""
         return {s: task_accuracy(self.split, tc,
-                                 self.hyperflow_theta(tc, IntegratorSettings(method=method, steps=s)),
+                                 self.hyperflow_theta(tc, replace(self.settings, method=method,
+                                                                  steps=s)),
                                  metric=self.metric) for s in steps}
 
 

@@ -10,8 +10,9 @@ Each trajectory theta_0..theta_L (L = the task's stopping step k*) is read as a 
 L = 0 (adaptation does not help this task) gives theta_t = theta_0 and v = 0. The loss is the MSE
 between h(theta_t, t, z(S)) and v, in units of the per-coordinate velocity scale. Validation is the
 real thing: integrate the drift on val-split tasks and measure their query accuracy; the best
-weights by that accuracy are kept (early stopping), then the number of Euler steps is chosen on the
-same tasks.
+weights by that accuracy are kept (early stopping), then the number of Euler steps and the
+re-centring strength (:mod:`edgeflow.adapt.recenter`; steps 0 = the drift unused) are chosen
+jointly on the same tasks.
 
 Under ``torchrun`` the drift trains in DistributedDataParallel (``batch_size`` is the global batch,
 each rank draws its own rows) and the validation tasks are split across ranks and their accuracies
@@ -34,6 +35,7 @@ import torch
 from edgeflow import distributed
 from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
 from edgeflow.adapt.drift import DriftConfig, DriftNet
+from edgeflow.adapt.recenter import theta_means
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.theta import prototypes
 from edgeflow.adapt.trajectories import Trajectories
@@ -94,6 +96,8 @@ class MetaTrainConfig:
     blocks: int = 3
     eval_steps: int = 10
     step_choices: tuple[int, ...] = (1, 2, 5, 10, 20, 50)
+    # re-centring strengths tried with every step count (and with 0 steps: re-centring alone)
+    recenter_choices: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     step_tolerance: float = 0.002
     seed: int = 0
     device: str = "cpu"
@@ -107,17 +111,25 @@ class MetaTrainConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["step_choices"] = list(self.step_choices)
+        d["recenter_choices"] = list(self.recenter_choices)
         return d
 
 
 @torch.no_grad()
 def adapt_batch(drift: DriftNet, protos: torch.Tensor, theta0: torch.Tensor, *,
-                settings: IntegratorSettings) -> torch.Tensor:
-    """Integrate the drift for a batch of tasks at once: protos (B, W, D) -> theta (B, P)."""
-    z = drift.embed_task(protos)
-    start = theta0.expand(len(protos), -1)
-    return integrate(lambda t, th: drift.velocity(th, t, z), start, steps=settings.steps,
-                     dt=settings.dt, method=settings.method)
+                settings: IntegratorSettings, means: torch.Tensor | None = None) -> torch.Tensor:
+    """Adapt a batch of tasks at once: protos (B, W, D) -> theta (B, P). ``means`` (B, P) are the
+    support means of the theta layers at theta0 (:func:`task_means`), needed when re-centring."""
+    theta = theta0.expand(len(protos), -1)
+    if settings.steps:
+        z = drift.embed_task(protos)
+        theta = integrate(lambda t, th: drift.velocity(th, t, z), theta, steps=settings.steps,
+                          dt=settings.dt, method=settings.method)
+    if settings.recenter:
+        if means is None:
+            raise ConfigError("re-centring needs the support means of the theta layers")
+        theta = theta - settings.recenter * (means - theta0)
+    return theta
 
 
 @torch.no_grad()
@@ -137,9 +149,15 @@ def task_prototypes(split: SplitFeatures, tasks: list[TaskCache], theta0: torch.
                         for t in tasks])
 
 
+@torch.no_grad()
+def task_means(split: SplitFeatures, tasks: list[TaskCache], theta0: torch.Tensor) -> torch.Tensor:
+    """Support means (n, P) of the theta layers' outputs at theta0 (what re-centring reads)."""
+    return torch.stack([theta_means(split, t.support_only, theta0).mean(0) for t in tasks])
+
+
 def val_accuracy(drift: DriftNet, split: SplitFeatures, tasks: list[TaskCache], theta0: torch.Tensor,
                  protos: torch.Tensor, *, settings: IntegratorSettings,
-                 metric: str = "cosine") -> float:
+                 metric: str = "cosine", means: torch.Tensor | None = None) -> float:
     """Mean query accuracy after integrating the drift on every task.
 
     Under torchrun each rank scores its share of the tasks and the sum is all-reduced: the same
@@ -149,8 +167,9 @@ def val_accuracy(drift: DriftNet, split: SplitFeatures, tasks: list[TaskCache], 
     dev = next(drift.parameters()).device
     total = 0.0
     if len(mine):  # more ranks than tasks leaves some with none; they still join the all-reduce
+        part = None if means is None else means[mine.start:mine.stop].to(dev)
         thetas = adapt_batch(drift, protos[mine.start:mine.stop].to(dev), theta0.to(dev),
-                             settings=settings).to(theta0.device)
+                             settings=settings, means=part).to(theta0.device)
         total = sum(task_accuracy(split, tasks[i], th, metric=metric)
                     for i, th in zip(mine, thetas, strict=True))
     return distributed.all_reduce_sum([total], dev)[0] / len(tasks)
@@ -233,14 +252,26 @@ def meta_train(data: Trajectories, val_tasks: list[TaskCache], split: SplitFeatu
     bar.close()
     drift.load_state_dict(best[2])
     drift.eval()
-    by_steps = {s: val_accuracy(drift, split, val_tasks, theta0, vprotos,
-                                settings=IntegratorSettings(method="euler", steps=s), metric=metric)
-                for s in config.step_choices}
-    top = max(by_steps.values())
-    chosen = min(s for s, a in by_steps.items() if a >= top - config.step_tolerance)
+    vmeans = task_means(split, val_tasks, theta0)
+    counts = (0, *config.step_choices)
+    grid = {(a, s): val_accuracy(drift, split, val_tasks, theta0, vprotos, metric=metric,
+                                 settings=IntegratorSettings(method="euler", steps=s, recenter=a),
+                                 means=vmeans)
+            for a in config.recenter_choices for s in counts if a or s}
+    grid[(0.0, 0)] = base
+    top = max(grid.values())
+    # the cheapest setting within tolerance of the best: fewest steps, then the mildest alpha
+    steps, alpha = min((s, a) for (a, s), acc in grid.items() if acc >= top - config.step_tolerance)
+    by_steps = {s: grid[(0.0, s)] if (0.0, s) in grid else val_accuracy(
+        drift, split, val_tasks, theta0, vprotos, metric=metric,
+        settings=IntegratorSettings(method="euler", steps=s)) for s in config.step_choices}
     report = {"history": history, "best_step": best[1], "best_val_acc": best[0],
               "val_acc_no_adaptation": base, "val_acc_by_euler_steps": by_steps,
-              "integrator": IntegratorSettings(method="euler", steps=chosen).to_dict(),
+              "val_acc_by_recenter": {str(a): {str(s): grid[(a, s)] for s in counts}
+                                      for a in config.recenter_choices},
+              "val_acc_chosen": grid[(alpha, steps)],
+              "integrator": IntegratorSettings(method="euler", steps=steps,
+                                               recenter=alpha).to_dict(),
               "seconds": time.perf_counter() - t_start, "config": config.to_dict(),
               "drift_config": dcfg.to_dict(), "world_size": rank.world_size}
     return drift.cpu(), report

@@ -161,14 +161,17 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
     drift, report = meta_train(data_t, vtasks, split, theta0, config=train_config,
                                progress=progress)
     chosen = IntegratorSettings(**report["integrator"])
-    settings = IntegratorSettings(method=method, steps=steps or chosen.steps)
+    settings = IntegratorSettings(method=method, steps=steps or chosen.steps,
+                                  recenter=chosen.recenter)
     stops = data_t.stop.float()
     gain = trajectory_gains(data_t)
     summary = {"output": str(output), "trajectories": str(trajectories), "theta_size": spec.size,
                "theta_layers": list(spec.names), "teacher": teacher.to_dict(),
                "teacher_selection": teacher_report, "integrator": settings.to_dict(),
                "val_acc_no_adaptation": report["val_acc_no_adaptation"],
-               "val_acc_hyperflow": report["val_acc_by_euler_steps"][chosen.steps],
+               "val_acc_hyperflow": report["val_acc_chosen"],
+               # alpha -> steps -> val accuracy (steps 0: re-centring alone; alpha 0: drift alone)
+               "val_acc_by_recenter": report["val_acc_by_recenter"],
                "best_step": report["best_step"],  # 0: no trained drift beat the zero drift on val
                "val_acc_by_euler_steps": report["val_acc_by_euler_steps"],
                "trajectory_rows": len(data_t), "mean_stop_step": float(stops.mean()),

@@ -89,6 +89,7 @@ def meta_train(
     emit(res, as_json=as_json,
          human=f"wrote [bold]{res['output']}[/]: val accuracy {res['val_acc_no_adaptation']:.4f} "
                f"-> {res['val_acc_hyperflow']:.4f} with {res['integrator']['steps']} Euler steps "
+               f"and re-centring alpha {res['integrator']['recenter']} "
                f"(theta: {res['theta_size']} biases; the teacher trajectories gained "
                f"{100 * res['trajectory_gain']['all']['at_stop']:+.1f} points at their stops)")
 
@@ -103,7 +104,7 @@ def evaluate(
     episodes: int = typer.Option(600, "--episodes", min=1, help="Episodes per shot count."),
     queries: int = typer.Option(15, "--queries", min=1, help="Queries per class."),
     seed: int = typer.Option(0, "--seed", help="Episode seed (same seed = same episodes)."),
-    methods: str = typer.Option("none,teacher,hyperflow-euler,hyperflow-heun", "--methods",
+    methods: str = typer.Option("none,teacher,recenter,hyperflow-euler,hyperflow-heun", "--methods",
                                 help="Any of none, teacher, hyperflow-euler, hyperflow-heun, "
                                 "full-finetune."),
     steps: int = typer.Option(None, "--steps", min=1, help="Euler steps (default: the drift's)."),

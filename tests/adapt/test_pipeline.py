@@ -105,7 +105,16 @@ def test_meta_train_fits_the_velocities_and_keeps_the_best_val(tmp_path, digits_
     drift, report = meta_train(data, vt, split, spec.get(net), config=MetaTrainConfig(
         steps=40, eval_every=20, hidden=32, task_dim=16, step_choices=(1, 2)))
     assert report["best_val_acc"] >= report["val_acc_no_adaptation"]
-    assert report["integrator"]["steps"] in (1, 2)
+    # steps and re-centring strength chosen jointly: the cheapest setting within tolerance of the
+    # best on val (steps 0 = the drift unused; alpha 0 and steps 0 = no adaptation)
+    grid = {(float(a), int(s)): v for a, row in report["val_acc_by_recenter"].items()
+            for s, v in row.items()}
+    assert set(grid) == {(a, s) for a in MetaTrainConfig().recenter_choices for s in (0, 1, 2)}
+    assert grid[(0.0, 0)] == report["val_acc_no_adaptation"]
+    chosen = (report["integrator"]["recenter"], report["integrator"]["steps"])
+    assert report["val_acc_chosen"] == grid[chosen] >= max(grid.values()) - 0.002
+    assert chosen == min(((a, s) for (a, s), v in grid.items() if v >= max(grid.values()) - 0.002),
+                         key=lambda k: (k[1], k[0]))
     losses = [h["loss"] for h in report["history"][1:]]
     assert losses and all(np.isfinite(losses))
     assert torch.all(drift.velocity_net.velocity_scale > 0)
