@@ -136,7 +136,8 @@ def export_bundle(model: nn.Module, *, output: str | Path, preprocess_spec: Prep
             "theta": {"size": spec.size, "layout": spec.layout(), "file": "theta0.npy",
                       "feature_dim": feat_dim},
             "adaptation": {"drift": drift is not None,
-                           "mode": "hyperflow" if drift is not None else "prototypes-at-theta0",
+                           "mode": ("hyperflow" if drift is not None else
+                                    "recenter" if settings.recenter else "prototypes-at-theta0"),
                            "integrator": settings.to_dict(), "metric": metric,
                            "scale": METRIC_SCALE,
                            "drift_config": drift.config.to_dict() if drift is not None else None},

@@ -12,7 +12,10 @@ finalized output of the pruning stage, where masks are already folded into dense
 - a conv bias in theta (a conv without BN) becomes ``theta[slice]``.
 
 Forward is ``(images, theta) -> features``, exactly ``features_with_theta(model, images, theta,
-spec)`` in eval mode; the export parity check holds it to that.
+spec)`` in eval mode; the export parity check holds it to that. With ``means=True`` it returns
+``(features, theta_means)``: the per-image spatial means (N, P) of every theta layer's output (a
+BatchNorm's output; for a conv-bias entry, theta itself), which the device's re-centring reads
+from the same support pass (:mod:`edgeflow.adapt.recenter`, whose ``support_pass`` it matches).
 """
 
 from __future__ import annotations
@@ -28,9 +31,15 @@ from edgeflow.errors import ConfigError
 
 
 class _ThetaSource:
-    """Holds the theta tensor of the current forward call (shared by every rewritten module)."""
+    """Holds the theta tensor of the current forward call (shared by every rewritten module), and
+    collects the theta layers' spatial output means when ``means`` is a dict."""
 
     theta: torch.Tensor | None = None
+    means: dict[int, torch.Tensor] | None = None
+
+    def record(self, slot: tuple[int, int], y: torch.Tensor) -> None:
+        if self.means is not None:
+            self.means[slot[0]] = y.mean(dim=(2, 3))
 
     def slice(self, offset: int, size: int) -> torch.Tensor:
         assert self.theta is not None, "ThetaFeatures.forward sets theta before the backbone runs"
@@ -41,8 +50,10 @@ class FoldedConv(nn.Module):
     """conv(x, W') + (theta slice or 0) + constant bias; W' and the constant are buffers."""
 
     def __init__(self, conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor,
-                 source: _ThetaSource, theta_slot: tuple[int, int] | None) -> None:
+                 source: _ThetaSource, theta_slot: tuple[int, int] | None, *,
+                 from_bn: bool = True) -> None:
         super().__init__()
+        self.from_bn = from_bn  # a conv-bias theta entry has no training mean: no re-centring
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
         if conv.padding_mode != "zeros":
@@ -59,6 +70,8 @@ class FoldedConv(nn.Module):
             # (NCHWc) need constant weights *and* bias; a runtime bias made the whole backbone
             # 1.3-1.9x slower (measured on ResNet-20, 2 cores). TensorRT takes either form.
             y = y + self.source.slice(*self.theta_slot).view(1, -1, 1, 1)
+            if self.from_bn:
+                self.source.record(self.theta_slot, y)
         return y
 
 
@@ -76,7 +89,10 @@ class ChannelAffine(nn.Module):
         shift = self.shift
         if self.theta_slot is not None:
             shift = self.source.slice(*self.theta_slot) + shift
-        return x * self.scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        y = x * self.scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        if self.theta_slot is not None:
+            self.source.record(self.theta_slot, y)
+        return y
 
 
 def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,10 +124,12 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 class ThetaFeatures(nn.Module):
-    """``forward(images, theta) -> features`` of a BN-folded copy of ``model``."""
+    """``forward(images, theta) -> features`` of a BN-folded copy of ``model`` (with ``means``:
+    ``-> (features, theta_means)``)."""
 
-    def __init__(self, model: nn.Module, spec: ThetaSpec) -> None:
+    def __init__(self, model: nn.Module, spec: ThetaSpec, *, means: bool = False) -> None:
         super().__init__()
+        self.with_means, self.slots = means, [(o, n) for o, n in _offsets(spec)]
         net = _deepcopy(model).eval().float()
         self.source = _ThetaSource()
         slots, offset = {}, 0
@@ -148,7 +166,7 @@ class ThetaFeatures(nn.Module):
             if isinstance(mod, nn.Conv2d) and name not in folded_convs and key in slots:
                 _set_module(net, name, FoldedConv(mod, mod.weight.detach(),
                                                   torch.zeros_like(mod.bias.detach()), self.source,
-                                                  slots[key]))
+                                                  slots[key], from_bn=False))
                 used.add(key)
         unused = [n for n in spec.names if n not in used]
         if unused:
@@ -159,9 +177,27 @@ class ThetaFeatures(nn.Module):
             raise ConfigError(f"cannot fold BatchNorm layers {leftover[:4]} (not BatchNorm2d)")
         self.net = net
 
-    def forward(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor,
+                theta: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         self.source.theta = theta
+        self.source.means = {} if self.with_means else None
         try:
-            return self.net.features(images)
+            feats = self.net.features(images)
+            if not self.with_means:
+                return feats
+            got = self.source.means
+            n = feats.shape[0]
+            parts = [got[o] if o in got else theta[o:o + size].view(1, -1).expand(n, -1)
+                     for o, size in self.slots]
+            return feats, torch.cat(parts, dim=1)
         finally:
-            self.source.theta = None
+            self.source.theta = self.source.means = None
+
+
+def _offsets(spec: ThetaSpec) -> list[tuple[int, int]]:
+    """(offset, size) of each theta layer, in theta order."""
+    out, offset = [], 0
+    for size in spec.sizes:
+        out.append((offset, size))
+        offset += size
+    return out

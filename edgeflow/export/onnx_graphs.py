@@ -19,7 +19,9 @@ import onnx
 import torch
 from torch import nn
 
-from edgeflow.adapt import DriftNet, ThetaSpec, features_with_theta
+from edgeflow.adapt import DriftNet, ThetaSpec
+from edgeflow.adapt.recenter import support_pass
+from edgeflow.adapt.split import SplitFeatures
 from edgeflow.errors import ConfigError, EdgeflowError
 from edgeflow.export.fold import ThetaFeatures
 
@@ -55,20 +57,21 @@ def _export(module: nn.Module, args: tuple, path: Path, *, inputs: list[str], ou
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notes are not actionable
         example = module(*args)
+        examples = example if isinstance(example, tuple) else (example,)
         torch.onnx.export(module, args, buf, input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True,
                           dynamo=False)
     model = onnx.load_from_string(buf.getvalue())
     # The exporter names every output dim after a dynamic input symbolically (e.g. the feature
     # dim after Flatten); pin the ones that are not dynamic to the traced size.
-    out = model.graph.output[0].type.tensor_type.shape
-    for axis, dim in enumerate(out.dim):
-        if axis not in dynamic.get(outputs[0], {}):
+    for k, name in enumerate(outputs):
+        out = model.graph.output[k].type.tensor_type.shape
+        for axis, dim in enumerate(out.dim):
             dim.Clear()
-            dim.dim_value = int(example.shape[axis])
-        else:
-            dim.Clear()
-            dim.dim_param = dynamic[outputs[0]][axis]
+            if axis in dynamic.get(name, {}):
+                dim.dim_param = dynamic[name][axis]
+            else:
+                dim.dim_value = int(examples[k].shape[axis])
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -79,13 +82,18 @@ def _export(module: nn.Module, args: tuple, path: Path, *, inputs: list[str], ou
 
 def export_backbone(model: nn.Module, spec: ThetaSpec, path: str | Path, *, size: int,
                     channels: int) -> Path:
-    """Write ``model.features`` with theta as an input (BN folded) to ``path``; checker-validated."""
+    """Write ``model.features`` with theta as an input (BN folded) to ``path``; checker-validated.
+
+    Outputs: ``features`` (N, D) and ``theta_means`` (N, P), the theta layers' spatial output
+    means that re-centring reads (:class:`ThetaFeatures` with ``means``).
+    """
     model = model.eval()
-    graph = ThetaFeatures(model, spec).eval()
+    graph = ThetaFeatures(model, spec, means=True).eval()
     theta0 = spec.get(model)
     x = torch.zeros(2, channels, size, size)
-    return _export(graph, (x, theta0), Path(path), inputs=["images", "theta"], outputs=["features"],
-                   dynamic={"images": {0: "N"}, "features": {0: "N"}})
+    return _export(graph, (x, theta0), Path(path), inputs=["images", "theta"],
+                   outputs=["features", "theta_means"],
+                   dynamic={"images": {0: "N"}, "features": {0: "N"}, "theta_means": {0: "N"}})
 
 
 def export_drift(drift: DriftNet, directory: str | Path) -> tuple[Path, Path]:
@@ -141,14 +149,19 @@ def backbone_parity(model: nn.Module, spec: ThetaSpec, path: str | Path, images:
     moved = theta0 + torch.randn(theta0.shape, generator=gen) * (0.1 * float(theta0.std()) + 1e-3)
     out = {}
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    split = SplitFeatures(model, spec)
+    names = [o.name for o in sess.get_outputs()]
     for key, theta in (("theta0", theta0), ("theta_moved", moved)):
-        with torch.no_grad():
-            ref = features_with_theta(model, x, theta, spec).numpy()
-        got = sess.run(["features"], {"images": x.numpy(), "theta": theta.numpy()})[0]
-        out[f"max_abs_diff_{key}"] = float(np.max(np.abs(ref - got)))
-        out[f"max_abs_{key}"] = float(np.max(np.abs(ref)))
+        ref, ref_means = support_pass(split, split.prefix(x), theta)
+        got = dict(zip(names, sess.run(names, {"images": x.numpy(), "theta": theta.numpy()}),
+                       strict=True))
+        out[f"max_abs_diff_{key}"] = float(np.max(np.abs(ref.numpy() - got["features"])))
+        out[f"max_abs_{key}"] = float(np.max(np.abs(ref.numpy())))
+        if "theta_means" in got:  # what re-centring reads on the device
+            out[f"max_abs_diff_means_{key}"] = float(np.max(np.abs(ref_means.numpy()
+                                                                   - got["theta_means"])))
     out["images"] = len(images)
-    worst = max(out["max_abs_diff_theta0"], out["max_abs_diff_theta_moved"])
+    worst = max(v for k, v in out.items() if k.startswith("max_abs_diff"))
     if not worst <= tol:
         raise ExportError(f"backbone.onnx differs from PyTorch by {worst:.3g} (> {tol:g}) on "
                           f"{len(images)} real images; the model uses an op the export does not "

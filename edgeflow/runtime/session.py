@@ -179,6 +179,11 @@ class Session:
         self.theta0 = _frozen(self.bundle.theta0())
         integ = self.bundle.integrator
         self.method, self.steps, self.dt = integ["method"], int(integ["steps"]), integ.get("dt")
+        # re-centring strength (edgeflow.adapt.recenter); bundles from before it have none
+        self.recenter = float(integ.get("recenter", 0.0))
+        if self.recenter and "theta_means" not in {o.name for o in self.runners["backbone"].outputs}:
+            raise BundleError("the manifest asks for re-centring but backbone.onnx has no "
+                              "theta_means output; export the bundle again with this EdgeFlow")
         self.metric, self.scale = self.bundle.metric, self.bundle.scale
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -200,10 +205,13 @@ class Session:
 
     def features(self, x: np.ndarray, theta: np.ndarray) -> np.ndarray:
         """Backbone features (N, D) of preprocessed ``x`` at ``theta``, in batches."""
+        return self._backbone(x, theta, "features")[0]
+
+    def _backbone(self, x: np.ndarray, theta: np.ndarray, *names: str) -> list[np.ndarray]:
         runner = self.runners["backbone"]
-        out = [runner.infer({"images": x[i:i + self.batch_size], "theta": theta})["features"]
-               for i in range(0, len(x), self.batch_size)]
-        return out[0] if len(out) == 1 else np.concatenate(out)
+        outs = [runner.infer({"images": x[i:i + self.batch_size], "theta": theta})
+                for i in range(0, len(x), self.batch_size)]
+        return [np.concatenate([o[n] for o in outs]) for n in names]
 
     def embed_task(self, protos: np.ndarray) -> np.ndarray:
         p = protos[None].astype(np.float32)
@@ -238,15 +246,24 @@ class Session:
         x = self.prepare(images, what="support images")
         classes, ep = check_labels(labels, len(x), ways=ways)
         w = len(classes)
-        protos = prototypes(self.features(x, self.theta0), ep, w)
-        if self.bundle.has_drift and (steps is None or steps > 0):
-            theta = self.integrate_theta(self.embed_task(protos), steps=steps).astype(np.float32)
-            protos = prototypes(self.features(x, theta), ep, w)
-            mode = "hyperflow"
+        # one support pass at theta0: the prototypes for z and the means re-centring reads
+        if self.recenter:
+            feats, means = self._backbone(x, self.theta0, "features", "theta_means")
         else:
-            theta, mode = self.theta0, "prototypes-at-theta0"
+            feats, means = self.features(x, self.theta0), None
+        protos = prototypes(feats, ep, w)
+        theta, mode = self.theta0, "prototypes-at-theta0"
+        if self.bundle.has_drift and (steps is None or steps > 0):
+            theta, mode = self.integrate_theta(self.embed_task(protos), steps=steps), "hyperflow"
+        if means is not None:  # the re-centring move adds to the drift's (IntegratorSettings)
+            theta = theta - self.recenter * (means.mean(0) - self.theta0)
+            mode = mode if mode == "hyperflow" else "recenter"
+        if theta is not self.theta0:
+            theta = theta.astype(np.float32)
+            protos = prototypes(self.features(x, theta), ep, w)
         info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
                 "steps": self.steps if steps is None else steps, "method": self.method,
+                "recenter": self.recenter,
                 "backend": self.backend, "precision": self.precision}
         if class_names is not None:
             class_names = tuple(class_names[int(c)] for c in classes)

@@ -55,7 +55,8 @@ def build_bundle(root: Path, *, drift: bool = True, name: str | None = None):
     model = resnet20()
     spec = ThetaSpec.from_model(model, max_size=512)
     d = small_drift(spec) if drift else None
-    settings = IntegratorSettings(method="euler", steps=5)
+    # with re-centring, so the runtime-vs-PyTorch tests also cover its move
+    settings = IntegratorSettings(method="euler", steps=5, recenter=0.5 if drift else 0.0)
     out = root / name
     export_bundle(model, output=out, preprocess_spec=Preprocess(**CIFAR_PRE),
                   parity_images=cifar_test().images[:48], spec=spec, drift=d, settings=settings,

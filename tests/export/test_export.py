@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from edgeflow.adapt import ThetaSpec, features_with_theta
+from edgeflow.adapt.recenter import support_pass
+from edgeflow.adapt.split import SplitFeatures
 from edgeflow.errors import ConfigError, DataError
 from edgeflow.export import export_backbone
 from edgeflow.export.fold import ThetaFeatures
@@ -29,7 +31,8 @@ def test_backbone_graph_has_theta_input_no_batchnorm_and_matches_pytorch(drift_b
     ins, outs = bundle.tensors("backbone")
     assert [(t.name, t.shape, t.dtype) for t in ins] == [("images", ("N", 3, 32, 32), "float32"),
                                                          ("theta", (spec.size,), "float32")]
-    assert [(t.name, t.shape) for t in outs] == [("features", ("N", 64))]
+    assert [(t.name, t.shape) for t in outs] == [("features", ("N", 64)),
+                                                 ("theta_means", ("N", spec.size))]
     parity = bundle.manifest["metrics"]["parity"]["backbone"]
     assert parity["max_abs_diff_theta0"] <= 1e-4 and parity["max_abs_diff_theta_moved"] <= 1e-4
     # independent check on other real images, dynamic batch sizes, and a theta far from theta0
@@ -37,11 +40,16 @@ def test_backbone_graph_has_theta_input_no_batchnorm_and_matches_pytorch(drift_b
     images = as_float(cifar_test().images[500:533])
     theta = spec.get(model) + 0.5 * torch.randn(spec.size, generator=torch.Generator().manual_seed(1))
     for n in (1, 7, 33):
-        got = sess.run(None, {"images": images[:n], "theta": theta.numpy()})[0]
+        got, got_means = sess.run(None, {"images": images[:n], "theta": theta.numpy()})
         with torch.no_grad():
             ref = features_with_theta(model, torch.from_numpy(images[:n]), theta, spec).numpy()
         assert got.shape == (n, 64)
         assert np.abs(got - ref).max() <= 1e-4
+        # what re-centring reads: the theta layers' output means, as the PyTorch hooks see them
+        split = SplitFeatures(model, spec)
+        _, ref_means = support_pass(split, split.prefix(torch.from_numpy(images[:n])), theta)
+        assert got_means.shape == (n, spec.size)
+        assert np.abs(got_means - ref_means.numpy()).max() <= 1e-4
     # theta really is an input: moving it moves the features
     moved = sess.run(None, {"images": images[:4], "theta": theta.numpy()})[0]
     base = sess.run(None, {"images": images[:4], "theta": spec.get(model).numpy()})[0]

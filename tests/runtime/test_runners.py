@@ -51,7 +51,7 @@ def test_runner_conformance(kind, drift_bundle):
     with runner:
         assert runner.is_active
         assert [s.name for s in runner.inputs] == ["images", "theta"]
-        assert [s.name for s in runner.outputs] == ["features"]
+        assert [s.name for s in runner.outputs] == ["features", "theta_means"]
         for n in (1, 5, 40):  # dynamic batch
             out = runner.infer({"images": x[:n], "theta": theta})["features"]
             with torch.no_grad():

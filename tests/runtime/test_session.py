@@ -1,6 +1,7 @@
 """Session against the PyTorch reference (edgeflow.adapt) on real CIFAR-10 episodes."""
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -36,6 +37,10 @@ def test_session_equals_pytorch_evaluation(drift_bundle):
             total += len(labels)
             assert scores.shape == (75, 5) and np.allclose(scores.sum(1), 1, atol=1e-5)
     assert min(moved) > 1e-2  # the drift really adapts theta
+    # the bundle re-centres too (its manifest's alpha), and that move is part of what matched
+    assert settings.recenter == 0.5 and task.info["recenter"] == 0.5
+    drift_only, _ = _torch_episode(model, spec, drift, replace(settings, recenter=0.0), sx, sy, qx)
+    assert np.abs(task.theta - drift_only).max() > 1e-2
     assert agree / total >= 0.995, f"{agree}/{total} identical labels"
 
 
