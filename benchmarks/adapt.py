@@ -153,8 +153,17 @@ def markdown(res: dict) -> str:
                              f"{fmt(r.get('gain'), nd=2)} | {fmt(r.get('adapt_ms'), 1, 1)} | "
                              f"{fmt(r.get('median_ms'), 1, 1)} | {fmt(r.get('adapt_peak_mib'), 1, 3)} |")
         lines.append("")
-    lines += ["## Accuracy against the number of Euler steps (5-shot; chosen on val: "
-              f"{res['meta_train']['integrator']['steps']})", "",
+    grid = res["meta_train"].get("val_acc_by_recenter")
+    if grid:
+        counts = list(next(iter(grid.values())))
+        lines += ["## Val selection: re-centring alpha x Euler steps (steps 0: re-centring alone; "
+                  "alpha 0: the drift alone)", "",
+                  "| alpha | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
+        lines += [f"| {a} | " + " | ".join(fmt(row[c]) for c in counts) + " |"
+                  for a, row in grid.items()]
+        lines.append("")
+    lines += ["## Accuracy against the number of Euler steps (5-shot, with the chosen re-centring; "
+              f"chosen on val: {res['meta_train']['integrator']['steps']})", "",
               "| domain | " + " | ".join(str(s) for s in SWEEP) + " |",
               "|---|" + "---|" * len(SWEEP)]
     for dom, dres in res["domains"].items():
@@ -210,6 +219,11 @@ def targets(res: dict) -> dict:
         out["cross-domain mean gain HyperFlow vs teacher (target HF >= teacher)"] = \
             f"{100 * g_hf:+.2f} vs {100 * g_t:+.2f}"
         out["domains with HyperFlow CI above none's (target >= 2)"] = f"{len(sep)}: {sep}"
+        if all("recenter" in dom[d]["by_shots"][s]["methods"] for d in cross):
+            g_rc = statistics.fmean(dom[d]["by_shots"][s]["methods"]["recenter"]["gain"]
+                                    for d in cross)
+            out["attribution: cross-domain mean gain of re-centring alone / the drift's share "
+                "(HyperFlow - re-centring)"] = f"{100 * g_rc:+.2f} / {100 * (g_hf - g_rc):+.2f}"
     def ratio(m: dict, field: str) -> float | None:
         """HyperFlow's extra adaptation cost over no adaptation's, as a fraction of the teacher's
         (the harness's ``adapt_extra_*``: every step ends with the support prototypes)."""
@@ -313,6 +327,9 @@ def main() -> None:
     ap.add_argument("--cost", type=Path, default=None, help="with --merge: an evaluate --json "
                     "output measuring adaptation-step costs")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trajectory-seconds", type=float, default=None,
+                    help="generation time of a trajectory folder the drift reused (its own report "
+                    "counts only what it generated); enters the offline cost and break-even")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -359,6 +376,9 @@ def main() -> None:
         from edgeflow.adapt.io import load_drift
 
         summary = load_drift(drift_path)[4]["report"]
+    if args.trajectory_seconds is not None:
+        summary["seconds"]["trajectories_reused_s"] = summary["seconds"]["trajectories"]
+        summary["seconds"]["trajectories"] = args.trajectory_seconds
     res: dict = {"mode": "quick" if args.quick else "full",
                  "machine": f"{platform.machine()} {os.cpu_count()} cores "
                             f"(shared with other jobs), torch threads {args.threads}",
@@ -368,7 +388,7 @@ def main() -> None:
                  "meta_train": summary, "domains": {}, "oracle": {}}
     res["backbone_meta"] = {k: v for k, v in load_backbone(model, backbone)[1].items()
                             if k != "classes"}
-    methods = ("none", "teacher", "hyperflow-euler", "hyperflow-heun", "full-finetune")
+    methods = ("none", "teacher", "recenter", "hyperflow-euler", "hyperflow-heun", "full-finetune")
     for name, path in domains.items():
         t0 = time.perf_counter()
         r = run_evaluate(model=model, weights=backbone, drift=drift_path, data=path,

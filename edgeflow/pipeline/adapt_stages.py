@@ -52,5 +52,6 @@ def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path,
             "best_step")
     return {"drift": "drift.pt", **{k: res[k] for k in keep},
             "val_acc_by_euler_steps": {str(k): v for k, v in res["val_acc_by_euler_steps"].items()},
+            "val_acc_by_recenter": res["val_acc_by_recenter"],
             "meta_train_seconds": res["seconds"]["meta_train"],
             "offline_seconds": res["seconds"]}

@@ -10,7 +10,8 @@ from edgeflow.pipeline.model_stages import CompileData
 
 STEP_SWEEP = (1, 2, 5, 10, 20, 50)
 # evaluate_adaptation's method names -> the report's
-REPORT_NAMES = {"none": "none", "teacher": "finetune", "hyperflow-euler": "hyperflow"}
+REPORT_NAMES = {"none": "none", "teacher": "finetune", "recenter": "recenter",
+                "hyperflow-euler": "hyperflow"}
 
 
 def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ckpt: Path | None, *,
@@ -30,6 +31,8 @@ def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ck
         drift, spec, theta0, settings, dmeta = load_drift(drift_ckpt)
         teacher = TeacherConfig(**dmeta["teacher"])
         methods: tuple[str, ...] = ("none", "teacher", "hyperflow-euler")
+        if settings.recenter:  # what the drift adds over its re-centring move
+            methods = ("none", "teacher", "recenter", "hyperflow-euler")
     else:  # no drift: compare no adaptation with a default fine-tuning recipe
         spec = ThetaSpec.from_model(net, max_size=cfg.adapt.theta_max)
         theta0, settings, teacher = spec.get(net), IntegratorSettings(), TeacherConfig(lr=1e-3,

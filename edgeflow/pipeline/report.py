@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 METHOD_LABELS = {"none": "no adaptation", "finetune": "fine-tuning (teacher)",
-                 "hyperflow": "HyperFlow (drift)"}
+                 "recenter": "re-centring alone", "hyperflow": "HyperFlow (drift + re-centring)"}
 
 
 def _pct(x: float | None) -> str:
@@ -108,15 +108,18 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
         if "density" in plots:
             lines += ["![per-layer density](density.png)", ""]
     fewshot = metrics.get("fewshot") or {}
+    # the three core columns always (n/a where absent); re-centring only where it was measured
+    shown = [m for m in METHOD_LABELS
+             if m != "recenter" or any("recenter" in row for row in fewshot.values())]
     if fewshot:
         lines += ["## Few-shot accuracy on held-out classes", "",
                   f"{metrics.get('episodes', '?')} episodes per shot count, "
                   f"{metrics.get('ways', '?')}-way, the same episodes for every method; "
                   "mean ± 95% confidence interval (%).", "",
-                  "| shots | " + " | ".join(METHOD_LABELS.values()) + " |",
-                  "|---|" + "---|" * len(METHOD_LABELS)]
+                  "| shots | " + " | ".join(METHOD_LABELS[m] for m in shown) + " |",
+                  "|---|" + "---|" * len(shown)]
         for shots, row in fewshot.items():
-            lines.append(f"| {shots} | " + " | ".join(_acc(row.get(m)) for m in METHOD_LABELS) + " |")
+            lines.append(f"| {shots} | " + " | ".join(_acc(row.get(m)) for m in shown) + " |")
         lines.append("")
         if "fewshot" in plots:
             lines += ["![few-shot accuracy](fewshot.png)", ""]
@@ -138,10 +141,16 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
                   f"Val accuracy without adaptation {_pct(none)}; with the drift, by Euler steps: "
                   + ", ".join(f"{k}: {_pct(by[k])}" for k in sorted(by, key=int))
                   + f". Device integrator: {adapt.get('integrator')}.", ""]
+        rec = adapt.get("val_acc_by_recenter") or {}
+        if rec:  # re-centring alone is the steps-0 column of the selection grid
+            lines += ["Re-centring alone (no drift), by alpha: "
+                      + ", ".join(f"{a}: {_pct(row.get('0'))}" for a, row in rec.items())
+                      + ".", ""]
         if adapt.get("best_step") == 0 or (none is not None and all(v == none for v in by.values())):
             lines += ["**The drift is the untrained (zero) one.** No drift checkpoint beat no "
                       "adaptation on the val tasks, so meta-training kept the zero-initialised "
-                      "drift: HyperFlow leaves theta unchanged (no harm, and no gain). Compare the "
+                      "drift: it leaves theta unchanged (no harm, and no gain; only the re-centring move, "
+                      "if val chose one, adapts). Compare the "
                       "fine-tuning column above: where fine-tuning the same biases gains little, "
                       "there is little for the drift to learn.",
                       ""]
