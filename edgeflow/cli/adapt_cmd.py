@@ -105,8 +105,8 @@ def evaluate(
     queries: int = typer.Option(15, "--queries", min=1, help="Queries per class."),
     seed: int = typer.Option(0, "--seed", help="Episode seed (same seed = same episodes)."),
     methods: str = typer.Option("none,teacher,recenter,hyperflow-euler,hyperflow-heun", "--methods",
-                                help="Any of none, teacher, hyperflow-euler, hyperflow-heun, "
-                                "full-finetune."),
+                                help="Any of none, teacher, recenter (the re-centring move "
+                                "alone), hyperflow-euler, hyperflow-heun, full-finetune."),
     steps: int = typer.Option(None, "--steps", min=1, help="Euler steps (default: the drift's)."),
     timing_episodes: int = typer.Option(50, "--timing-episodes", min=0, help="Episodes timed per "
                                         "method (the rest reuse cached features)."),

@@ -53,6 +53,20 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     assert dd["direction"]["all"]["tasks"] == 3 and [r["seed"] for r in dd["seeds"]] == [0, 1]
     assert all(0 <= r["val_acc"] <= 1 for r in dd["seeds"])
     assert (tmp_path / "dd.md").read_text().startswith("# Drift vs teacher")
+    # meta-training's choices scored on held-out val tasks (same trajectories)
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "selection_noise.py"),
+                           "--model", "conv4", "--backbone", str(weights), "--trajectories",
+                           str(drift.with_suffix(".trajectories")), "--val-data", "digits",
+                           "--seeds", "0", "--sizes", "2", "--heldout", "3", "--meta-steps", "10",
+                           "--out", str(tmp_path / "sn")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sn = json.loads((tmp_path / "sn.json").read_text())
+    assert [(r["kind"], r["selection_tasks"]) for r in sn["runs"]] == [("drift alone", 2),
+                                                                       ("joint", 2)]
+    assert sn["runs"][0]["chosen"]["recenter"] == 0.0  # the drift-alone selection never re-centres
+    assert all(0 <= r["heldout_chosen"] <= 1 for r in sn["runs"])
+    assert set(sn["recenter_heldout"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
     bad = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", weights, "--data",
               "digits", "--episodes", "1")
     assert bad.exit_code == 1 and "not a drift checkpoint" in bad.output
