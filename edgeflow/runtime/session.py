@@ -253,7 +253,7 @@ class Session:
             feats, means = self.features(x, self.theta0), None
         protos = prototypes(feats, ep, w)
         theta, mode = self.theta0, "prototypes-at-theta0"
-        if self.bundle.has_drift and (steps is None or steps > 0):
+        if self.bundle.has_drift and (self.steps if steps is None else steps) > 0:
             theta, mode = self.integrate_theta(self.embed_task(protos), steps=steps), "hyperflow"
         if means is not None:  # the re-centring move adds to the drift's (IntegratorSettings)
             theta = theta - self.recenter * (means.mean(0) - self.theta0)

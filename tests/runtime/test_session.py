@@ -44,6 +44,19 @@ def test_session_equals_pytorch_evaluation(drift_bundle):
     assert agree / total >= 0.995, f"{agree}/{total} identical labels"
 
 
+def test_zero_steps_re_centres_only(drift_bundle):
+    """Steps 0 with re-centring (what val chooses when the drift adds nothing): the runtime moves
+    theta by the re-centring alone, as the PyTorch reference does."""
+    path, model, spec, drift, settings = drift_bundle
+    sx, sy, qx, _ = episode(2)
+    with Session(path, backend="onnxruntime") as s:
+        task = s.adapt(sx, sy, steps=0)
+    theta_ref, _ = _torch_episode(model, spec, drift, replace(settings, steps=0), sx, sy, qx)
+    assert task.info["mode"] == "recenter"
+    np.testing.assert_allclose(task.theta, theta_ref, atol=1e-4, rtol=0)
+    assert np.abs(task.theta - spec.get(model).numpy()).max() > 1e-2
+
+
 def test_no_drift_bundle_adapts_by_prototypes_at_theta0(plain_bundle):
     path, model, spec, _, _ = plain_bundle
     sx, sy, qx, qy = episode(3)
