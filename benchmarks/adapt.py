@@ -155,7 +155,7 @@ def markdown(res: dict) -> str:
         lines.append("")
     grid = res["meta_train"].get("val_acc_by_recenter")
     if grid:
-        counts = list(next(iter(grid.values())))
+        counts = sorted(next(iter(grid.values())), key=int)
         lines += ["## Val selection: re-centring alpha x Euler steps (steps 0: re-centring alone; "
                   "alpha 0: the drift alone)", "",
                   "| alpha | " + " | ".join(counts) + " |", "|---|" + "---|" * len(counts)]
