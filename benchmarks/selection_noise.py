@@ -32,14 +32,14 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
 def heldout_score(drift, split, tasks, theta0, protos, means, settings) -> float:
     """Mean query accuracy of ``settings`` on ``tasks`` (no drift: the re-centring move alone)."""
-    import statistics
-
     from edgeflow.adapt.meta_train import task_accuracy, val_accuracy
+    from edgeflow.adapt.recenter import recenter_move
 
     if drift is not None:
         return val_accuracy(drift, split, tasks, theta0, protos, settings=settings, means=means)
     assert settings.steps == 0, "no drift to integrate"
-    return statistics.fmean(task_accuracy(split, t, theta0 - settings.recenter * (m - theta0))
+    return statistics.fmean(task_accuracy(split, t, theta0 + recenter_move(theta0, m,
+                                                                           alpha=settings.recenter))
                             for t, m in zip(tasks, means, strict=True))
 
 

@@ -61,7 +61,7 @@ def hyperflow_adapt(model: Backbone, spec: ThetaSpec, drift: DriftNet, support_x
                     theta0: torch.Tensor | None = None) -> torch.Tensor:
     """theta after integrating the drift conditioned on the support set, plus the re-centring move
     when ``settings.recenter`` > 0 (no gradients anywhere)."""
-    from edgeflow.adapt.recenter import recentered, support_pass
+    from edgeflow.adapt.recenter import recenter_move, support_pass
     from edgeflow.adapt.split import SplitFeatures
 
     theta0 = spec.get(model) if theta0 is None else theta0
@@ -72,7 +72,7 @@ def hyperflow_adapt(model: Backbone, spec: ThetaSpec, drift: DriftNet, support_x
     f = lambda t, th: drift.velocity(th[None], t, z)[0]  # noqa: E731
     theta = integrate(f, theta0, steps=settings.steps, dt=settings.dt, method=settings.method)
     if means is not None:  # the re-centring move adds to the drift's
-        theta = theta + recentered(theta0, means, alpha=settings.recenter) - theta0
+        theta = theta + recenter_move(theta0, means.mean(0), alpha=settings.recenter)
     return theta
 
 

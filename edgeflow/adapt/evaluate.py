@@ -47,7 +47,7 @@ import torch
 from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
 from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.meta_train import task_accuracy
-from edgeflow.adapt.recenter import recentered, support_pass
+from edgeflow.adapt.recenter import recenter_move, support_pass
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import Task, make_task
 from edgeflow.adapt.teacher import TeacherConfig, finetune, resolve_loss, support_loss
@@ -158,7 +158,7 @@ class Adapter:
                 theta = integrate(lambda t, th: self.drift.velocity(th[None], t, z)[0], theta,
                                   steps=settings.steps, dt=settings.dt, method=settings.method)
             if means is not None:
-                theta = theta + recentered(self.theta0, means, alpha=settings.recenter) - self.theta0
+                theta = theta + recenter_move(self.theta0, means.mean(0), alpha=settings.recenter)
             return theta
 
     def adapt_theta(self, name: str, tc: TaskCache) -> torch.Tensor:

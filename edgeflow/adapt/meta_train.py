@@ -35,7 +35,7 @@ import torch
 from edgeflow import distributed
 from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
 from edgeflow.adapt.drift import DriftConfig, DriftNet
-from edgeflow.adapt.recenter import theta_means
+from edgeflow.adapt.recenter import recenter_move, theta_means
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.theta import prototypes
 from edgeflow.adapt.trajectories import Trajectories
@@ -128,7 +128,7 @@ def adapt_batch(drift: DriftNet, protos: torch.Tensor, theta0: torch.Tensor, *,
     if settings.recenter:
         if means is None:
             raise ConfigError("re-centring needs the support means of the theta layers")
-        theta = theta - settings.recenter * (means - theta0)
+        theta = theta + recenter_move(theta0, means, alpha=settings.recenter)
     return theta
 
 

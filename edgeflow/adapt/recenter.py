@@ -72,8 +72,14 @@ def theta_means(split: SplitFeatures, cache: Cache, theta: torch.Tensor) -> torc
     return support_pass(split, cache, theta)[1]
 
 
+def recenter_move(theta0: torch.Tensor, mean: torch.Tensor, *, alpha: float) -> torch.Tensor:
+    """The re-centring move: ``-alpha * (mean - theta0)`` for support means ``mean`` averaged over
+    the support images, (P,) or a batch of tasks (B, P). Add it to any theta (the drift's end)."""
+    return -alpha * (mean - theta0)
+
+
 def recentered(theta0: torch.Tensor, means: torch.Tensor, *, alpha: float) -> torch.Tensor:
     """theta0 moved ``alpha`` of the way back from the support mean ``means`` (N, P) to theta0."""
     if alpha == 0:
         return theta0
-    return theta0 - alpha * (means.mean(0) - theta0)
+    return theta0 + recenter_move(theta0, means.mean(0), alpha=alpha)

@@ -129,14 +129,12 @@ class ThetaFeatures(nn.Module):
 
     def __init__(self, model: nn.Module, spec: ThetaSpec, *, means: bool = False) -> None:
         super().__init__()
-        self.with_means, self.slots = means, [(o, n) for o, n in _offsets(spec)]
+        self.with_means = means
         net = _deepcopy(model).eval().float()
         self.source = _ThetaSource()
-        slots, offset = {}, 0
-        for name, size in zip(spec.names, spec.sizes, strict=True):
-            slots[name] = (offset, size)
-            offset += size
-        self.theta_size = offset
+        slots = {d["name"]: (d["offset"], d["size"]) for d in spec.layout()}
+        self.slots = list(slots.values())  # theta order
+        self.theta_size = spec.size
         modules = dict(net.named_modules())
         names = list(modules)
         used: set[str] = set()
@@ -192,12 +190,3 @@ class ThetaFeatures(nn.Module):
             return feats, torch.cat(parts, dim=1)
         finally:
             self.source.theta = self.source.means = None
-
-
-def _offsets(spec: ThetaSpec) -> list[tuple[int, int]]:
-    """(offset, size) of each theta layer, in theta order."""
-    out, offset = [], 0
-    for size in spec.sizes:
-        out.append((offset, size))
-        offset += size
-    return out
