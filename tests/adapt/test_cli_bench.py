@@ -67,6 +67,24 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     assert sn["runs"][0]["chosen"]["recenter"] == 0.0  # the drift-alone selection never re-centres
     assert all(0 <= r["heldout_chosen"] <= 1 for r in sn["runs"])
     assert set(sn["recenter_heldout"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    # re-centring width on val: theta over all four conv4 BatchNorm layers, the last 1 or 4 moved
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recenter_width.py"),
+                           "--model", "conv4", "--backbone", str(weights), "--val-data", "digits",
+                           "--theta-size", "64", "--layers", "1,4", "--count", "4",
+                           "--out", str(tmp_path / "rw")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rw = json.loads((tmp_path / "rw.json").read_text())
+    assert rw["theta_size_for"] == {"1": 16, "4": 64} and set(rw["seeds"]) == {"1", "2"}
+    for summ in rw["seeds"].values():
+        assert summ["all"]["tasks"] == 4 and summ["1-shot"]["tasks"] == 2
+        assert all(0 <= v <= 1 for k, v in summ["all"].items() if k != "tasks")
+    # more layers than theta has: a clear error, not a silently shorter table
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recenter_width.py"),
+                           "--model", "conv4", "--backbone", str(weights), "--val-data", "digits",
+                           "--theta-size", "64", "--layers", "5", "--out", str(tmp_path / "rw2")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode != 0 and "has 4 layers" in proc.stderr
     bad = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", weights, "--data",
               "digits", "--episodes", "1")
     assert bad.exit_code == 1 and "not a drift checkpoint" in bad.output
