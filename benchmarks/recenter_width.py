@@ -38,7 +38,7 @@ def score_tasks(split, tasks, theta0, *, layers: list[int], alphas: tuple[float,
     from edgeflow.adapt.meta_train import task_accuracy
     from edgeflow.adapt.recenter import recenter_move, support_pass
 
-    sizes = list(split.spec.sizes)
+    starts = [d["offset"] for d in split.spec.layout()]  # where each theta layer begins
     rows = []
     for t in tasks:
         _, means = support_pass(split, t.support_only, theta0)
@@ -46,7 +46,7 @@ def score_tasks(split, tasks, theta0, *, layers: list[int], alphas: tuple[float,
         row = {"shots": t.shots, "shifted": bool(t.shift), "none": task_accuracy(split, t, theta0)}
         for k in layers:
             mask = torch.zeros_like(move)
-            mask[sum(sizes[:len(sizes) - k]):] = 1.0  # only the last k layers move
+            mask[starts[-k]:] = 1.0  # only the last k layers move
             for a in alphas:
                 row[f"{k}@{a}"] = task_accuracy(split, t, theta0 + a * mask * move)
         rows.append(row)
@@ -83,7 +83,7 @@ def run(args) -> dict:
     split, theta0 = SplitFeatures(net, spec), spec.get(net)
     val = load_dataset(args.val_data, size=pre.size)
     out = {"theta": {"names": list(spec.names), "sizes": list(spec.sizes)},
-           "theta_size_for": {str(k): sum(spec.sizes[len(spec.sizes) - k:]) for k in layers},
+           "theta_size_for": {str(k): spec.size - spec.layout()[-k]["offset"] for k in layers},
            "alphas": list(args.alphas), "seeds": {}}
     for seed in args.seeds:
         tasks = val_tasks(split, val, pre, count=args.count, seed=seed)
@@ -93,10 +93,9 @@ def run(args) -> dict:
     return out
 
 
-def best_gain(summary: dict, k: int, alphas) -> tuple[float, float]:
-    """(alpha, gain in points) of the best alpha for the last k layers on all tasks."""
-    a = max(alphas, key=lambda a: summary["all"][f"{k}@{a}"])
-    return a, 100 * (summary["all"][f"{k}@{a}"] - summary["all"]["none"])
+def best_alpha(summary: dict, k: int, alphas) -> float:
+    """The alpha with the best accuracy over all tasks when the last k layers move."""
+    return max(alphas, key=lambda a: summary["all"][f"{k}@{a}"])
 
 
 def write(res: dict, out: Path) -> None:
@@ -117,7 +116,7 @@ def write(res: dict, out: Path) -> None:
               "|---|---|" + "---|" * len(alphas) + "---|"]
     for seed, summ in res["seeds"].items():
         for k, size in res["theta_size_for"].items():
-            a, _ = best_gain(summ, int(k), alphas)
+            a = best_alpha(summ, int(k), alphas)
             cells = [f"{100 * (summ['all'][f'{k}@{x}'] - summ['all']['none']):+.2f}"
                      for x in alphas]
             per = [f"{100 * (summ[g][f'{k}@{a}'] - summ[g]['none']):+.2f}" for g in groups]
