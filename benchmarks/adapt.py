@@ -119,7 +119,7 @@ def markdown(res: dict) -> str:
              *([f"**Note.** {res['note']}", ""] if res.get("note") else []),
              f"Machine: {res['machine']}. Mode: {res['mode']}. Backbone: {res['backbone']} "
              f"({res.get('backbone_meta', {}).get('model')}, theta = {res['meta_train']['theta_size']} "
-             "BatchNorm shifts of the last block(s)).",
+             "biases (BatchNorm shifts) of the last layers).",
              f"Episodes: 5-way, 15 queries/class, {res['episodes']} per domain and shot count (seed "
              f"{res['seed']}), identical for every method; full fine-tuning on the first "
              f"{res['full_episodes']} of them. Accuracy in %, +- 95% CI (1.96 std/sqrt(n)).",
@@ -136,7 +136,10 @@ def markdown(res: dict) -> str:
              f"chosen on val: {res['meta_train']['integrator']}.",
              f"Trajectories: {mt_traj.get('tasks')} base tasks x {mt_traj.get('starts')} starts "
              f"({100 * mt_traj.get('instance_fraction', 0.0):.0f}% instance tasks), "
-             f"teacher Adam lr {mt_traj.get('teacher', {}).get('lr')} for up to "
+             + (f"teacher started at theta0 re-centred by alpha {mt_traj['recenter']} (the path "
+                "stored minus that move, so the drift learns what fine-tuning adds after "
+                "re-centring), " if mt_traj.get("recenter") else "")
+             + f"teacher Adam lr {mt_traj.get('teacher', {}).get('lr')} for up to "
              f"{mt_traj.get('teacher', {}).get('steps')} steps, stopped at the task's best query "
              f"accuracy (mean stop {res['meta_train'].get('mean_stop_step', 0):.1f} steps, "
              f"{100 * res['meta_train'].get('fraction_stopped_at_0', 0):.0f}% stopped at 0). "

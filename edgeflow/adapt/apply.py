@@ -27,7 +27,9 @@ class IntegratorSettings:
 
     The two moves add: theta_S = integral of the drift from theta0 + alpha's re-centring move,
     both computed from the support pass at theta0. (Starting the drift at the re-centred theta
-    instead puts it off its training distribution: -2.4 points on val tasks.)
+    instead puts it off its training distribution: -2.4 points on val tasks.) A drift trained on
+    trajectories from re-centred starts (``TrajectoryConfig.recenter``) has learnt, in these same
+    coordinates, what fine-tuning adds after the re-centring move.
     """
 
     method: str = "euler"

@@ -8,6 +8,12 @@ then theta0 plus Gaussian noise of ``noise`` times theta0's standard deviation),
 the fewest steps whose (smoothed) query accuracy is within ``tolerance`` of the best: the drift is
 taught to go exactly as far as adaptation helps (k* = 0: stay put).
 
+With ``recenter`` = alpha > 0 the teacher starts where the device does before the drift moves:
+the start re-centred by alpha (:mod:`edgeflow.adapt.recenter`, from the support pass at theta0).
+The stored path is the teacher's minus that move, so it still begins at the start. The device
+integrates the drift from theta0 and adds the re-centring move (:class:`IntegratorSettings`), so
+the drift learns what fine-tuning adds *after* re-centring, at the positions it will see.
+
 Storage: ``<dir>/manifest.json`` (the config) and ``<dir>/chunk_00000.npz`` ... (float32 starts
 and float16 moves from them, (n, T+1, P), stopping steps, query-accuracy curves, float16 support
 prototypes at theta0 that the drift conditions on). Generation is deterministic per task index,
@@ -36,6 +42,7 @@ import numpy as np
 import torch
 
 from edgeflow import distributed
+from edgeflow.adapt.recenter import recenter_move, support_pass
 from edgeflow.adapt.split import SplitFeatures, select
 from edgeflow.adapt.tasks import Task, draw_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune, flip_cache, stopping_step
@@ -62,6 +69,8 @@ class TrajectoryConfig:
     # rises at 40 steps of 3e-2); each task's stopping step keeps class tasks from overshooting
     teacher: TeacherConfig = field(default_factory=lambda: TeacherConfig(lr=3e-2, steps=40))
     eval_every: int = 2
+    # the re-centring alpha the teacher starts from (0: theta0 itself); see the module docstring
+    recenter: float = 0.0
     tolerance: float = 0.005
     smooth: int = 3
     chunk: int = 25
@@ -78,6 +87,7 @@ class TrajectoryConfig:
         d["teacher"] = TeacherConfig(**d["teacher"])
         d["shots"] = tuple(d["shots"])
         d.setdefault("instance_fraction", 0.0)  # folders written before instance tasks existed
+        d.setdefault("recenter", 0.0)  # and before re-centred starts
         return cls(**d)
 
 
@@ -124,17 +134,19 @@ def task_trajectories(model: Backbone, spec: ThetaSpec, split: SplitFeatures, ds
     support_x, support_y = task.support_x.to(dev), task.support_y.to(dev)
     sup = flip_cache(split, support_x) if shots == 1 else split.prefix(support_x)
     qry = split.prefix(task.query_x.to(dev))
-    with torch.no_grad():
-        feats = split.suffix(select(sup, slice(0, len(support_y))), theta0)
-        protos = prototypes(feats, support_y, task.ways).cpu()
+    # the device's one support pass at theta0: prototypes (the drift's condition) and the means
+    feats, means = support_pass(split, select(sup, slice(0, len(support_y))), theta0,
+                                means=config.recenter > 0)
+    protos = prototypes(feats, support_y, task.ways).cpu()
+    move = 0.0 if means is None else recenter_move(theta0, means.mean(0), alpha=config.recenter)
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     paths, accs, stops = [], [], []
     for s in range(config.starts):
         start = theta0 if s == 0 else theta0 + config.noise * theta0.std() * torch.randn(
             theta0.shape, generator=gen).to(dev)
-        res = finetune(split, sup, support_y, task.ways, start, config=config.teacher,
+        res = finetune(split, sup, support_y, task.ways, start + move, config=config.teacher,
                        query=qry, query_y=task.query_y.to(dev), eval_every=config.eval_every)
-        paths.append(res.path.cpu().numpy())
+        paths.append((res.path - move).cpu().numpy())
         accs.append(res.query_acc.numpy())
         stops.append(stopping_step(res.query_acc, tolerance=config.tolerance, smooth=config.smooth))
     starts = np.stack([p[0] for p in paths])

@@ -44,6 +44,10 @@ def meta_train(
     # every --help); tests/adapt/test_cli_bench.py keeps them equal
     teacher_steps: int = typer.Option(40, "--teacher-steps", min=1, help="Max teacher steps."),
     teacher_lr: float = typer.Option(3e-2, "--teacher-lr", help="Trajectory teacher's Adam lr."),
+    teacher_recenter: float = typer.Option(0.0, "--teacher-recenter", min=0.0, max=2.0,
+                                           help="Start the trajectory teacher at theta0 "
+                                           "re-centred by this alpha (0: at theta0), so the drift "
+                                           "learns what fine-tuning adds after re-centring."),
     instance_fraction: float = typer.Option(0.4, "--instance-fraction", min=0.0, max=1.0,
                                             help="Share of instance tasks (near-identical "
                                             "classes, where adapting pays) among base tasks."),
@@ -77,7 +81,7 @@ def meta_train(
 
     maybe_relaunch(nproc)
     traj = TrajectoryConfig(tasks=tasks, starts=starts, seed=seed,
-                            instance_fraction=instance_fraction,
+                            instance_fraction=instance_fraction, recenter=teacher_recenter,
                             teacher=TeacherConfig(lr=teacher_lr, steps=teacher_steps))
     res = run_meta_train(model=model, weights=weights, data=data, val_data=val_data, output=output,
                          trajectories=trajectories, theta_size=theta_size, traj_config=traj,

@@ -119,3 +119,4 @@ def test_meta_train_cli_defaults_are_the_trajectory_config_defaults():
     assert params["teacher_lr"].default.default == cfg.teacher.lr
     assert params["teacher_steps"].default.default == cfg.teacher.steps
     assert params["instance_fraction"].default.default == cfg.instance_fraction
+    assert params["teacher_recenter"].default.default == cfg.recenter

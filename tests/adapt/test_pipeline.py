@@ -201,3 +201,31 @@ def test_trajectory_gains_by_kind_on_hand_made_curves():
     assert g["class"]["at_last"] == pytest.approx(0.0, abs=1e-6)
     assert g["instance"]["at_stop"] == pytest.approx(0.6, abs=1e-6)
     assert g["all"]["at_last"] == pytest.approx((0.1 - 0.1 + 0.6) / 3, abs=1e-6)
+
+
+def test_recentred_starts_store_the_teacher_path_from_recentring_minus_the_move(tmp_path,
+                                                                                digits_backbone):
+    from edgeflow.adapt.recenter import recentered, support_pass
+    from edgeflow.adapt.teacher import finetune, flip_cache
+
+    _, net = digits_backbone
+    spec = ThetaSpec.from_model(net, max_size=32)
+    ds = load_dataset("digits")
+    cfg = replace(SMALL, tasks=2, starts=1, recenter=0.5)
+    got = load_trajectories(generate_trajectories(net, spec, ds, PRE, tmp_path / "r", config=cfg))
+    plain = load_trajectories(generate_trajectories(net, spec, ds, PRE, tmp_path / "p",
+                                                    config=replace(cfg, recenter=0.0)))
+    assert got.config.recenter == 0.5
+    theta0 = spec.get(net)
+    torch.testing.assert_close(got.paths[:, 0], theta0.expand(2, -1))  # stored from theta0
+    split = SplitFeatures(net.eval(), spec)
+    for row in range(2):  # reference: the teacher run by hand from the re-centred theta0
+        task, _, _ = trajectory_task(ds, PRE, episode_samplers(ds, cfg), row, cfg)
+        shots = len(task.support_y) // task.ways
+        _, means = support_pass(split, split.prefix(task.support_x), theta0)
+        start = recentered(theta0, means, alpha=0.5)
+        assert (start - theta0).abs().max() > 1e-3  # digits' support means are off beta
+        sup = flip_cache(split, task.support_x) if shots == 1 else split.prefix(task.support_x)
+        ref = finetune(split, sup, task.support_y, task.ways, start, config=cfg.teacher).path
+        torch.testing.assert_close(got.paths[row], ref - (start - theta0), atol=2e-3, rtol=0)
+        assert not torch.allclose(got.paths[row, -1], plain.paths[row, -1], atol=1e-3)
