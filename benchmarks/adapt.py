@@ -183,6 +183,10 @@ def markdown(res: dict) -> str:
         for dom, o in res["oracle"].items():
             lines.append(f"| {dom} | {o['episodes']} | {fmt(o['none'])} | {o['best']} | "
                          f"{fmt(o['best_accuracy'])} | {fmt(o['best_gain'])} |")
+        carried = sorted({o["from"] for o in res["oracle"].values() if "from" in o})
+        if carried:
+            lines += ["", "Oracle entries carried over from " + ", ".join(carried) + " (same "
+                      "backbone, theta layers and episodes; the oracle never calls the drift)."]
     if res.get("cost"):
         c = res["cost"]
         lines += ["", f"## Adaptation-step cost, separate run ({c['data']})", "",
@@ -284,9 +288,13 @@ def finish(res: dict, out: Path, stem: str, seconds: float) -> None:
     print(markdown(res))
 
 
-def merge(parts: list[Path], out: Path, cost: Path | None = None, note: str | None = None) -> None:
+def merge(parts: list[Path], out: Path, cost: Path | None = None, note: str | None = None,
+          oracle_from: list[Path] | None = None) -> None:
     """Combine partial results of runs over disjoint domains (same backbone, drift and episodes);
-    ``cost``: an ``edgeflow evaluate --json`` output whose adaptation-step costs are reported."""
+    ``cost``: an ``edgeflow evaluate --json`` output whose adaptation-step costs are reported;
+    ``oracle_from``: earlier partial results whose oracle entries are taken over. The oracle
+    fine-tunes theta from theta0 and never calls the drift, so it carries over between drifts of
+    the same backbone and theta layers (checked; a mismatch is an error)."""
     runs = [json.loads(p.read_text()) for p in parts]
     res = runs[0]
     if cost is not None:
@@ -296,9 +304,18 @@ def merge(parts: list[Path], out: Path, cost: Path | None = None, note: str | No
     for other in runs[1:]:
         res["domains"].update(other["domains"])
         res["oracle"].update(other.get("oracle", {}))
-    order = [d for d in DOMAINS if d in res["domains"]]
+    for path in oracle_from or []:
+        old = json.loads(path.read_text())
+        same = (old["backbone"] == res["backbone"] and old["seed"] == res["seed"]
+                and old["meta_train"]["theta_layers"] == res["meta_train"]["theta_layers"])
+        if not same:
+            raise SystemExit(f"{path}: its backbone, seed or theta layers differ from this run's; "
+                             "its oracle does not apply here (run the oracle again)")
+        for dom, o in old.get("oracle", {}).items():
+            res["oracle"].setdefault(dom, {**o, "from": str(path)})
+    order = sorted(res["domains"], key=lambda d: list(DOMAINS).index(d) if d in DOMAINS else 99)
     res["domains"] = {d: res["domains"][d] for d in order}
-    res["oracle"] = {d: res["oracle"][d] for d in DOMAINS if d in res["oracle"]}
+    res["oracle"] = {d: res["oracle"][d] for d in order if d in res["oracle"]}
     res["merged_from"] = [str(p) for p in parts]
     finish(res, out, "adapt", sum(r.get("seconds", 0) for r in runs))
 
@@ -331,6 +348,8 @@ def main() -> None:
     ap.add_argument("--note", default=None, help="with --merge: a line for the report's top")
     ap.add_argument("--cost", type=Path, default=None, help="with --merge: an evaluate --json "
                     "output measuring adaptation-step costs")
+    ap.add_argument("--oracle-from", default=None, help="with --merge: comma-separated earlier "
+                    "partial JSONs (same backbone and theta layers) whose oracle entries apply")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--trajectory-seconds", type=float, default=None,
                     help="generation time of a trajectory folder the drift reused (its own report "
@@ -339,7 +358,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.merge:
-        merge([Path(p) for p in args.merge.split(",")], args.out, args.cost, args.note)
+        merge([Path(p) for p in args.merge.split(",")], args.out, args.cost, args.note,
+              [Path(p) for p in args.oracle_from.split(",")] if args.oracle_from else None)
         return
     t_start = time.perf_counter()
     seed = 0

@@ -106,6 +106,23 @@ def test_quick_benchmark_end_to_end(tmp_path):
                                                                             "20", "50"}
     assert "break_even_episodes" in res["offline"]
     assert (tmp_path / "adapt-quick.md").read_text().startswith("# B2")
+    # --merge --oracle-from: a run without the oracle takes an earlier run's (same backbone/theta)
+    bare = {**res, "oracle": {}}
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    merged_dir = tmp_path / "merged"
+    merge = [sys.executable, str(ROOT / "benchmarks" / "adapt.py"), "--merge",
+             str(tmp_path / "bare.json"), "--oracle-from", str(tmp_path / "adapt-quick.json"),
+             "--out", str(merged_dir)]
+    proc = subprocess.run(merge, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = json.loads((merged_dir / "adapt.json").read_text())
+    assert merged["oracle"]["digits"]["best_gain"] == res["oracle"]["digits"]["best_gain"]
+    assert "carried over" in (merged_dir / "adapt.md").read_text()
+    other = {**res, "backbone": "another.pt"}  # another backbone's oracle does not apply
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    proc = subprocess.run([*merge[:5], str(tmp_path / "other.json"), *merge[6:]],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0 and "oracle does not apply" in proc.stderr
 
 
 def test_meta_train_cli_defaults_are_the_trajectory_config_defaults():
