@@ -12,7 +12,8 @@ With ``recenter`` = alpha > 0 the teacher starts where the device does before th
 the start re-centred by alpha (:mod:`edgeflow.adapt.recenter`, from the support pass at theta0).
 The stored path is the teacher's minus that move, so it still begins at the start. The device
 integrates the drift from theta0 and adds the re-centring move (:class:`IntegratorSettings`), so
-the drift learns what fine-tuning adds *after* re-centring, at the positions it will see.
+the drift learns what fine-tuning adds *after* re-centring, at the positions it will see. The
+query-accuracy curves and stopping steps are the teacher's own (step 0: the re-centred start).
 
 Storage: ``<dir>/manifest.json`` (the config) and ``<dir>/chunk_00000.npz`` ... (float32 starts
 and float16 moves from them, (n, T+1, P), stopping steps, query-accuracy curves, float16 support
