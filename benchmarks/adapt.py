@@ -313,7 +313,8 @@ def merge(parts: list[Path], out: Path, cost: Path | None = None, note: str | No
                              "its oracle does not apply here (run the oracle again)")
         for dom, o in old.get("oracle", {}).items():
             res["oracle"].setdefault(dom, {**o, "from": str(path)})
-    order = sorted(res["domains"], key=lambda d: list(DOMAINS).index(d) if d in DOMAINS else 99)
+    rank = {d: i for i, d in enumerate(DOMAINS)}  # B2's order; other domains (digits) after
+    order = sorted(res["domains"], key=lambda d: rank.get(d, len(rank)))
     res["domains"] = {d: res["domains"][d] for d in order}
     res["oracle"] = {d: res["oracle"][d] for d in order if d in res["oracle"]}
     res["merged_from"] = [str(p) for p in parts]

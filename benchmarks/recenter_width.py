@@ -39,14 +39,15 @@ def score_tasks(split, tasks, theta0, *, layers: list[int], alphas: tuple[float,
     from edgeflow.adapt.recenter import recenter_move, support_pass
 
     starts = [d["offset"] for d in split.spec.layout()]  # where each theta layer begins
+    masks = {k: torch.zeros_like(theta0) for k in layers}
+    for k, mask in masks.items():
+        mask[starts[-k]:] = 1.0  # only the last k layers move
     rows = []
     for t in tasks:
         _, means = support_pass(split, t.support_only, theta0)
         move = recenter_move(theta0, means.mean(0), alpha=1.0)
         row = {"shots": t.shots, "shifted": bool(t.shift), "none": task_accuracy(split, t, theta0)}
-        for k in layers:
-            mask = torch.zeros_like(move)
-            mask[starts[-k]:] = 1.0  # only the last k layers move
+        for k, mask in masks.items():
             for a in alphas:
                 row[f"{k}@{a}"] = task_accuracy(split, t, theta0 + a * mask * move)
         rows.append(row)
