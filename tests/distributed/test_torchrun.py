@@ -58,8 +58,53 @@ def test_shards_cover_everything_once():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
+def _ddp_steps(out: Path, steps: int, *, nproc: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    worker = [str(Path(__file__).with_name("ddp_prune_steps.py")), str(out), str(steps)]
+    cmd = [sys.executable, *worker] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+        *worker]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import numpy as np
+
+    with np.load(out) as z:
+        return {k: z[k] for k in z.files}
+
+
 @pytest.mark.slow
-def test_two_process_prune_matches_single_process_and_replicas_agree(tmp_path):
+def test_ddp_hyperflows_steps_on_the_same_global_batches_equal_the_single_process_steps(tmp_path):
+    """What DDP must make equal: each step's global batch is the single process's batch, so the
+    averaged weight and score gradients, hence the updates, are the same (up to float summation
+    order), the rank-averaged density is the same, and the replicas stay bit-identical. The model
+    has no BatchNorm and no augmentation: per-rank batch statistics and per-rank crop streams are
+    the two places where a K-process run legitimately differs from one process."""
+    import numpy as np
+
+    start = _ddp_steps(tmp_path / "start.npz", 0, nproc=1)
+    one = _ddp_steps(tmp_path / "one.npz", 6, nproc=1)
+    two = _ddp_steps(tmp_path / "two.npz", 6, nproc=2)
+    assert int(one["world_size"]) == 1 and int(two["world_size"]) == 2
+    assert int(two["agree"]) == 1
+    params = [k for k in one if k not in ("density", "agree", "world_size")]
+    assert any(k.endswith("scores") for k in params) and any(k.endswith("original") for k in params)
+    for k in params:
+        # the steps moved everything well beyond the tolerance the two runs must agree within
+        assert np.abs(one[k] - start[k]).max() > 1e-3, k
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        if k.endswith("scores"):  # the masks themselves are identical
+            assert np.array_equal(two[k] > 0, one[k] > 0), k
+    assert float(one["density"]) < float(start["density"])  # the pressure pruned
+    assert abs(float(one["density"]) - float(two["density"])) < 1e-9
+
+
+@pytest.mark.slow
+def test_two_process_prune_reaches_the_exact_sparsity_with_identical_replicas(tmp_path):
+    """The whole ``prune --nproc 2`` command: exact sparsity, bit-identical replicas, one plain
+    checkpoint. Its accuracy is not compared with one process here (conv4's BatchNorm normalises
+    per rank, and a 90%-sparse two-epoch run moves by many points between such changes): that
+    comparison is ``benchmarks/scaleout.py``'s."""
     _edgeflow("train", "--model", "conv4", "--data", "digits", "--epochs", "4", "--size", "16",
               "--output", tmp_path / "dense.pt", "--device", "cpu", "--json", tmp=tmp_path)
     common = ["prune", "--model", "conv4", "--data", "digits", "--val-data", "digits",
@@ -72,8 +117,7 @@ def test_two_process_prune_matches_single_process_and_replicas_agree(tmp_path):
     # and the two replicas finished bit-identical (BatchNorm statistics included)
     assert abs(one["sparsity"] - 0.9) < 1e-3 and abs(two["sparsity"] - 0.9) < 1e-3
     assert two["ranks_agree"] is True
-    assert abs(one["top1"] - two["top1"]) < 0.1, (one["top1"], two["top1"])
-    # the 2-process checkpoint is a plain single-process one: validate it, and prune it again
+    # the 2-process checkpoint is a plain single-process one: it validates to the same top-1
     val = _edgeflow("validate", "--model", "conv4", "--weights", tmp_path / "p2.pt", "--data",
                     "digits", "--json", tmp=tmp_path)
     assert abs(val["top1"] - two["top1"]) < 1e-6
