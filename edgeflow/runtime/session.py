@@ -115,8 +115,9 @@ def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None
                 build_options: Any) -> tuple[str, str | None, Any]:
     """Backend, precision and TensorRT options from a target profile, where the caller left them.
 
-    The fastest precision both the bundle carries and the device runs (TensorRT builds FP16 from
-    the FP32 graph, so fp16 counts as carried there); a CPU target never tries TensorRT.
+    The fastest precision both the bundle carries for the backend and the device runs (TensorRT
+    builds FP16 from the FP32 graph, and INT8 from the TensorRT Q/DQ graph or the calibration
+    sample); a CPU target never tries TensorRT.
     """
     from edgeflow.targets import Target
 
@@ -125,7 +126,13 @@ def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None
         backend = "onnxruntime"
     trt = backend in ("auto", "tensorrt") and t.backend == "tensorrt"
     if precision is None:
-        precision = t.pick_precision([*bundle.manifest["precisions"], *(["fp16"] if trt else [])])
+        from edgeflow.runtime.backends import tensorrt_available, trt_precisions
+
+        # per backend: what TensorRT can build from this bundle (its INT8 needs the TensorRT Q/DQ
+        # graph or the calibration sample), else what ONNX Runtime runs
+        usable = trt and (backend == "tensorrt" or tensorrt_available() is None)
+        precision = t.pick_precision(trt_precisions(bundle) if usable
+                                     else list(bundle.manifest["precisions"]))
     if build_options is None and trt:
         from edgeflow.runtime.trt_build import BuildOptions
 
