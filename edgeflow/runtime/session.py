@@ -172,6 +172,7 @@ class Session:
                               engine_cache=engine_cache, build_options=build_options)
         self.backend, self.precision = opened.backend, opened.precision
         self.fallback_reason = opened.fallback_reason
+        self.engines = opened.engines  # TensorRT: graph -> "cached" / "built" / "rebuilt: ..."
         if self.fallback_reason:  # a warning when TensorRT is there but failed; else just info
             level = logging.INFO if "unavailable" in self.fallback_reason else logging.WARNING
             log.log(level, "using %s: %s", self.backend, self.fallback_reason)
