@@ -106,3 +106,23 @@ def _axis(node) -> int:
         if a.name == "axis":
             return int(a.i)
     return 1  # ONNX's default axis for QuantizeLinear
+
+
+TENSORRT_INT8_FILE = "backbone.int8.trt.onnx"
+
+
+def bundle_tensorrt_int8(bundle: str | Path, out_dir: str | Path, *, sample: np.ndarray,
+                         method: str = "entropy") -> dict[str, Path]:
+    """TensorRT's INT8 graph of a bundle's backbone (theta0 fixed while calibrating), written into
+    ``out_dir``: the ``add`` entry for :func:`edgeflow.runtime.bundle.update_bundle`, whose
+    manifest then needs ``{"tensorrt": {"int8": TENSORRT_INT8_FILE}}`` (:data:`TENSORRT_MANIFEST`)."""
+    from edgeflow.runtime.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    out = Path(out_dir) / TENSORRT_INT8_FILE
+    quantize_for_tensorrt(b.graph_path("backbone"), out, sample=sample, method=method,
+                          extra_inputs={"theta": b.theta0()})
+    return {TENSORRT_INT8_FILE: out}
+
+
+TENSORRT_MANIFEST = {"tensorrt": {"int8": TENSORRT_INT8_FILE, "format": "qdq-int8-symmetric"}}

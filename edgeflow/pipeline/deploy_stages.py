@@ -61,6 +61,7 @@ def calibrate_stage(cfg: CompileConfig, data: CompileData, bundle: Path, out: Pa
     from edgeflow.calibration import calibration_indices
     from edgeflow.data import preprocess
     from edgeflow.export.int8 import quantize_onnx_int8
+    from edgeflow.export.int8_trt import TENSORRT_MANIFEST, bundle_tensorrt_int8
     from edgeflow.runtime import Session
     from edgeflow.runtime.bundle import load_bundle, update_bundle
 
@@ -73,8 +74,11 @@ def calibrate_stage(cfg: CompileConfig, data: CompileData, bundle: Path, out: Pa
     int8 = out / "backbone.int8.onnx"
     quantize_onnx_int8(bundle / "backbone.onnx", int8, sample=sample,
                        extra_inputs={"theta": theta0})
+    # TensorRT cannot parse ONNX Runtime's INT8 graph: its own Q/DQ form goes in beside it
+    trt_int8 = bundle_tensorrt_int8(bundle, out, sample=sample)
     update_bundle(bundle, add={"backbone.int8.onnx": int8, "calibration_sample.npy":
-                               out / "calibration_sample.npy"}, precisions={"int8": "backbone.int8.onnx"})
+                               out / "calibration_sample.npy", **trt_int8},
+                  precisions={"int8": "backbone.int8.onnx"}, manifest=TENSORRT_MANIFEST)
     # agreement of INT8 with FP32 features on held-out base images (nearest-prototype labels)
     x = data.holdout.images[:256]
     with Session(bundle, backend="onnxruntime", precision="fp32") as s32, \
@@ -83,7 +87,8 @@ def calibrate_stage(cfg: CompileConfig, data: CompileData, bundle: Path, out: Pa
         f8 = s8.features(s8.prepare(x), s8.theta0)
     cos = float(np.mean(np.sum(f32 * f8, 1) / (np.linalg.norm(f32, axis=1) *
                                                np.linalg.norm(f8, axis=1) + 1e-12)))
-    return {"int8": "backbone.int8.onnx", "samples": len(idx), "feature_cosine": cos}
+    return {"int8": "backbone.int8.onnx", "tensorrt_int8": "backbone.int8.trt.onnx",
+            "samples": len(idx), "feature_cosine": cos}
 
 
 def engines_stage(cfg: CompileConfig, bundle: Path) -> dict[str, Any]:

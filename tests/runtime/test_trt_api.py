@@ -436,3 +436,53 @@ def test_calibrator_uses_the_primary_context_and_feeds_tensorrt(api, tmp_path):
     assert list(tmp_path.glob("calib-trt10.3.0-*.cache"))
     calib.free()
     assert all(a.freed for a in cuda.allocations)
+
+
+def test_int8_on_tensorrt_builds_tensorrt_s_qdq_graph_else_calibrates_else_says_how(
+        api, drift_bundle, tmp_path):
+    """The bundle's ONNX Runtime INT8 graph never reaches TensorRT: INT8 builds TensorRT's Q/DQ
+    graph; without it, the FP32 graph with the calibrator on the bundle's sample; without both, an
+    error naming the fix. A Jetson target picks int8 only where TensorRT can build it."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+    from edgeflow.errors import ConfigError
+    from edgeflow.export.int8_trt import TENSORRT_INT8_FILE
+    from edgeflow.runtime import Session
+    from edgeflow.runtime.bundle import update_bundle
+    from tests.conftest import shared_file
+
+    trt, cuda = api
+    _script_engines(trt, cuda)
+    plain = tmp_path / "plain"
+    shutil.copytree(drift_bundle[0], plain)
+    with pytest.raises(ConfigError, match="no INT8 graph TensorRT can build"):
+        Session(plain, backend="tensorrt", precision="int8")
+    with Session(plain, target="jetson-orin-nano-8gb") as s:
+        assert (s.backend, s.precision) == ("tensorrt", "fp16")
+    bundle = tmp_path / "calibrated"
+    shutil.copytree(drift_bundle[0], bundle)
+    res = CliRunner().invoke(app, ["calibrate", str(bundle), "--data",
+                                   str(shared_file("data/cifar10/train.zip")), "--samples", "32"])
+    assert res.exit_code == 0, res.output
+    trt.calls.clear()
+    with Session(bundle, target="jetson-orin-nano-8gb") as s:
+        assert (s.backend, s.precision) == ("tensorrt", "int8")
+        sx, sy, qx = _episode(bundle)
+        assert s.predict(qx, s.adapt(sx, sy))[0].shape == (len(qx),)
+    parsed = [a[0] for a, _ in trt.called("OnnxParser.parse")]
+    assert (bundle / TENSORRT_INT8_FILE).read_bytes() in parsed
+    assert (bundle / "backbone.int8.onnx").read_bytes() not in parsed
+    assert "INT8" in _flags(trt, "IBuilderConfig.set_flag")
+    assert not trt.called("IBuilderConfig.int8_calibrator=")
+    # a bundle calibrated before TensorRT's graph existed: implicit calibration on the device
+    update_bundle(bundle, manifest={"tensorrt": {}})
+    trt.script("IBuilderConfig.set_calibration_profile", lambda obj, profile: True)
+    trt.calls.clear()
+    with Session(bundle, backend="tensorrt", precision="int8") as s:
+        assert s.engines["backbone"] == "built"
+    assert len(trt.called("IBuilderConfig.int8_calibrator=")) == 1
+    assert (bundle / "backbone.onnx").read_bytes() in [a[0] for a, _ in trt.called("OnnxParser.parse")]
+    assert all(a.freed for a in cuda.allocations)  # the calibrator's buffers too
