@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class Opened:
     max_batch: int | None = None
     fallback_reason: str | None = None
     engines: dict[str, str] = field(default_factory=dict)  # graph -> "cached"/"built"/...
+    details: dict[str, dict] = field(default_factory=dict)  # graph -> what was built, where, how
 
 
 def tensorrt_available() -> str | None:
@@ -116,6 +118,7 @@ def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path 
         build_engine,
         device_info,
         engine_loader,
+        profile_shapes,
         select_flags,
     )
     from edgeflow.runtime.trt_runner import TrtRunner
@@ -128,7 +131,8 @@ def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path 
     cache = EngineCache(engine_cache or bundle.path / "engines")
     loader = engine_loader()
     runners: dict[str, Runner] = {}
-    engines = {}
+    engines: dict[str, str] = {}
+    details: dict[str, dict] = {}
     calibrator = None
     try:
         for g in _graphs(bundle):
@@ -145,9 +149,18 @@ def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path 
                 calibrator = _calibrator(bundle, cache.root)
                 builder = functools.partial(build_engine, calibrator=calibrator)
             inputs, _ = bundle.tensors(g)
+            t0 = time.perf_counter()
             engine, how = cache.get(g, path, inputs, opts, device, builder=builder,
                                     loader=loader, plan=plan, force=force)
             engines[g] = how
+            details[g] = {
+                "engine": str(engine), "onnx": path.name, "result": how,
+                "seconds": round(time.perf_counter() - t0, 3), "flags": list(plan.flags),
+                "cleared_flags": list(plan.clear), "calibrated": plan.calibrate,
+                "device": "GPU" if plan.dla_core is None else f"DLA core {plan.dla_core}",
+                "profile": {k: [list(v) for v in shapes] for k, shapes in profile_shapes(
+                    inputs, opts, static=plan.dla_core is not None).items()},
+                "notes": list(plan.notes)}
             runners[g] = TrtRunner(engine).activate()
     except BaseException:
         for r in runners.values():
@@ -157,7 +170,8 @@ def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path 
         if calibrator is not None:
             calibrator.free()
     max_batch = getattr(runners["backbone"], "max_batch", None)
-    return Opened("tensorrt", precision, runners, max_batch=max_batch, engines=engines)
+    return Opened("tensorrt", precision, runners, max_batch=max_batch, engines=engines,
+                  details=details)
 
 
 def open_runners(bundle: Bundle, *, backend: str = "auto", precision: str | None = None,

@@ -486,3 +486,67 @@ def test_int8_on_tensorrt_builds_tensorrt_s_qdq_graph_else_calibrates_else_says_
     assert len(trt.called("IBuilderConfig.int8_calibrator=")) == 1
     assert (bundle / "backbone.onnx").read_bytes() in [a[0] for a, _ in trt.called("OnnxParser.parse")]
     assert all(a.freed for a in cuda.allocations)  # the calibrator's buffers too
+
+
+def test_doctor_checks_every_tensorrt_path_and_fails_visibly(api, tmp_path):
+    """`edgeflow doctor` on a (fake) device: import/version, device, FP32/FP16/INT8 and DLA builds
+    compared with ONNX Runtime, the cache folder; a build that fails is a FAIL row and exit 1."""
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    trt, cuda = api
+    _script_engines(trt, cuda)
+    trt.script("Builder.num_DLA_cores", lambda obj: 2)
+    res = CliRunner().invoke(app, ["doctor", "--cache", str(tmp_path / "engines"), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = {r["check"]: r for r in json.loads(res.stdout)["checks"]}
+    assert rows["tensorrt: import and version"]["detail"] == "TensorRT 10.3.0"
+    assert "Orin, SM 8.7, 2 DLA cores" in rows["cuda: device"]["detail"]
+    for name in ("tensorrt fp32", "tensorrt fp16", "tensorrt int8", "tensorrt fp16 on DLA"):
+        assert rows[f"{name}: build + run vs onnxruntime"]["ok"] is True, rows
+    assert rows["engine cache: writable"]["ok"] is True
+    dla = [a for a, _ in trt.called("IBuilderConfig.DLA_core=")]
+    assert dla == [(0,)]
+    trt.script("Builder.build_serialized_network", lambda obj, network, config: None)
+    trt.__version__ = "10.3.0"
+    res = CliRunner().invoke(app, ["doctor", "--cache", str(tmp_path / "other"), "--json"])
+    assert res.exit_code == 1
+    rows = {r["check"]: r for r in json.loads(res.stdout)["checks"]}
+    assert rows["tensorrt fp16: build + run vs onnxruntime"]["ok"] is False
+    assert "returned no engine" in rows["tensorrt fp16: build + run vs onnxruntime"]["detail"]
+    trt.__version__ = "8.4.1"
+    rows = {r["check"]: r for r in json.loads(CliRunner().invoke(
+        app, ["doctor", "--json"]).stdout)["checks"]}
+    assert rows["tensorrt: import and version"]["ok"] is False
+    assert "not supported" in rows["tensorrt: import and version"]["detail"]
+
+
+def test_build_says_what_it_built_where_and_whether_it_was_cached(api, drift_bundle, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    trt, cuda = api
+    _script_engines(trt, cuda)
+    trt.script("Builder.num_DLA_cores", lambda obj: 2)
+    bundle = tmp_path / "b"
+    shutil.copytree(drift_bundle[0], bundle)
+    args = ["build", str(bundle), "--target", "jetson-orin-nx-16gb", "--dla-core", "1"]
+    res = CliRunner().invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    details = json.loads(res.stdout)["details"]
+    bb = details["backbone"]
+    assert bb["result"] == "built" and bb["device"] == "DLA core 1"
+    assert bb["flags"] == ["FP16", "SPARSE_WEIGHTS", "GPU_FALLBACK"]
+    assert bb["profile"]["images"][0] == bb["profile"]["images"][2]  # static for DLA
+    assert Path(bb["engine"]).parent == bundle / "engines" and Path(bb["engine"]).is_file()
+    assert details["drift"]["device"] == "GPU" and details["drift"]["cleared_flags"] == ["TF32"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "backbone: cached" in text and "on DLA core 1" in text
+    assert "profile images static 4x3x32x32" in text
+    assert "drift: cached" in text and "(cleared TF32)" in text and "-> " in text
