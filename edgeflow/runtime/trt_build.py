@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgeflow.errors import BackendError
 from edgeflow.runtime.bundle import TensorSpec
 from edgeflow.runtime.trt_cache import EngineCache, cache_key
@@ -209,8 +207,3 @@ def engine_loader(device: int = 0):
             ctx.pop()
 
     return load
-
-
-def calibration_inputs(theta0: np.ndarray | None, theta_name: str = "theta") -> dict[str, np.ndarray]:
-    """Fixed values of a bundle backbone's non-image inputs during calibration (theta = theta0)."""
-    return {} if theta0 is None else {theta_name: np.asarray(theta0, np.float32)}
