@@ -9,6 +9,7 @@ carries the backbone meta, theta layout, integrator, metric and the val-chosen t
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -226,8 +227,8 @@ def run_evaluate(*, model: str, weights: Path, drift: Path, data: str, ways: int
             torch.allclose(spec.get(net), theta0):
         raise ConfigError(f"{drift} was meta-trained on another backbone than {weights}; pass the "
                           "backbone checkpoint it was trained with")
-    if steps is not None:
-        settings = type(settings)(method=settings.method, steps=steps)
+    if steps is not None:  # only the step count (and its default dt): re-centring stays as chosen
+        settings = replace(settings, steps=steps, dt=None)
     teacher = teacher or TeacherConfig(**dmeta.get("teacher", {}))
     ds = load_dataset(data, size=pre.size, progress=progress)
     config = EvalConfig(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed,
