@@ -12,6 +12,7 @@ import pytest
 
 from edgeflow.errors import BundleError
 from edgeflow.runtime import BundleWriter, load_bundle, verify_files
+from tests.export.helpers import tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,12 +51,15 @@ def test_load_verifies_every_file(plain_bundle, tmp_path):
 
 
 def test_schema_checks(plain_bundle, tmp_path):
-    for name, edit, msg in [("v2", lambda m: m.update(schema_version=2), "schema version 2"),
+    from edgeflow.runtime.manifest import canonical_digest
+
+    for name, edit, msg in [("v3", lambda m: m.update(schema_version=3), "schema version 3"),
                             ("foreign", lambda m: m.update(schema="other"), "not an EdgeFlow"),
-                            ("nograph", lambda m: m.pop("graphs"), "lacks the 'graphs'")]:
+                            ("nograph", lambda m: m.pop("graphs"), "graphs: missing")]:
         b = _copy(plain_bundle[0], tmp_path / name)
         man = json.loads((b / "manifest.json").read_text())
         edit(man)
+        man["manifest_digest"] = canonical_digest(man)  # a deliberate edit, not damage
         (b / "manifest.json").write_text(json.dumps(man))
         with pytest.raises(BundleError, match=msg):
             load_bundle(b)
@@ -132,9 +136,7 @@ def test_overwrite_replaces_atomically(tmp_path):
     out = tmp_path / "b"
     for value in (1.0, 2.0):
         with BundleWriter(out) as w:
-            np.save(w.path("theta0.npy"), np.full(3, value, np.float32))
-            w.commit({"graphs": {}, "precisions": {}, "preprocess": {}, "adaptation": {},
-                      "theta": {"file": "theta0.npy", "size": 3}})
+            w.commit(tiny_manifest(w, np.full(3, value, np.float32)))
         assert np.load(out / "theta0.npy")[0] == value
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
