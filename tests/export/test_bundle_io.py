@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,36 @@ def test_update_bundle_adds_a_precision_atomically(plain_bundle, tmp_path):
     assert new.graph_path("backbone", precision="int8").name == "backbone.int8.onnx"
     with pytest.raises(BundleError, match="no fp16 backbone"):
         new.graph_path("backbone", precision="fp16")
+
+
+def test_writer_removes_only_its_own_stale_temp_dirs(tmp_path):
+    """A user's `.b.backup-2024` matched the old cleanup pattern and was deleted with the next write."""
+    old = time.time() - 7200
+    user = tmp_path / ".b.backup-2024"
+    (user / "inside").mkdir(parents=True)
+    lookalike = tmp_path / ".b.tmp-mine"  # the writer's own pattern, but not made by it
+    lookalike.mkdir()
+    stale = tmp_path / ".b.tmp-dead1234"  # what a killed writer leaves
+    stale.mkdir()
+    (stale / ".edgeflow-writer").write_bytes(b"")
+    fresh = tmp_path / ".b.tmp-alive"  # another writer, still running
+    fresh.mkdir()
+    (fresh / ".edgeflow-writer").write_bytes(b"")
+    for p in (user, lookalike, stale):
+        os.utime(p, (old, old))
+    with BundleWriter(tmp_path / "b") as w:
+        w.commit(tiny_manifest(w, np.zeros(3, np.float32)))
+    assert user.is_dir() and (user / "inside").is_dir() and lookalike.is_dir() and fresh.is_dir()
+    assert not stale.exists()
+    assert ".edgeflow-writer" not in {p.name for p in (tmp_path / "b").iterdir()}
+    assert load_bundle(tmp_path / "b").manifest["files"].keys() == {"theta0.npy", "backbone.onnx"}
+
+
+def test_cli_errors_print_user_text_verbatim(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "runs[/old]" / "x[prune].bundle")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception  # no MarkupError
+    assert "runs[/old]" in res.output and "x[prune].bundle" in res.output
