@@ -91,7 +91,7 @@ def calibrate(
         size, mean, std = size or pre.size, mean or ",".join(map(str, pre.mean)), \
             std or ",".join(map(str, pre.std))
         extras.setdefault("theta", b.theta0())
-        model = bundle / "backbone.onnx"
+        model = b.graph_path("backbone")  # confined to the bundle, not a symlink
     elif output is None:
         raise ConfigError("give --output for the calibration files of a plain .onnx model")
     r = base.with_overrides(data=data, samples=samples, method=method, seed=seed, size=size,

@@ -103,14 +103,22 @@ def _print_inspect(path: Path, man: dict, res: dict) -> None:
                   f"adaptation: {a.get('mode')} ({a['integrator']['method']}, "
                   f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False,
                   markup=False)
-    console.print(f"sparsity: {sp.get('fraction', 0):.2%} of conv weights zero"
-                  f"{' (2:4 pattern)' if sp.get('two_four') else ''}; precisions: "
+    # sparsity and metrics are informational: the schema fixes only their outer type, so a value
+    # of another type is shown as it is instead of breaking the format
+    console.print(f"sparsity: {_fmt(sp.get('fraction', 0), '.2%')} of conv weights zero"
+                  f"{' (2:4 pattern)' if sp.get('two_four') is True else ''}; precisions: "
                   f"{', '.join(man['precisions'])}; target: {man.get('target')}", highlight=False,
                   markup=False)
-    parity = (man.get("metrics") or {}).get("parity", {}).get("backbone", {})
-    if parity:
-        console.print(f"export parity: max abs diff {parity['max_abs_diff_theta0']:.2e} at "
-                      f"theta0 on {parity['images']} real images", highlight=False)
+    parity = ((man.get("metrics") or {}).get("parity") or {})
+    parity = parity.get("backbone") if isinstance(parity, dict) else None
+    if isinstance(parity, dict) and parity:
+        console.print(f"export parity: max abs diff {_fmt(parity.get('max_abs_diff_theta0'), '.2e')} "
+                      f"at theta0 on {parity.get('images')} real images", highlight=False,
+                      markup=False)
+
+
+def _fmt(v: object, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:40]
 
 
 def build(

@@ -52,8 +52,6 @@ DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 # printable ASCII only, short enough for any filesystem and any terminal
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_INFO_KEYS = ("created", "edgeflow_version", "exported_with", "source", "sparsity", "target",
-              "metrics")
 
 Check = Callable[[Any, str], Any]
 
@@ -164,6 +162,12 @@ def _dim(v: Any, field: str) -> int | str | None:
     return integer(0, MAX_DIM)(v, field)
 
 
+def _free_dict(v: Any, field: str) -> dict:
+    if not isinstance(v, dict):
+        raise fail(field, f"expected an object, got {_show(v)}")
+    return v
+
+
 # -- sections -----------------------------------------------------------------------------------
 TENSOR = dict_of({"name": text(128), "shape": list_of(_dim, hi=8), "dtype": text(16, DTYPES)},
                  required=("name", "shape", "dtype"))
@@ -208,7 +212,11 @@ TOP = dict_of({"schema": text(32), "schema_version": anything, DIGEST_KEY: text(
                "precisions": dict_of(dict.fromkeys(PRECISIONS, file_name), required=("fp32",)),
                "preprocess": PREPROCESS, "theta": THETA, "adaptation": ADAPTATION, "files": _files,
                "input": dict_of({"layout": text(256), "allow_resize": boolean}, strict=False),
-               **dict.fromkeys(_INFO_KEYS, anything)},
+               # informational (provenance, metrics): the runtime never acts on them, so only
+               # their outer type is fixed; readers (inspect) must tolerate any inner value
+               "created": optional(text(64)), "edgeflow_version": optional(text(64)),
+               "target": optional(text(128)), **dict.fromkeys(
+                   ("exported_with", "source", "sparsity", "metrics"), optional(_free_dict))},
               required=("graphs", "precisions", "preprocess", "theta", "adaptation", "files"))
 
 

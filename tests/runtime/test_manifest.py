@@ -164,3 +164,28 @@ def test_validate_accepts_what_the_exporter_writes(drift_bundle, plain_bundle):
         man = json.loads((b[0] / "manifest.json").read_text())
         assert validate(man) == man
         assert man["schema_version"] == 2 and man["manifest_digest"] == canonical_digest(man)
+
+
+def test_inspect_exits_1_naming_the_field(plain_bundle, tmp_path):
+    """inspect used to exit 0 on std 0 / steps 1e9 and end in a traceback on the others."""
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    for i, (edit, field) in enumerate([(_set("preprocess", "std", value=[0.2, 0.0, 0.2]), "std"),
+                                       (_set("adaptation", "integrator", "steps", value=1e9), "steps"),
+                                       (_set("files", "theta0.npy", value=[1]), "files.theta0.npy"),
+                                       (_pop("adaptation", "integrator", "steps"), "steps: missing"),
+                                       (_set("theta", "file", value="y" * 5000), "theta.file"),
+                                       (_set("sparsity", value=[1, 2]), "sparsity")]):
+        b = copy_bundle(plain_bundle[0], tmp_path / f"b{i}")
+        edit_manifest(b, edit)
+        for args in (["inspect", str(b)], ["inspect", str(b), "--json"]):
+            res = CliRunner().invoke(app, args)
+            assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+            assert field in res.output
+    # informational values of an unexpected inner type are shown, not a crash
+    b = copy_bundle(plain_bundle[0], tmp_path / "info")
+    edit_manifest(b, lambda m: m["sparsity"].update(fraction="lots", two_four=None))
+    res = CliRunner().invoke(app, ["inspect", str(b)])
+    assert res.exit_code == 0 and "lots of conv weights" in res.output, res.output
