@@ -25,6 +25,8 @@ def _stack(images: np.ndarray | Sequence[np.ndarray], pre: Preprocess, allow_res
             im = im[..., None]
         if im.ndim != 3:
             raise DataError(f"{what}[{i}]: expected an (H, W) or (H, W, C) image, got {im.shape}")
+        if 0 in im.shape:
+            raise DataError(f"{what}[{i}] is empty ({im.shape}); give a decoded image")
         if im.shape[:2] != (pre.size, pre.size):
             if not allow_resize:
                 raise DataError(f"{what}[{i}] is {im.shape[0]}x{im.shape[1]} but the bundle takes "
@@ -76,6 +78,8 @@ def prepare_images(images: np.ndarray | Sequence[np.ndarray], pre: Preprocess, *
         arr = arr[..., None]
     if arr.ndim != 4:
         raise DataError(f"{what}: expected uint8 images (N, H, W, C), got shape {arr.shape}")
+    if 0 in arr.shape[1:]:
+        raise DataError(f"{what}: images of shape {arr.shape[1:]} are empty; give decoded images")
     arr = _fix_alpha(arr, what)
     if arr.shape[1:3] != (pre.size, pre.size) and not allow_resize:
         raise DataError(f"{what} are {arr.shape[1]}x{arr.shape[2]} but the bundle takes "
