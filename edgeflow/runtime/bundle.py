@@ -138,6 +138,10 @@ class Bundle:
             raise BundleError(f"bundle {self.path} has no {graph} graph (exported without a drift?)")
         return member(self.path, self.manifest["graphs"][graph]["file"])
 
+    def file_sha256(self, name: str) -> str:
+        """The sha256 the manifest lists for bundle file ``name`` (what was verified at load)."""
+        return self.manifest["files"][name]["sha256"]
+
     def tensors(self, graph: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
         g = self.manifest["graphs"][graph]
         return ([TensorSpec.from_dict(d) for d in g["inputs"]],

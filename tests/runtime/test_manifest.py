@@ -189,3 +189,20 @@ def test_inspect_exits_1_naming_the_field(plain_bundle, tmp_path):
     edit_manifest(b, lambda m: m["sparsity"].update(fraction="lots", two_four=None))
     res = CliRunner().invoke(app, ["inspect", str(b)])
     assert res.exit_code == 0 and "lots of conv weights" in res.output, res.output
+
+
+def test_graph_swapped_after_verification_is_refused(plain_bundle, tmp_path):
+    """ONNX Runtime gets the verified bytes, not a path it opens later: a graph replaced between
+    load_bundle's hash check and the Session's load is refused."""
+    b = copy_bundle(plain_bundle[0], tmp_path / "b")
+    bundle = load_bundle(b)
+    data = bytearray((b / "backbone.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (b / "backbone.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="changed after the bundle was verified"):
+        Session(bundle, backend="onnxruntime")
+    shutil.copy(plain_bundle[0] / "backbone.onnx", tmp_path / "real.onnx")
+    (b / "backbone.onnx").unlink()
+    os.symlink(tmp_path / "real.onnx", b / "backbone.onnx")
+    with pytest.raises(BundleError, match="symbolic link"):
+        Session(bundle, backend="onnxruntime")
