@@ -15,6 +15,7 @@ bundle (:mod:`edgeflow.runtime.trust`).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -148,9 +149,15 @@ class Bundle:
                 [TensorSpec.from_dict(d) for d in g["outputs"]])
 
     def theta0(self) -> np.ndarray:
-        p = member(self.path, self.manifest["theta"]["file"])
+        name = self.manifest["theta"]["file"]
+        p = member(self.path, name)
+        with os.fdopen(_open_regular(p), "rb") as f:  # the bytes checked are the bytes used
+            data = f.read(self.manifest["files"][name]["bytes"] + 1)
+        if hashlib.sha256(data).hexdigest() != self.file_sha256(name):
+            raise BundleError(f"{p} changed after the bundle was verified (sha256 mismatch); copy "
+                              "the bundle again")
         try:
-            theta = np.load(p, allow_pickle=False)
+            theta = np.load(io.BytesIO(data), allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise BundleError(f"{p} is not a readable .npy file ({exc}); re-export the bundle") from exc
         if theta.shape != (self.theta_size,) or theta.dtype != np.float32:

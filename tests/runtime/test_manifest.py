@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeflow.errors import BundleError
@@ -201,6 +202,9 @@ def test_graph_swapped_after_verification_is_refused(plain_bundle, tmp_path):
     (b / "backbone.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match="changed after the bundle was verified"):
         Session(bundle, backend="onnxruntime")
+    np.save(b / "theta0.npy", np.zeros(bundle.theta_size, np.float32))
+    with pytest.raises(BundleError, match=r"theta0\.npy changed after the bundle was verified"):
+        bundle.theta0()
     shutil.copy(plain_bundle[0] / "backbone.onnx", tmp_path / "real.onnx")
     (b / "backbone.onnx").unlink()
     os.symlink(tmp_path / "real.onnx", b / "backbone.onnx")
