@@ -212,6 +212,8 @@ TOP = dict_of({"schema": text(32), "schema_version": anything, DIGEST_KEY: text(
                "precisions": dict_of(dict.fromkeys(PRECISIONS, file_name), required=("fp32",)),
                "preprocess": PREPROCESS, "theta": THETA, "adaptation": ADAPTATION, "files": _files,
                "input": dict_of({"layout": text(256), "allow_resize": boolean}, strict=False),
+               # TensorRT's own INT8 Q/DQ backbone (edgeflow calibrate on a bundle)
+               "tensorrt": dict_of({"int8": file_name, "format": text(64)}),
                # informational (provenance, metrics): the runtime never acts on them, so only
                # their outer type is fixed; readers (inspect) must tolerate any inner value
                "created": optional(text(64)), "edgeflow_version": optional(text(64)),
@@ -305,6 +307,7 @@ def _cross_checks(m: dict[str, Any]) -> None:
     if ad["drift"] and not has:
         raise fail("adaptation.drift", "true but graphs has no task_encoder and drift")
     used = {g["file"] for g in m["graphs"].values()} | set(m["precisions"].values()) | {theta["file"]}
+    used |= {v for k, v in (m.get("tensorrt") or {}).items() if k == "int8"}
     unlisted = sorted(used - set(m["files"]))
     if unlisted:
         raise fail("files", f"the manifest uses files it does not hash: {unlisted}")

@@ -98,6 +98,8 @@ BAD = [  # (edit, the field the error must name)
     (_set("graphs", "backbone", "file", value="sub/backbone.onnx"), "graphs.backbone.file"),
     (_set("adaptation", "surprise", value=1), "adaptation.surprise: unknown field"),
     (_set("adaptation", "drift", value=True), "adaptation.drift: true but graphs has no"),
+    (_set("tensorrt", value={"int8": "../x.onnx"}), "tensorrt.int8: .* is not a plain file name"),
+    (_set("tensorrt", value={"int8": "backbone.int8.trt.onnx"}), "uses files it does not hash"),
 ]
 
 
@@ -107,6 +109,12 @@ def test_invalid_manifest_names_the_field(plain_bundle, tmp_path, edit, field):
     edit_manifest(b, edit)
     with pytest.raises(BundleError, match=field):
         load_bundle(b)
+
+
+def test_tensorrt_section_of_a_calibrated_bundle_is_valid(plain_bundle, tmp_path):
+    b = copy_bundle(plain_bundle[0], tmp_path / "b")
+    edit_manifest(b, _set("tensorrt", value={"int8": "backbone.onnx", "format": "qdq-int8-symmetric"}))
+    assert load_bundle(b).manifest["tensorrt"]["int8"] == "backbone.onnx"
 
 
 def test_legacy_v1_bundle_loads_and_is_still_validated(plain_bundle, tmp_path):
