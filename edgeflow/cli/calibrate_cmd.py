@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import JSON_OPT, command, emit
 
@@ -108,7 +109,8 @@ def calibrate(
                           precisions={"int8": "backbone.int8.onnx"})
             rec["bundle"] = str(bundle)
     chk = rec["held_out_check"]
-    human = (f"wrote [bold]{rec['output']}[/]: {rec['sample']['file']} {tuple(rec['sample']['shape'])}, "
+    human = (f"wrote [bold]{escape(str(rec['output']))}[/]: {rec['sample']['file']} "
+             f"{tuple(rec['sample']['shape'])}, "
              f"{rec['int8']['file']} ({rec['int8']['QuantizeLinear']} Q nodes), calibration.json")
     if chk:
         human += (f"\nheld-out check on {chk['images']} images: cosine {chk['mean_cosine']:.4f}, "
