@@ -58,6 +58,8 @@ def calibrate(
     std: str = typer.Option(None, "--std", help="Normalisation std per channel (default ImageNet)."),
     extra_input: list[str] = typer.Option(None, "--extra-input", help="NAME=FILE.npy: a fixed value "
                                           "for another graph input, e.g. theta=theta0.npy (repeatable)."),
+    expect: str = typer.Option(None, "--expect", help="With a bundle: refuse it unless its "
+                               "fingerprint is this (sha256:..., from `edgeflow inspect`)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Draw a stratified, seeded calibration sample and write an INT8 (QDQ) copy of the model.
@@ -87,7 +89,7 @@ def calibrate(
     if bundle is not None:  # the bundle knows its preprocessing and theta0
         from edgeflow.runtime.bundle import load_bundle
 
-        b = load_bundle(bundle)
+        b = load_bundle(bundle, expect=expect)
         pre = b.preprocess
         size, mean, std = size or pre.size, mean or ",".join(map(str, pre.mean)), \
             std or ",".join(map(str, pre.std))

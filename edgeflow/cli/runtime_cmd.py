@@ -254,9 +254,9 @@ def predict(
     from edgeflow.data.imagefolder import read_image_file
     from edgeflow.runtime import Session, Task
 
+    b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
     t = Task.load(task)
     files = _image_files(images)
-    b = _open_bundle(bundle, expect, trusted_key)
     with Session(b, backend=backend, precision=precision, threads=threads) as s:
         mode = "L" if s.preprocess.channels == 1 else "RGB"
         arrays = [read_image_file(f, mode=mode) for f in files]

@@ -106,3 +106,10 @@ def test_cli_inspect_sign_expect(plain_bundle, tmp_path):
     assert res.exit_code == 1 and "not the expected" in res.output
     res = run("bench", b, "--trusted-key", tmp_path / "missing.pub")
     assert res.exit_code == 1 and "does not exist" in res.output
+    res = run("calibrate", b, "--data", "digits", "--expect", "sha256:" + "2" * 64)
+    assert res.exit_code == 1 and "not the expected" in res.output
+    # predict and adapt refuse before reading images
+    for cmd in (["predict", b, tmp_path, "--task", tmp_path / "t.npz"],
+                ["adapt", b, "--support", tmp_path, "--output", tmp_path / "t.npz"]):
+        res = run(*cmd, "--expect", "sha256:" + "3" * 64)
+        assert res.exit_code == 1 and "not the expected" in res.output, res.output
