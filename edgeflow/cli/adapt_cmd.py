@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
@@ -91,7 +92,8 @@ def meta_train(
     if not distributed.info().is_main:
         return
     emit(res, as_json=as_json,
-         human=f"wrote [bold]{res['output']}[/]: val accuracy {res['val_acc_no_adaptation']:.4f} "
+         human=f"wrote [bold]{escape(str(res['output']))}[/]: val accuracy "
+               f"{res['val_acc_no_adaptation']:.4f} "
                f"-> {res['val_acc_hyperflow']:.4f} with {res['integrator']['steps']} Euler steps "
                f"and re-centring alpha {res['integrator']['recenter']} "
                f"(theta: {res['theta_size']} biases; the teacher trajectories gained "

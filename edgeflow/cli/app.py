@@ -15,6 +15,7 @@ from edgeflow.cli import (
     runtime_cmd,
     targets_cmd,
     train_cmd,
+    trust_cmd,
 )
 from edgeflow.cli.common import JSON_OPT, STATE, command, emit
 
@@ -48,6 +49,7 @@ app.add_typer(targets_cmd.app, name="targets")
 calibrate_cmd.register(app)
 export_cmd.register(app)
 runtime_cmd.register(app)
+trust_cmd.register(app)
 adapt_cmd.register(app)
 compile_cmd.register(app)
 

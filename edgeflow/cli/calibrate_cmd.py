@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import JSON_OPT, command, emit
 
@@ -57,6 +58,8 @@ def calibrate(
     std: str = typer.Option(None, "--std", help="Normalisation std per channel (default ImageNet)."),
     extra_input: list[str] = typer.Option(None, "--extra-input", help="NAME=FILE.npy: a fixed value "
                                           "for another graph input, e.g. theta=theta0.npy (repeatable)."),
+    expect: str = typer.Option(None, "--expect", help="With a bundle: refuse it unless its "
+                               "fingerprint is this (sha256:..., from `edgeflow inspect`)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Draw a stratified, seeded calibration sample and write an INT8 (QDQ) copy of the model.
@@ -87,12 +90,12 @@ def calibrate(
     if bundle is not None:  # the bundle knows its preprocessing and theta0
         from edgeflow.runtime.bundle import load_bundle
 
-        b = load_bundle(bundle)
+        b = load_bundle(bundle, expect=expect)
         pre = b.preprocess
         size, mean, std = size or pre.size, mean or ",".join(map(str, pre.mean)), \
             std or ",".join(map(str, pre.std))
         extras.setdefault("theta", b.theta0())
-        model = bundle / "backbone.onnx"
+        model = b.graph_path("backbone")  # confined to the bundle, not a symlink
     elif output is None:
         raise ConfigError("give --output for the calibration files of a plain .onnx model")
     r = base.with_overrides(data=data, samples=samples, method=method, seed=seed, size=size,
@@ -117,7 +120,8 @@ def calibrate(
             rec["tensorrt_int8"] = {"file": "backbone.int8.trt.onnx"}
             rec["bundle"] = str(bundle)
     chk = rec["held_out_check"]
-    human = (f"wrote [bold]{rec['output']}[/]: {rec['sample']['file']} {tuple(rec['sample']['shape'])}, "
+    human = (f"wrote [bold]{escape(str(rec['output']))}[/]: {rec['sample']['file']} "
+             f"{tuple(rec['sample']['shape'])}, "
              f"{rec['int8']['file']} ({rec['int8']['QuantizeLinear']} Q nodes), calibration.json")
     if chk:
         human += (f"\nheld-out check on {chk['images']} images: cosine {chk['mean_cosine']:.4f}, "

@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from edgeflow.errors import EdgeflowError
 
@@ -31,7 +32,8 @@ def emit(obj: dict[str, Any], *, as_json: bool, human: str | None = None) -> Non
         sys.stdout.write(json.dumps(obj, indent=None, sort_keys=False, default=_jsonable) + "\n")
         return
     if human is None:
-        human = "\n".join(f"[bold]{k}[/]: {v}" for k, v in obj.items() if not isinstance(v, (list, dict)))
+        human = "\n".join(f"[bold]{escape(str(k))}[/]: {escape(str(v))}" for k, v in obj.items()
+                          if not isinstance(v, (list, dict)))
     console.print(human)
 
 
@@ -58,7 +60,10 @@ def command(app: typer.Typer, name: str | None = None, **kwargs: Any) -> Callabl
             except EdgeflowError as exc:
                 if STATE["debug"] or os.environ.get("EDGEFLOW_DEBUG"):
                     raise
-                err_console.print(f"[red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+                # the message quotes user text (paths, names, "[prune]"): escaped, so rich prints it
+                # as written instead of eating brackets or raising MarkupError on "[/old]"
+                err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                                  soft_wrap=True)
                 raise typer.Exit(1) from None
 
         app.command(name, **kwargs)(wrapper)

@@ -6,6 +6,7 @@ import inspect
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import command, console, emit
 from edgeflow.pipeline.config import build_config, flag_fields
@@ -62,7 +63,8 @@ def compile_cmd(**kwargs) -> None:
     from edgeflow.pipeline.compile import run_compile
 
     result = run_compile(cfg, resume=resume, progress=not as_json,
-                         log=(lambda m: None) if as_json else (lambda m: console.print(f"[dim]{m}")))
+                         log=(lambda m: None) if as_json
+                         else (lambda m: console.print(f"[dim]{escape(str(m))}")))
     emit(result.summary(), as_json=as_json, human=result.human_summary())
 
 

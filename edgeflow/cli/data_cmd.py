@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import JSON_OPT, command, emit
 
@@ -38,7 +39,7 @@ def info(
         "unreadable": len(ds.skipped), "unreadable_files": list(ds.skipped[:20]),
         "class_names": list(ds.classes),
     }
-    human = (f"[bold]{path}[/]: {ds.num_classes} classes, {len(ds)} images "
+    human = (f"[bold]{escape(str(path))}[/]: {ds.num_classes} classes, {len(ds)} images "
              f"({counts.min()}-{counts.max()} per class), {h}x{w}x{c}, "
              f"{len(ds.skipped)} unreadable\nfirst classes: {', '.join(ds.classes[:8])}")
     emit(out, as_json=as_json, human=human)
@@ -83,4 +84,5 @@ def sample(
             Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"{n:04d}.png")
             written += 1
     emit({"output": str(output), "classes": [ds.classes[c] for c in ids], "images": written},
-         as_json=as_json, human=f"wrote {written} images of {len(ids)} classes to [bold]{output}[/]")
+         as_json=as_json,
+         human=f"wrote {written} images of {len(ids)} classes to [bold]{escape(str(output))}[/]")

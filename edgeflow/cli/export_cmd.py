@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import JSON_OPT, command, emit
 
@@ -46,6 +47,6 @@ def export(
                                  target=target, size=size, parity_data=parity_data,
                                  max_theta=max_theta, allow_resize=allow_resize)
     emit(res, as_json=as_json,
-         human=f"wrote [bold]{res['output']}[/] ({res['model']}, theta {res['theta_size']}, "
+         human=f"wrote [bold]{escape(str(res['output']))}[/] ({res['model']}, theta {res['theta_size']}, "
                f"{'with drift' if res['drift'] else 'no drift: prototypes at theta0'}); parity max "
                f"abs diff {res['parity_backbone_max_abs_diff']:.2e} on {res['parity_images']} images")

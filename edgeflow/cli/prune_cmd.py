@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
@@ -89,5 +90,5 @@ def prune(
         return
     top1 = f", top-1 {result['top1']:.4f}" if "top1" in result else ""
     emit(result, as_json=as_json,
-         human=f"wrote [bold]{result['output']}[/]: sparsity {result['sparsity']:.4f} "
+         human=f"wrote [bold]{escape(str(result['output']))}[/]: sparsity {result['sparsity']:.4f} "
                f"(asked {sparsity}){top1}, MACs {result['macs']:,} of {result['dense_macs']:,}")

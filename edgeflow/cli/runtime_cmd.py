@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import JSON_OPT, command, console, emit
 
@@ -14,6 +15,17 @@ PRECISION_OPT = typer.Option(None, "--precision", help="fp32 (CPU default), fp16
                              "or int8 (when the bundle has a Q/DQ backbone).")
 THREADS_OPT = typer.Option(None, "--threads", min=1, help="CPU threads for ONNX Runtime (default: "
                            "all cores this process may use).")
+EXPECT_OPT = typer.Option(None, "--expect", help="Refuse the bundle unless its fingerprint is this "
+                          "(sha256:..., as `edgeflow inspect` prints it).")
+TRUSTED_KEY_OPT = typer.Option(None, "--trusted-key", help="Ed25519 public key (PEM) whose signature "
+                               "the bundle must carry (repeatable; see `edgeflow sign`).")
+
+
+def _open_bundle(bundle: Path, expect: str | None, trusted_key: list[Path] | None):
+    """The verified bundle, pinned (--expect) and signed (--trusted-key) where asked."""
+    from edgeflow.runtime import load_bundle
+
+    return load_bundle(bundle, expect=expect, trusted_keys=trusted_key or None)
 
 
 def register(app: typer.Typer) -> None:
@@ -22,55 +34,91 @@ def register(app: typer.Typer) -> None:
         command(app, name)(fn)
 
 
-def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."), as_json: bool = JSON_OPT) -> None:
-    """Show a bundle: files and whether their hashes check out, tensors, theta, sparsity, metrics.
+def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
+            expect: str = EXPECT_OPT, trusted_key: list[Path] = TRUSTED_KEY_OPT,
+            as_json: bool = JSON_OPT) -> None:
+    """Show a bundle: fingerprint, files and whether their hashes check out, tensors, theta,
+    sparsity, metrics, signature, and files in the directory the manifest does not list.
 
-    Exits 1 when a file is missing, truncated or altered.
+    Exits 1 when the manifest is invalid, a file is missing, truncated or altered, or the
+    fingerprint / signature is not the expected one. The fingerprint (sha256 of manifest.json,
+    which lists every file's sha256) is what `--expect` and `Session(expect=...)` pin.
 
     Example: edgeflow inspect runs/r20.bundle
     """
     from edgeflow.errors import BundleError
-    from edgeflow.runtime.bundle import read_manifest, verify_files
+    from edgeflow.runtime.bundle import read_manifest, unlisted_files, verify_files
+    from edgeflow.runtime.trust import read_signature
 
-    path, man, digest = read_manifest(bundle)
+    path, man, digest = read_manifest(bundle, expect=expect, trusted_keys=trusted_key or None)
     files = verify_files(path, man)
+    sig = read_signature(path)
     res = {"bundle": str(path), "fingerprint": digest, "schema_version": man["schema_version"],
            "files": files, "ok": all(f["status"] == "ok" for f in files),
+           "unlisted": unlisted_files(path, man),
+           "signature": None if sig is None else {"key_id": sig.get("key_id"),
+                                                  "verified": bool(trusted_key),
+                                                  "for_this_manifest": sig["fingerprint"] == digest},
            "graphs": man["graphs"], "precisions": man["precisions"],
            "theta_size": man["theta"]["size"], "theta_layers": len(man["theta"]["layout"]),
            "adaptation": man["adaptation"], "preprocess": man["preprocess"],
-           "sparsity": {k: v for k, v in man.get("sparsity", {}).items() if k != "per_layer"},
+           "sparsity": {k: v for k, v in (man.get("sparsity") or {}).items() if k != "per_layer"},
            "target": man.get("target"), "source": man.get("source"), "metrics": man.get("metrics")}
     if as_json:
         emit(res, as_json=True)
     else:
-        from rich.table import Table
-
-        t = Table(title=f"{path} (schema {man['schema_version']}, fingerprint {digest[:12]})")
-        for col in ("file", "bytes", "sha256", "status"):
-            t.add_column(col)
-        for f in files:
-            color = "green" if f["status"] == "ok" else "red"
-            t.add_row(f["file"], str(f["bytes"]), f["sha256"][:16], f"[{color}]{f['status']}[/]")
-        console.print(t)
-        for g, spec in man["graphs"].items():
-            ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in spec["inputs"])
-            outs = ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in spec["outputs"])
-            console.print(f"[bold]{g}[/]: {ins} -> {outs}", highlight=False)
-        a, sp = man["adaptation"], res["sparsity"]
-        console.print(f"theta: {res['theta_size']} values over {res['theta_layers']} layers; "
-                      f"adaptation: {a['mode']} ({a['integrator']['method']}, "
-                      f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False)
-        console.print(f"sparsity: {sp.get('fraction', 0):.2%} of conv weights zero"
-                      f"{' (2:4 pattern)' if sp.get('two_four') else ''}; precisions: "
-                      f"{', '.join(man['precisions'])}; target: {man.get('target')}", highlight=False)
-        parity = (man.get("metrics") or {}).get("parity", {}).get("backbone", {})
-        if parity:
-            console.print(f"export parity: max abs diff {parity['max_abs_diff_theta0']:.2e} at "
-                          f"theta0 on {parity['images']} real images", highlight=False)
+        _print_inspect(path, man, res)
     if not res["ok"]:
         bad = [f"{f['file']} ({f['status']})" for f in files if f["status"] != "ok"]
         raise BundleError(f"bundle {path} failed verification: {', '.join(bad)}")
+
+
+def _print_inspect(path: Path, man: dict, res: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=escape(f"{path} (schema {man['schema_version']})"))
+    for col in ("file", "bytes", "sha256", "status"):
+        t.add_column(col)
+    for f in res["files"]:
+        color = "green" if f["status"] == "ok" else "red"
+        t.add_row(escape(f["file"]), str(f["bytes"]), f["sha256"][:16],
+                  f"[{color}]{escape(f['status'])}[/]")
+    console.print(t)
+    console.print(f"fingerprint: {res['fingerprint']}", highlight=False, markup=False)
+    sig = res["signature"]
+    console.print("signature: " + ("none" if sig is None else
+                                   f"key {sig['key_id']}, " + ("verified" if sig["verified"] else
+                                   "for this manifest (not verified: give --trusted-key)"
+                                   if sig["for_this_manifest"] else "STALE (signs another manifest)")),
+                  highlight=False, markup=False)
+    if res["unlisted"]:
+        console.print(f"unlisted (not verified, never read): {', '.join(res['unlisted'][:20])}",
+                      highlight=False, markup=False)
+    for g, spec in man["graphs"].items():
+        ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in spec["inputs"])
+        outs = ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in spec["outputs"])
+        console.print(escape(f"{g}: {ins} -> {outs}"), highlight=False)
+    a, sp = man["adaptation"], res["sparsity"]
+    console.print(f"theta: {res['theta_size']} values over {res['theta_layers']} layers; "
+                  f"adaptation: {a.get('mode')} ({a['integrator']['method']}, "
+                  f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False,
+                  markup=False)
+    # sparsity and metrics are informational: the schema fixes only their outer type, so a value
+    # of another type is shown as it is instead of breaking the format
+    console.print(f"sparsity: {_fmt(sp.get('fraction', 0), '.2%')} of conv weights zero"
+                  f"{' (2:4 pattern)' if sp.get('two_four') is True else ''}; precisions: "
+                  f"{', '.join(man['precisions'])}; target: {man.get('target')}", highlight=False,
+                  markup=False)
+    parity = ((man.get("metrics") or {}).get("parity") or {})
+    parity = parity.get("backbone") if isinstance(parity, dict) else None
+    if isinstance(parity, dict) and parity:
+        console.print(f"export parity: max abs diff {_fmt(parity.get('max_abs_diff_theta0'), '.2e')} "
+                      f"at theta0 on {parity.get('images')} real images", highlight=False,
+                      markup=False)
+
+
+def _fmt(v: object, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:40]
 
 
 def build(
@@ -84,6 +132,8 @@ def build(
     sparse: bool = typer.Option(None, "--sparse/--no-sparse", help="SPARSE_WEIGHTS (2:4) on SM >= 8.0."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when a cached engine fits."),
     cache: Path = typer.Option(None, "--cache", help="Engine cache dir (default BUNDLE/engines)."),
+    expect: str = EXPECT_OPT,
+    trusted_key: list[Path] = TRUSTED_KEY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Build (or reuse) TensorRT engines for the bundle on this device.
@@ -95,11 +145,10 @@ def build(
     """
     import dataclasses
 
-    from edgeflow.runtime import load_bundle
     from edgeflow.runtime.backends import open_trt
     from edgeflow.runtime.trt_build import BuildOptions
 
-    b = load_bundle(bundle)
+    b = _open_bundle(bundle, expect, trusted_key)
     options = BuildOptions.for_precision(precision)
     if target is not None:
         options = BuildOptions.from_target(_load_target(target), precision=precision,
@@ -155,6 +204,8 @@ def adapt(
     precision: str = PRECISION_OPT,
     steps: int = typer.Option(None, "--steps", min=0, help="Integration steps (default: manifest)."),
     threads: int = THREADS_OPT,
+    expect: str = EXPECT_OPT,
+    trusted_key: list[Path] = TRUSTED_KEY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Adapt the bundle to new classes from a few labelled images (no gradients) -> TASK.npz.
@@ -164,7 +215,8 @@ def adapt(
     from edgeflow.data import load_image_folder
     from edgeflow.runtime import Session
 
-    with Session(bundle, backend=backend, precision=precision, threads=threads) as s:
+    b = _open_bundle(bundle, expect, trusted_key)
+    with Session(b, backend=backend, precision=precision, threads=threads) as s:
         pre = s.preprocess
         ds = load_image_folder(support, mode="L" if pre.channels == 1 else "RGB",
                                size=pre.size if s.bundle.allow_resize else None, cache=False)
@@ -175,8 +227,8 @@ def adapt(
                "theta_change_max": float(abs(task.theta - s.theta0).max()),
                "fallback_reason": s.fallback_reason}
     emit(res, as_json=as_json,
-         human=f"wrote [bold]{path}[/]: {len(res['classes'])} classes "
-               f"({', '.join(res['classes'][:6])}{'...' if len(res['classes']) > 6 else ''}), "
+         human=f"wrote [bold]{escape(str(path))}[/]: {len(res['classes'])} classes "
+               f"({escape(', '.join(res['classes'][:6]))}{'...' if len(res['classes']) > 6 else ''}), "
                f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}")
 
 
@@ -206,6 +258,8 @@ def predict(
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
     threads: int = THREADS_OPT,
+    expect: str = EXPECT_OPT,
+    trusted_key: list[Path] = TRUSTED_KEY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """Classify images with an adapted task: top-k classes with scores (softmax over the task).
@@ -214,14 +268,15 @@ def predict(
     """
     import numpy as np
 
-    from edgeflow.data.imagefolder import decode_image
+    from edgeflow.data.imagefolder import read_image_file
     from edgeflow.runtime import Session, Task
 
+    b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
     t = Task.load(task)
     files = _image_files(images)
-    with Session(bundle, backend=backend, precision=precision, threads=threads) as s:
+    with Session(b, backend=backend, precision=precision, threads=threads) as s:
         mode = "L" if s.preprocess.channels == 1 else "RGB"
-        arrays = [decode_image(f.read_bytes(), name=str(f), mode=mode) for f in files]
+        arrays = [read_image_file(f, mode=mode) for f in files]
         _, scores = s.predict(arrays, t)
     names = list(t.class_names) if t.class_names else [str(c) for c in t.classes]
     k = min(top_k, len(names))
@@ -235,7 +290,7 @@ def predict(
         return
     for r in rows:
         tops = ", ".join(f"{x['class']} {x['score']:.3f}" for x in r["top"])
-        console.print(f"{r['image']}: {tops}", highlight=False)
+        console.print(f"{r['image']}: {tops}", highlight=False, markup=False)
 
 
 def bench(
@@ -244,6 +299,8 @@ def bench(
     precision: str = PRECISION_OPT,
     threads: int = THREADS_OPT,
     repeats: int = typer.Option(100, "--repeats", min=3, help="Timed runs per case (after warm-up)."),
+    expect: str = EXPECT_OPT,
+    trusted_key: list[Path] = TRUSTED_KEY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
     """B3 latency of a bundle on this machine: backbone batch 1/32, drift step, adapt, predict.
@@ -252,14 +309,14 @@ def bench(
     """
     from edgeflow.runtime.bench import bench_session
 
-    res = bench_session(bundle, backend=backend, precision=precision, threads=threads,
-                        repeats=repeats, progress=not as_json)
+    res = bench_session(_open_bundle(bundle, expect, trusted_key), backend=backend,
+                        precision=precision, threads=threads, repeats=repeats, progress=not as_json)
     if as_json:
         emit(res, as_json=True)
         return
     from rich.table import Table
 
-    t = Table(title=f"{bundle} on {res['backend']} {res['precision']} ({repeats} runs, ms)")
+    t = Table(title=escape(f"{bundle}") + f" on {res['backend']} {res['precision']} ({repeats} runs, ms)")
     for col in ("case", "median", "p90", "p99"):
         t.add_column(col)
     for name, r in res["cases"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
@@ -64,7 +65,7 @@ def train(
     if not distributed.info().is_main:
         return
     emit(result, as_json=as_json,
-         human=f"wrote [bold]{result['output']}[/] after {epochs} epochs: train acc "
+         human=f"wrote [bold]{escape(str(result['output']))}[/] after {epochs} epochs: train acc "
                f"{result['train_acc']:.4f}" + (f", val top-1 {result['val_top1']:.4f}"
                                                if result.get("val_top1") is not None else ""))
 
@@ -90,4 +91,4 @@ def validate(
     result = validate_model(model=model, weights=weights, data=data, limit=limit, size=size,
                             split=split, device=device, progress=not as_json)
     emit(result, as_json=as_json,
-         human=f"top-1 [bold]{result['top1']:.4f}[/] on {result['images']} images of {data}")
+         human=f"top-1 [bold]{result['top1']:.4f}[/] on {result['images']} images of {escape(str(data))}")

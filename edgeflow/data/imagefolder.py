@@ -30,6 +30,10 @@ from edgeflow.errors import DataError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 KNOWN_SPLITS = ("train", "test", "val", "valid", "validation", "base", "novel")
 MODES = {"RGB": 3, "L": 1}
+# Limits checked before decoding: PIL reads the header (width, height) first, so an image that
+# would decode to gigabytes is refused without allocating it. 40 MP covers any camera frame.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_FILE_BYTES = 64 << 20
 CACHE_VERSION = 1
 
 
@@ -199,8 +203,15 @@ def decode_image(data: bytes, *, name: str, mode: str = "RGB",
     """Decode one image to (H, W, C) uint8 in ``mode`` ("RGB" or "L"), resized if asked."""
     if mode not in MODES:
         raise DataError(f"unknown colour mode {mode!r}; valid modes: {', '.join(MODES)}")
+    if len(data) > MAX_IMAGE_FILE_BYTES:
+        raise DataError(f"image {name} is {len(data)} bytes (at most {MAX_IMAGE_FILE_BYTES}); "
+                        "give camera-sized images")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            w, h = img.size  # from the header; nothing is decoded yet
+            if w * h > MAX_IMAGE_PIXELS or w <= 0 or h <= 0:
+                raise DataError(f"image {name} is {w}x{h} pixels (at most {MAX_IMAGE_PIXELS} "
+                                "pixels are decoded); resize it first")
             img.load()
             img = img.convert(mode)
             if size is not None:
@@ -208,9 +219,31 @@ def decode_image(data: bytes, *, name: str, mode: str = "RGB",
                 if img.size != (hw[1], hw[0]):
                     img = img.resize((hw[1], hw[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.uint8)
+    except DataError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {name} is too large to decode safely ({exc}); resize it first") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image {name}: {exc}") from exc
+    except Exception as exc:  # a decoder plugin's own error on crafted bytes (MemoryError too)
+        # PIL's format plugins raise struct.error, IndexError, TypeError, ... on crafted files;
+        # whatever the plugin, a file that does not decode is a data problem, not a crash
+        raise DataError(f"cannot decode image {name} ({type(exc).__name__}: {str(exc)[:200]})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def read_image_file(path: str | Path, *, mode: str = "RGB") -> np.ndarray:
+    """Decode the image file ``path`` (size-checked before it is read) to (H, W, C) uint8."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise DataError(f"image {path} is {size} bytes (at most {MAX_IMAGE_FILE_BYTES}); give "
+                            "camera-sized images")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from None
+    return decode_image(data, name=str(path), mode=mode)
 
 
 def _cache_dir() -> Path:

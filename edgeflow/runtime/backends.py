@@ -60,7 +60,8 @@ def open_ort(bundle: Bundle, *, precision: str | None, threads: int | None) -> O
             path = bundle.graph_path(g, precision=precision) if g == "backbone" else bundle.graph_path(g)
             # The drift graphs are a few small matmuls per call: one thread is as fast and saves a
             # thread pool per session (memory on the device, contention with the backbone).
-            runners[g] = OrtRunner(path, threads=threads if g == "backbone" else 1).activate()
+            runners[g] = OrtRunner(path, threads=threads if g == "backbone" else 1,
+                                   sha256=bundle.file_sha256(path.name)).activate()
     except BaseException:
         for r in runners.values():
             r.deactivate()

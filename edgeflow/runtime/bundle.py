@@ -1,27 +1,26 @@
 """The bundle: a directory of ONNX graphs + ``theta0.npy`` + ``manifest.json`` (torch-free).
 
 This module owns the on-disk format, both directions: the exporter (``edgeflow.export``) writes
-bundles through :class:`BundleWriter`, and the device loads them with :func:`load_bundle`. Keeping
-the format here (and not in the torch-side exporter) means the device never needs torch to read it.
-
-Writing is atomic: files go to a hidden temporary directory beside the destination and the finished
-directory is swapped in with one ``renameat2(RENAME_EXCHANGE)`` (Linux), falling back to two
-renames. A crash or Ctrl-C leaves either the previous bundle or the new one, never a mixture.
-Loading checks the schema and the size and sha256 of every file the manifest lists; a missing,
-truncated or tampered file raises :class:`BundleError` naming it.
+bundles through :class:`BundleWriter` (:mod:`edgeflow.runtime.writer`, atomic), and the device loads
+them with :func:`load_bundle`. Keeping the format here (and not in the torch-side exporter) means
+the device never needs torch to read it.
+Loading checks the manifest against its schema (:mod:`edgeflow.runtime.manifest`) and the size and
+sha256 of every file the manifest lists; a missing, truncated or tampered file raises
+:class:`BundleError` naming it. Files are confined to the bundle: the manifest names plain files
+(no "..", no absolute path), a symbolic link is refused (manifest and payload alike), and nothing
+the manifest does not list is read. ``expect=`` and ``trusted_keys=`` pin or authenticate the whole
+bundle (:mod:`edgeflow.runtime.trust`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
+import io
 import json
 import os
 import shutil
-import tempfile
-import time
-from collections.abc import Callable
+import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,137 +29,43 @@ import numpy as np
 
 from edgeflow.data.transforms import Preprocess
 from edgeflow.errors import BundleError
+from edgeflow.runtime.manifest import MAX_MANIFEST_BYTES, SCHEMA, SCHEMA_VERSION, file_name, validate
+from edgeflow.runtime.trust import SIGNATURE, check_expected, fingerprint_of, verify_signature
+from edgeflow.runtime.writer import WRITER_MARKER, BundleWriter, sha256_file
 
-SCHEMA = "edgeflow-bundle"
-SCHEMA_VERSION = 1
+__all__ = ["GRAPHS", "MANIFEST", "METRIC_SCALE", "SCHEMA", "SCHEMA_VERSION", "WRITER_MARKER", "Bundle",
+           "BundleWriter", "TensorSpec", "load_bundle", "member", "read_manifest", "sha256_file",
+           "unlisted_files", "update_bundle", "verify_files"]
+
 MANIFEST = "manifest.json"
 GRAPHS = ("backbone", "task_encoder", "drift")
 METRIC_SCALE = 10.0  # cosine logits are scaled by this (edgeflow.adapt.prototype_logits)
+KNOWN_EXTRAS = (MANIFEST, SIGNATURE, "engines")  # present but unlisted by design
 
 
-def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def _open_regular(path: Path) -> int:
+    """An fd on ``path`` if it is a regular file and not a symbolic link (O_NOFOLLOW), else raise."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(f"{path} is not a regular file")
+    return fd
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two existing paths (Linux renameat2); False where unsupported."""
+def member(root: Path, name: str) -> Path:
+    """The path of bundle file ``name``: a plain name inside ``root``, a regular file, no link."""
+    file_name(name, "file")  # validate() checked it already; a caller's own name is checked here
+    p = root / name
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    return rc == 0
-
-
-class BundleWriter:
-    """Collect a bundle's files in a temporary directory; ``commit(manifest)`` swaps it in.
-
-    Use as a context manager; leaving the block without ``commit`` (an exception, Ctrl-C) removes
-    the temporary directory and leaves any existing bundle at ``output`` untouched.
-
-    Example::
-
-        with BundleWriter("out/bundle") as w:
-            np.save(w.path("theta0.npy"), theta0)
-            w.commit({"graphs": {...}, ...})
-    """
-
-    def __init__(self, output: str | Path, *, on_file: Callable[[str], None] | None = None) -> None:
-        self.output = Path(output).expanduser().absolute()
-        if self.output.exists() and not self.output.is_dir():
-            raise BundleError(f"{self.output} exists and is not a directory; choose another --output")
-        self.on_file = on_file
-        self.tmp: Path | None = None
-        self.committed = False
-
-    def __enter__(self) -> BundleWriter:
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale()
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.output.name}.tmp-", dir=self.output.parent))
-        return self
-
-    def _remove_stale(self) -> None:
-        """Temporary directories left by a killed writer (older than an hour) are garbage."""
-        for p in self.output.parent.glob(f".{self.output.name}.*-*"):
-            with contextlib.suppress(OSError):
-                if time.time() - p.stat().st_mtime > 3600:
-                    shutil.rmtree(p, ignore_errors=True)
-
-    def path(self, name: str) -> Path:
-        """Where to write bundle file ``name`` (inside the temporary directory)."""
-        if self.tmp is None:
-            raise BundleError("BundleWriter.path() called outside its `with` block")
-        if "/" in name or name.startswith(".") or name == MANIFEST:
-            raise BundleError(f"invalid bundle file name {name!r}")
-        return self.tmp / name
-
-    def file_written(self, name: str) -> None:
-        if self.on_file is not None:
-            self.on_file(name)
-
-    def commit(self, manifest: dict[str, Any]) -> Path:
-        """Hash every file, write ``manifest.json`` and swap the directory into place."""
-        assert self.tmp is not None
-        files = {}
-        for p in sorted(self.tmp.iterdir()):
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-            files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, **manifest, "files": files}
-        data = json.dumps(manifest, indent=2, sort_keys=False, default=_jsonable).encode()
-        with open(self.tmp / MANIFEST, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        self.file_written(MANIFEST)
-        _fsync_dir(self.tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp makes it private; a bundle is an ordinary dir
-        if self.output.exists():
-            if not _exchange(self.tmp, self.output):
-                old = self.output.parent / f".{self.output.name}.old-{os.getpid()}"
-                os.replace(self.output, old)  # window: a crash here leaves the old bundle in `old`
-                os.replace(self.tmp, self.output)
-                self.tmp = old
-        else:
-            os.replace(self.tmp, self.output)
-            self.tmp = None
-        _fsync_dir(self.output.parent)
-        self.committed = True
-        return self.output
-
-    def __exit__(self, *exc: object) -> None:
-        # After a commit self.tmp holds the previous bundle (or nothing); otherwise the half-written
-        # new one. Either way it goes.
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+        st = os.lstat(p)
+    except FileNotFoundError:
+        raise BundleError(f"{p} is missing; re-export the bundle or copy it again") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleError(f"{p} is a symbolic link; a bundle holds its own files (copy it with "
+                          "`cp -rL`)")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{p} is not a regular file")
+    return p
 
 
 @dataclass(frozen=True)
@@ -180,12 +85,16 @@ class TensorSpec:
 
 
 class Bundle:
-    """A verified bundle on disk. Build with :func:`load_bundle`."""
+    """A verified bundle on disk. Build with :func:`load_bundle`.
 
-    def __init__(self, path: Path, manifest: dict[str, Any], manifest_sha256: str) -> None:
+    ``fingerprint`` is ``sha256:`` + the hex sha256 of ``manifest.json``'s bytes, which pins every
+    listed file too (:mod:`edgeflow.runtime.trust`); tasks remember it.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], fingerprint: str) -> None:
         self.path = path
         self.manifest = manifest
-        self.fingerprint = manifest_sha256  # tasks remember which bundle made them
+        self.fingerprint = fingerprint if fingerprint.startswith("sha256:") else f"sha256:{fingerprint}"
 
     # -- what the Session needs -------------------------------------------------------------
     @property
@@ -225,10 +134,14 @@ class Bundle:
             if precision not in self.precisions:
                 raise BundleError(f"bundle {self.path} has no {precision} backbone; available "
                                   f"precisions: {', '.join(self.precisions)}")
-            return self.path / self.precisions[precision]
+            return member(self.path, self.precisions[precision])
         if graph not in self.manifest["graphs"]:
             raise BundleError(f"bundle {self.path} has no {graph} graph (exported without a drift?)")
-        return self.path / self.manifest["graphs"][graph]["file"]
+        return member(self.path, self.manifest["graphs"][graph]["file"])
+
+    def file_sha256(self, name: str) -> str:
+        """The sha256 the manifest lists for bundle file ``name`` (what was verified at load)."""
+        return self.manifest["files"][name]["sha256"]
 
     def tensors(self, graph: str) -> tuple[list[TensorSpec], list[TensorSpec]]:
         g = self.manifest["graphs"][graph]
@@ -237,77 +150,133 @@ class Bundle:
 
     def theta0(self) -> np.ndarray:
         name = self.manifest["theta"]["file"]
-        theta = np.load(self.path / name, allow_pickle=False)
+        p = member(self.path, name)
+        with os.fdopen(_open_regular(p), "rb") as f:  # the bytes checked are the bytes used
+            data = f.read(self.manifest["files"][name]["bytes"] + 1)
+        if hashlib.sha256(data).hexdigest() != self.file_sha256(name):
+            raise BundleError(f"{p} changed after the bundle was verified (sha256 mismatch); copy "
+                              "the bundle again")
+        try:
+            theta = np.load(io.BytesIO(data), allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise BundleError(f"{p} is not a readable .npy file ({exc}); re-export the bundle") from exc
         if theta.shape != (self.theta_size,) or theta.dtype != np.float32:
-            raise BundleError(f"{self.path / name}: expected float32 ({self.theta_size},), got "
+            raise BundleError(f"{p}: expected float32 ({self.theta_size},), got "
                               f"{theta.dtype} {theta.shape}")
+        if not np.isfinite(theta).all():
+            raise BundleError(f"{p}: theta0 holds NaN or inf; re-export the bundle")
         return theta
+
+
+def _hash_member(root: Path, name: str, want: dict[str, Any]) -> dict[str, Any]:
+    row = {"file": name, "sha256": want["sha256"], "bytes": want["bytes"], "status": "ok"}
+    p = root / name
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return {**row, "status": "missing"}
+    if stat.S_ISLNK(st.st_mode):
+        return {**row, "status": "symbolic link (refused)"}
+    if not stat.S_ISREG(st.st_mode):
+        return {**row, "status": "not a regular file"}
+    if st.st_size != want["bytes"]:
+        return {**row, "actual_bytes": st.st_size,
+                "status": "truncated" if st.st_size < want["bytes"] else "size mismatch"}
+    try:
+        fd = _open_regular(p)  # O_NOFOLLOW: a link swapped in after the lstat is refused too
+    except OSError:
+        return {**row, "status": "not a regular file"}
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return row if h.hexdigest() == want["sha256"] else {**row, "status": "sha256 mismatch"}
 
 
 def verify_files(path: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """Per-file check results: name, expected sha256/bytes, status ("ok", "missing",
-    "truncated", "size mismatch", "sha256 mismatch")."""
-    out = []
-    for name, want in sorted(manifest.get("files", {}).items()):
-        p = path / name
-        row = {"file": name, "sha256": want["sha256"], "bytes": want["bytes"], "status": "ok"}
-        if not p.is_file():
-            row["status"] = "missing"
-        else:
-            size = p.stat().st_size
-            if size != want["bytes"]:
-                row["status"] = "truncated" if size < want["bytes"] else "size mismatch"
-                row["actual_bytes"] = size
-            elif sha256_file(p) != want["sha256"]:
-                row["status"] = "sha256 mismatch"
-        out.append(row)
+    "truncated", "size mismatch", "sha256 mismatch", "symbolic link (refused)", ...).
+
+    ``manifest`` must have passed :func:`edgeflow.runtime.manifest.validate` (plain names only).
+    """
+    return [_hash_member(path, name, want) for name, want in sorted(manifest["files"].items())]
+
+
+def unlisted_files(path: Path, manifest: dict[str, Any]) -> list[str]:
+    """Entries in the bundle directory the manifest does not list (never read by the runtime).
+
+    The manifest, the signature and the default TensorRT engine cache ``engines/`` are expected.
+    """
+    listed = set(manifest["files"]) | set(KNOWN_EXTRAS)
+    return sorted(p.name for p in path.iterdir() if p.name not in listed)
+
+
+def _read_manifest_bytes(path: Path) -> bytes:
+    mpath = path / MANIFEST
+    try:
+        st = os.lstat(mpath)
+    except FileNotFoundError:
+        raise BundleError(f"{mpath} is missing: {path} is not a bundle (or a half-written "
+                          "one)") from None
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{mpath} is a symbolic link or not a regular file; a bundle holds its "
+                          "own manifest (copy the bundle with `cp -rL`)")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{mpath} is {st.st_size} bytes (a manifest is a few KB; at most "
+                          f"{MAX_MANIFEST_BYTES}); the bundle is damaged, re-export it")
+    with os.fdopen(_open_regular(mpath), "rb") as f:
+        return f.read(MAX_MANIFEST_BYTES + 1)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = [k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
+        raise ValueError(f"duplicate key {seen[0][:40]!r}")
     return out
 
 
-def read_manifest(path: str | Path) -> tuple[Path, dict[str, Any], str]:
-    """(bundle dir, manifest, manifest sha256) after checking the schema; no file hashes."""
+def read_manifest(path: str | Path, *, expect: str | None = None,
+                  trusted_keys: Iterable[Any] | None = None) -> tuple[Path, dict[str, Any], str]:
+    """(bundle dir, validated manifest, fingerprint); no file hashes.
+
+    The pin (``expect``) and the signature (``trusted_keys``) are checked on the raw bytes before
+    the JSON is parsed, so an untrusted manifest is refused before any of it is interpreted.
+    """
     path = Path(path).expanduser()
     if not path.is_dir():
         raise BundleError(f"bundle {path} does not exist or is not a directory; make one with "
                           "`edgeflow export`")
+    raw = _read_manifest_bytes(path)
+    fingerprint = fingerprint_of(raw)
+    check_expected(path, fingerprint, expect)
+    if trusted_keys is not None:
+        verify_signature(path, fingerprint, trusted_keys)
     mpath = path / MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{mpath} is missing: {path} is not a bundle (or a half-written one)")
-    raw = mpath.read_bytes()
     try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath} is not valid JSON ({exc}); the bundle is damaged, re-export "
-                          "it") from exc
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise BundleError(f"{mpath} is not an EdgeFlow bundle manifest (schema "
-                          f"{manifest.get('schema') if isinstance(manifest, dict) else None!r})")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise BundleError(f"{mpath} has schema version {version}; this runtime reads version "
-                          f"{SCHEMA_VERSION}; re-export the bundle with this EdgeFlow version")
-    for key in ("files", "graphs", "precisions", "preprocess", "theta", "adaptation"):
-        if key not in manifest:
-            raise BundleError(f"{mpath} lacks the {key!r} section; re-export the bundle")
-    return path, manifest, hashlib.sha256(raw).hexdigest()
+        manifest = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{mpath} is not valid JSON ({str(exc)[:200]}); the bundle is damaged, "
+                          "re-export it") from None
+    return path, validate(manifest, where=str(mpath)), fingerprint
 
 
-def load_bundle(path: str | Path, *, verify: bool = True) -> Bundle:
-    """Open a bundle, checking its schema and (``verify=True``) every file's size and sha256."""
-    path, manifest, digest = read_manifest(path)
+def load_bundle(path: str | Path, *, verify: bool = True, expect: str | None = None,
+                trusted_keys: Iterable[Any] | None = None) -> Bundle:
+    """Open a bundle, checking its manifest, pin and signature, and (``verify=True``) the size and
+    sha256 of every listed file.
+
+    ``expect``: the fingerprint (``sha256:...`` from ``edgeflow inspect``) the bundle must have.
+    ``trusted_keys``: Ed25519 public keys (PEM paths/bytes) one of which must have signed it.
+    """
+    path, manifest, fingerprint = read_manifest(path, expect=expect, trusted_keys=trusted_keys)
     if verify:
         bad = [r for r in verify_files(path, manifest) if r["status"] != "ok"]
         if bad:
             what = "; ".join(f"{path / r['file']}: {r['status']}" for r in bad)
             raise BundleError(f"bundle {path} failed verification: {what}; re-export the bundle "
                               "or copy it again")
-    listed = set(manifest["files"])
-    needed = {g["file"] for g in manifest["graphs"].values()} | set(manifest["precisions"].values())
-    needed.add(manifest["theta"]["file"])
-    unlisted = sorted(needed - listed)
-    if unlisted:
-        raise BundleError(f"bundle {path}: manifest refers to files it does not hash: {unlisted}")
-    return Bundle(path, manifest, digest)
+    return Bundle(path, manifest, fingerprint)
 
 
 def update_bundle(path: str | Path, *, add: dict[str, str | Path] | None = None,
@@ -318,17 +287,17 @@ def update_bundle(path: str | Path, *, add: dict[str, str | Path] | None = None,
     ``add`` maps bundle file names to source files (e.g. ``{"backbone.int8.onnx": tmp_path}``),
     ``precisions`` adds backbone variants (``{"int8": "backbone.int8.onnx"}``), ``manifest``
     updates top-level sections (e.g. ``{"metrics": {...}}``). The old bundle stays in place until
-    the new one is complete.
+    the new one is complete. The result is a new bundle: a new fingerprint, and unsigned.
     """
     old = load_bundle(path)
     keep = {k: v for k, v in old.manifest.items()
-            if k not in ("schema", "schema_version", "files")}
+            if k not in ("schema", "schema_version", "manifest_digest", "files")}
     keep.update(manifest or {})
     if precisions:
         keep["precisions"] = {**keep["precisions"], **precisions}
     with BundleWriter(old.path) as w:
         for name in old.manifest["files"]:
-            shutil.copy2(old.path / name, w.path(name))
+            shutil.copy2(member(old.path, name), w.path(name))
         for name, src in (add or {}).items():
             shutil.copy2(src, w.path(name))
             w.file_written(name)

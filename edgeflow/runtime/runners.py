@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeflow.errors import BackendError, DataError
+from edgeflow.errors import BackendError, BundleError, DataError
 from edgeflow.runtime.bundle import TensorSpec
 
 
@@ -125,9 +125,15 @@ class OrtRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, *, threads: int | None = None,
-                 providers: list[str] | None = None, arena: bool = False) -> None:
+                 providers: list[str] | None = None, arena: bool = False,
+                 sha256: str | None = None) -> None:
         super().__init__()
         self.path = Path(path)
+        # A bundle graph: read once (no symlink followed), checked against the manifest's hash
+        # and handed to ONNX Runtime as bytes, so the graph that runs is the one verified (no
+        # window to swap the file after load_bundle hashed it) and it cannot pull in unlisted
+        # files as external data (ORT refuses external data for a model given as bytes).
+        self.sha256 = sha256
         self.arena = arena
         self.threads = threads or default_threads()
         self.providers = providers or ["CPUExecutionProvider"]
@@ -147,14 +153,30 @@ class OrtRunner(Runner):
             # ORT's arena keeps the largest batch's activations forever; without it memory goes back
             # after each run (lower peak RSS on 8 GB devices, measured ~no latency cost here).
             opts.enable_cpu_mem_arena = False
+        model: str | bytes = str(self.path) if self.sha256 is None else self._verified_bytes()
         try:
-            self._session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
+            self._session = ort.InferenceSession(model, opts, providers=self.providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
             raise BackendError(f"ONNX Runtime cannot load {self.path}: {exc}") from exc
         self.inputs = [TensorSpec(i.name, tuple(i.shape), _ort_type(i.type))
                        for i in self._session.get_inputs()]
         self.outputs = [TensorSpec(o.name, tuple(o.shape), _ort_type(o.type))
                         for o in self._session.get_outputs()]
+
+    def _verified_bytes(self) -> bytes:
+        import hashlib
+
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise BundleError(f"cannot open {self.path} ({exc.strerror}); a bundle graph must be a "
+                              "regular file, not a symbolic link") from None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise BundleError(f"{self.path} changed after the bundle was verified (sha256 mismatch); "
+                              "copy the bundle again")
+        return data
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.outputs]

@@ -9,12 +9,8 @@ one Session may be used from several threads at once.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +20,12 @@ from edgeflow.errors import BundleError, DataError
 from edgeflow.integrate import integrate
 from edgeflow.runtime.backends import open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
-from edgeflow.runtime.inputs import check_labels, prepare_images
+from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
+from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen
+from edgeflow.runtime.trust import check_expected, verify_signature
 
 log = logging.getLogger("edgeflow.runtime")
-TASK_FORMAT = "edgeflow-task/1"
+__all__ = ["TASK_FORMAT", "Session", "Task", "prototype_logits", "prototypes", "softmax"]
 
 
 def prototypes(features: np.ndarray, episode_labels: np.ndarray, ways: int) -> np.ndarray:
@@ -56,59 +54,6 @@ def prototype_logits(query: np.ndarray, protos: np.ndarray, *, metric: str = "co
 def softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-@dataclass(frozen=True)
-class Task:
-    """An adapted task: theta, the class prototypes at that theta, and the caller's class ids."""
-
-    theta: np.ndarray  # (P,) float32
-    prototypes: np.ndarray  # (W, D) float32, at theta
-    classes: np.ndarray  # (W,) int64: the labels the caller used, in prototype order
-    bundle: str  # fingerprint (manifest sha256) of the bundle that made it
-    class_names: tuple[str, ...] | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def ways(self) -> int:
-        return len(self.classes)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the task as .npz (no pickles), atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": TASK_FORMAT, "bundle": self.bundle, "info": self.info,
-                "class_names": list(self.class_names) if self.class_names is not None else None}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez(tmp, theta=self.theta, prototypes=self.prototypes, classes=self.classes,
-                     meta=np.asarray(json.dumps(meta)))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> Task:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"task file {path} does not exist; make one with `edgeflow adapt`")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                theta, protos, classes = z["theta"], z["prototypes"], z["classes"]
-                meta = json.loads(str(z["meta"]))
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"{path} is not an EdgeFlow task file ({exc})") from exc
-        if meta.get("format") != TASK_FORMAT:
-            raise DataError(f"{path} has task format {meta.get('format')!r}, expected {TASK_FORMAT}")
-        names = meta.get("class_names")
-        return cls(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
-                   bundle=meta["bundle"], class_names=tuple(names) if names is not None else None,
-                   info=meta.get("info", {}))
 
 
 def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None,
@@ -140,18 +85,16 @@ def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None
     return backend, precision, build_options
 
 
-def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.array(a, copy=True)
-    a.flags.writeable = False
-    return a
-
-
 class Session:
     """Adapt and predict with a bundle. ``backend``: "auto", "onnxruntime" or "tensorrt".
 
     ``precision`` picks the backbone variant: "fp32" (default on ONNX Runtime), "int8" where the
     bundle has one; on TensorRT also "fp16" (the default there). ``"auto"`` tries TensorRT and falls
     back to ONNX Runtime, recording why in ``fallback_reason``.
+
+    ``expect`` pins the bundle: its fingerprint (``sha256:...``, printed by ``edgeflow inspect``)
+    must match or the Session refuses it. ``trusted_keys`` (Ed25519 public keys: PEM paths or
+    bytes) requires a signature by one of them (``edgeflow sign``). See :mod:`edgeflow.runtime.trust`.
 
     Example::
 
@@ -163,8 +106,15 @@ class Session:
     def __init__(self, bundle: str | Path | Bundle, *, backend: str = "auto",
                  precision: str | None = None, threads: int | None = None, verify: bool = True,
                  engine_cache: str | Path | None = None, build_options: Any = None,
-                 batch_size: int | None = None, target: Any = None) -> None:
-        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=verify)
+                 batch_size: int | None = None, target: Any = None, expect: str | None = None,
+                 trusted_keys: Iterable[Any] | None = None) -> None:
+        if isinstance(bundle, Bundle):  # loaded (and verified) by the caller; pin and signature here
+            check_expected(bundle.path, bundle.fingerprint, expect)
+            if trusted_keys is not None:
+                verify_signature(bundle.path, bundle.fingerprint, trusted_keys)
+            self.bundle = bundle
+        else:
+            self.bundle = load_bundle(bundle, verify=verify, expect=expect, trusted_keys=trusted_keys)
         if target is not None:  # a device profile (name, path or Target) chooses what is unset
             backend, precision, build_options = _per_target(self.bundle, target, backend, precision,
                                                             build_options)
@@ -193,6 +143,9 @@ class Session:
             raise BundleError("the manifest asks for re-centring but backbone.onnx has no "
                               "theta_means output; export the bundle again with this EdgeFlow")
         self.metric, self.scale = self.bundle.metric, self.bundle.scale
+        feats = {o.name: o for o in self.runners["backbone"].outputs}.get("features")
+        dim = feats.shape[-1] if feats is not None and feats.shape else None
+        self.feature_dim = dim if isinstance(dim, int) else None  # to check a task against
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -251,6 +204,7 @@ class Session:
             if ways is not None and ways != len(class_names):
                 raise DataError(f"ways={ways} but {len(class_names)} class_names")
             ways = len(class_names)
+        steps = None if steps is None else check_steps(steps)
         x = self.prepare(images, what="support images")
         classes, ep = check_labels(labels, len(x), ways=ways)
         w = len(classes)
@@ -281,10 +235,11 @@ class Session:
 
     def logits(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
         """Raw prototype scores (Q, W) of query images (columns follow ``task.classes``)."""
-        if task.bundle != self.bundle.fingerprint:
-            raise DataError("this task was adapted with another bundle (fingerprint "
-                            f"{task.bundle[:12]} != {self.bundle.fingerprint[:12]}); adapt it again "
-                            "with this bundle")
+        if not isinstance(task, Task):
+            raise DataError(f"task must be a Task (from Session.adapt or Task.load), got "
+                            f"{type(task).__name__}")
+        task.check_fits(fingerprint=self.bundle.fingerprint, theta_size=self.bundle.theta_size,
+                        feature_dim=self.feature_dim)
         x = self.prepare(images, what="query images")
         return prototype_logits(self.features(x, task.theta), task.prototypes, metric=self.metric,
                                 scale=self.scale)

@@ -78,3 +78,24 @@ def as_float(images: np.ndarray) -> np.ndarray:
     from edgeflow.data import Preprocess, preprocess
 
     return preprocess(images, Preprocess(**CIFAR_PRE))
+
+
+def tiny_manifest(writer, theta: np.ndarray) -> dict:
+    """A valid manifest for a hand-made bundle: ``theta0.npy`` = ``theta`` and a placeholder
+    ``backbone.onnx`` (for tests of the writer and the manifest, not of inference)."""
+    np.save(writer.path("theta0.npy"), theta.astype(np.float32))
+    writer.path("backbone.onnx").write_bytes(b"not a real graph")
+    n = len(theta)
+    tensor = {"name": "images", "shape": ["N", 3, 32, 32], "dtype": "float32"}
+    return {"graphs": {"backbone": {"file": "backbone.onnx",
+                                    "inputs": [tensor, {"name": "theta", "shape": [n],
+                                                        "dtype": "float32"}],
+                                    "outputs": [{"name": "features", "shape": ["N", 8],
+                                                 "dtype": "float32"}]}},
+            "precisions": {"fp32": "backbone.onnx"},
+            "preprocess": {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3},
+            "theta": {"size": n, "file": "theta0.npy", "layout": [{"name": "b", "offset": 0,
+                                                                   "size": n}]},
+            "adaptation": {"drift": False, "mode": "prototypes-at-theta0", "metric": "cosine",
+                           "integrator": {"method": "euler", "steps": 0, "dt": None,
+                                          "recenter": 0.0}}}

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 from edgeflow.errors import BundleError
 from edgeflow.runtime import BundleWriter, load_bundle, verify_files
+from tests.export.helpers import tiny_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,12 +52,15 @@ def test_load_verifies_every_file(plain_bundle, tmp_path):
 
 
 def test_schema_checks(plain_bundle, tmp_path):
-    for name, edit, msg in [("v2", lambda m: m.update(schema_version=2), "schema version 2"),
+    from edgeflow.runtime.manifest import canonical_digest
+
+    for name, edit, msg in [("v3", lambda m: m.update(schema_version=3), "schema version 3"),
                             ("foreign", lambda m: m.update(schema="other"), "not an EdgeFlow"),
-                            ("nograph", lambda m: m.pop("graphs"), "lacks the 'graphs'")]:
+                            ("nograph", lambda m: m.pop("graphs"), "graphs: missing")]:
         b = _copy(plain_bundle[0], tmp_path / name)
         man = json.loads((b / "manifest.json").read_text())
         edit(man)
+        man["manifest_digest"] = canonical_digest(man)  # a deliberate edit, not damage
         (b / "manifest.json").write_text(json.dumps(man))
         with pytest.raises(BundleError, match=msg):
             load_bundle(b)
@@ -132,9 +137,7 @@ def test_overwrite_replaces_atomically(tmp_path):
     out = tmp_path / "b"
     for value in (1.0, 2.0):
         with BundleWriter(out) as w:
-            np.save(w.path("theta0.npy"), np.full(3, value, np.float32))
-            w.commit({"graphs": {}, "precisions": {}, "preprocess": {}, "adaptation": {},
-                      "theta": {"file": "theta0.npy", "size": 3}})
+            w.commit(tiny_manifest(w, np.full(3, value, np.float32)))
         assert np.load(out / "theta0.npy")[0] == value
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
@@ -152,3 +155,36 @@ def test_update_bundle_adds_a_precision_atomically(plain_bundle, tmp_path):
     assert new.graph_path("backbone", precision="int8").name == "backbone.int8.onnx"
     with pytest.raises(BundleError, match="no fp16 backbone"):
         new.graph_path("backbone", precision="fp16")
+
+
+def test_writer_removes_only_its_own_stale_temp_dirs(tmp_path):
+    """A user's `.b.backup-2024` matched the old cleanup pattern and was deleted with the next write."""
+    old = time.time() - 7200
+    user = tmp_path / ".b.backup-2024"
+    (user / "inside").mkdir(parents=True)
+    lookalike = tmp_path / ".b.tmp-mine"  # the writer's own pattern, but not made by it
+    lookalike.mkdir()
+    stale = tmp_path / ".b.tmp-dead1234"  # what a killed writer leaves
+    stale.mkdir()
+    (stale / ".edgeflow-writer").write_bytes(b"")
+    fresh = tmp_path / ".b.tmp-alive"  # another writer, still running
+    fresh.mkdir()
+    (fresh / ".edgeflow-writer").write_bytes(b"")
+    for p in (user, lookalike, stale):
+        os.utime(p, (old, old))
+    with BundleWriter(tmp_path / "b") as w:
+        w.commit(tiny_manifest(w, np.zeros(3, np.float32)))
+    assert user.is_dir() and (user / "inside").is_dir() and lookalike.is_dir() and fresh.is_dir()
+    assert not stale.exists()
+    assert ".edgeflow-writer" not in {p.name for p in (tmp_path / "b").iterdir()}
+    assert load_bundle(tmp_path / "b").manifest["files"].keys() == {"theta0.npy", "backbone.onnx"}
+
+
+def test_cli_errors_print_user_text_verbatim(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    res = CliRunner().invoke(app, ["inspect", str(tmp_path / "runs[/old]" / "x[prune].bundle")])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception  # no MarkupError
+    assert "runs[/old]" in res.output and "x[prune].bundle" in res.output

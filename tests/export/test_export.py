@@ -78,7 +78,8 @@ def test_drift_graphs_match_pytorch(drift_bundle):
 def test_manifest_contents(drift_bundle, plain_bundle):
     path, model, spec, _, settings = drift_bundle
     man = json.loads((path / "manifest.json").read_text())
-    assert man["schema"] == "edgeflow-bundle" and man["schema_version"] == 1
+    assert man["schema"] == "edgeflow-bundle" and man["schema_version"] == 2
+    assert man["manifest_digest"].startswith("sha256:")
     assert set(man["files"]) == {"backbone.onnx", "task_encoder.onnx", "drift.onnx", "theta0.npy"}
     assert man["theta"]["layout"] == spec.layout() and man["theta"]["size"] == spec.size
     assert man["adaptation"]["integrator"] == settings.to_dict()
