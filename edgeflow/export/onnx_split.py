@@ -128,3 +128,32 @@ def _name_batch(pre, suf, frontier: list[str], batch) -> None:
         for vi in graph:
             if vi.name in frontier:
                 vi.type.tensor_type.shape.dim[0].CopyFrom(batch)
+
+
+def split_parity(whole: str | Path, prefix: str | Path, suffix: str | Path, images, theta0, *,
+                 tol: float = 1e-6) -> dict:
+    """Max abs difference of prefix-then-suffix against the whole graph on real preprocessed
+    ``images``, at theta0 and at a moved theta; raises when it is not (near) zero."""
+    import numpy as np
+    import onnxruntime as ort
+
+    def session(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    w, pre, suf = session(whole), session(prefix), session(suffix)
+    names = [o.name for o in pre.get_outputs()]
+    x = np.ascontiguousarray(images[:16])
+    cache = dict(zip(names, pre.run(None, {"images": x}), strict=True))
+    theta0 = np.asarray(theta0, np.float32)
+    moved = theta0 + np.random.default_rng(0).normal(scale=0.1, size=theta0.shape).astype(np.float32)
+    out = {}
+    for key, theta in (("theta0", theta0), ("moved", moved)):
+        a = w.run(None, {"images": x, "theta": theta})
+        b = suf.run(None, {**cache, "theta": theta})
+        out[f"max_abs_diff_{key}"] = float(max(np.abs(u - v).max() for u, v in zip(a, b, strict=True)))
+    worst = max(out.values())
+    if not worst <= tol:
+        raise ConfigError(f"the backbone split at theta differs from the whole graph by {worst:.3g}")
+    out["frontier"] = names
+    out["frontier_floats_per_image"] = int(sum(np.prod(v.shape[1:]) for v in cache.values()))
+    return out

@@ -55,12 +55,15 @@ def open_ort(bundle: Bundle, *, precision: str | None, threads: int | None) -> O
         raise ConfigError(f"ONNX Runtime (CPU) runs the bundle at {', '.join(ORT_PRECISIONS)}; "
                           f"{precision!r} needs the tensorrt backend")
     runners: dict[str, Runner] = {}
+    # the backbone cut at theta, for support passes; FP32 only (an INT8 graph cut in two fuses its
+    # Q/DQ pairs differently from the whole INT8 graph that classifies the queries)
+    split = [g for g in ("backbone_prefix", "backbone_suffix") if g in bundle.manifest["graphs"]]
     try:
-        for g in _graphs(bundle):
+        for g in [*_graphs(bundle), *(split if precision == "fp32" else [])]:
             path = bundle.graph_path(g, precision=precision) if g == "backbone" else bundle.graph_path(g)
             # The drift graphs are a few small matmuls per call: one thread is as fast and saves a
             # thread pool per session (memory on the device, contention with the backbone).
-            runners[g] = OrtRunner(path, threads=threads if g == "backbone" else 1,
+            runners[g] = OrtRunner(path, threads=threads if g.startswith("backbone") else 1,
                                    sha256=bundle.file_sha256(path.name)).activate()
     except BaseException:
         for r in runners.values():

@@ -21,11 +21,15 @@ from edgeflow.integrate import integrate
 from edgeflow.runtime.backends import open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
 from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
+from edgeflow.runtime.openset import OpenSetStats
+from edgeflow.runtime.openset import fit as openset_fit
+from edgeflow.runtime.support import Support
 from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen
 from edgeflow.runtime.trust import check_expected, verify_signature
 
 log = logging.getLogger("edgeflow.runtime")
-__all__ = ["TASK_FORMAT", "Session", "Task", "prototype_logits", "prototypes", "softmax"]
+UNKNOWN = -1  # the label predict(reject=...) gives a query from none of the task's classes
+__all__ = ["TASK_FORMAT", "UNKNOWN", "Session", "Task", "prototype_logits", "prototypes", "softmax"]
 
 
 def prototypes(features: np.ndarray, episode_labels: np.ndarray, ways: int) -> np.ndarray:
@@ -143,6 +147,9 @@ class Session:
             raise BundleError("the manifest asks for re-centring but backbone.onnx has no "
                               "theta_means output; export the bundle again with this EdgeFlow")
         self.metric, self.scale = self.bundle.metric, self.bundle.scale
+        # the backbone cut at theta (FP32 on ONNX Runtime): support passes at a new theta are
+        # suffix passes over the prefix's cache
+        self.split = {"backbone_prefix", "backbone_suffix"} <= set(self.runners)
         feats = {o.name: o for o in self.runners["backbone"].outputs}.get("features")
         dim = feats.shape[-1] if feats is not None and feats.shape else None
         self.feature_dim = dim if isinstance(dim, int) else None  # to check a task against
@@ -169,10 +176,27 @@ class Session:
         return self._backbone(x, theta, "features")[0]
 
     def _backbone(self, x: np.ndarray, theta: np.ndarray, *names: str) -> list[np.ndarray]:
-        runner = self.runners["backbone"]
-        outs = [runner.infer({"images": x[i:i + self.batch_size], "theta": theta})
+        return self._suffix({"images": x}, theta, *names, runner=self.runners["backbone"])
+
+    def support_cache(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """What a support pass at any theta needs of preprocessed images ``x``: the prefix's
+        activations with a split bundle, else the images themselves."""
+        if not self.split:
+            return {"images": x}
+        runner = self.runners["backbone_prefix"]
+        outs = [runner.infer({"images": x[i:i + self.batch_size]})
                 for i in range(0, len(x), self.batch_size)]
-        return [np.concatenate([o[n] for o in outs]) for n in names]
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    def _suffix(self, cache: dict[str, np.ndarray], theta: np.ndarray, *names: str,
+                runner: Any = None) -> list[np.ndarray]:
+        """Backbone outputs ``names`` at ``theta`` from a support cache, in batches."""
+        if runner is None:
+            runner = self.runners["backbone_suffix" if self.split else "backbone"]
+        n = len(next(iter(cache.values())))
+        outs = [runner.infer({**{k: v[i:i + self.batch_size] for k, v in cache.items()},
+                              "theta": theta}) for i in range(0, n, self.batch_size)]
+        return [np.concatenate([o[k] for o in outs]) for k in names]
 
     def embed_task(self, protos: np.ndarray) -> np.ndarray:
         p = protos[None].astype(np.float32)
@@ -198,6 +222,8 @@ class Session:
 
         ``ways`` (or ``class_names``) declares the classes 0..W-1 so that one with no image is an
         error instead of silently dropped. ``steps`` overrides the manifest's integration steps.
+        The task keeps the support set's cache (:mod:`edgeflow.runtime.support`), so it can grow
+        (:meth:`update`) or shrink (:meth:`remove`) without the old images.
         """
         if class_names is not None:
             class_names = tuple(str(c) for c in class_names)
@@ -206,13 +232,67 @@ class Session:
             ways = len(class_names)
         steps = None if steps is None else check_steps(steps)
         x = self.prepare(images, what="support images")
-        classes, ep = check_labels(labels, len(x), ways=ways)
+        classes, _ = check_labels(labels, len(x), ways=ways)
+        support = self._support(x, np.asarray(labels).astype(np.int64))
+        names = None if class_names is None else {int(c): class_names[int(c)] for c in classes}
+        return self._adapt(support, names=names, steps=steps)
+
+    def update(self, task: Task, images: np.ndarray | Sequence[np.ndarray],
+               labels: Sequence[int] | np.ndarray, *, class_names: Sequence[str] | None = None,
+               steps: int | None = None) -> Task:
+        """``task`` adapted again with more support images: new classes or more shots of known
+        ones, without the old images (the task's cache). Equals :meth:`adapt` on the union.
+
+        ``class_names``: names of the classes in ``labels`` (label i -> class_names[i]) when the
+        task has names; a known label must keep its name.
+        """
+        support = self._task_support(task)
+        x = self.prepare(images, what="support images")
+        check_labels(labels, len(x))
+        new = np.asarray(labels).astype(np.int64)
+        names = self._merged_names(task, new, class_names)
+        merged = support.concat(self._support(x, new, known=support))
+        return self._adapt(merged, names=names, steps=steps)
+
+    def remove(self, task: Task, classes: Iterable[int], *, steps: int | None = None) -> Task:
+        """``task`` adapted again without the support images of ``classes`` (caller's ids)."""
+        support = self._task_support(task)
+        drop = {int(c) for c in classes}
+        unknown = sorted(drop - {int(c) for c in task.classes})
+        if unknown:
+            raise DataError(f"classes {unknown[:5]} are not in the task (it has "
+                            f"{task.classes[:10].tolist()})")
+        keep = ~np.isin(support.labels, list(drop))
+        if not keep.any():
+            raise DataError("removing every class leaves an empty task; adapt a new one instead")
+        names = None if task.class_names is None else {
+            int(c): n for c, n in zip(task.classes, task.class_names, strict=True) if int(c) not in drop}
+        return self._adapt(support.select(keep), names=names, steps=steps)
+
+    # -- adaptation from a support cache --------------------------------------------------------
+    def _support(self, x: np.ndarray, labels: np.ndarray, *, known: Support | None = None
+                 ) -> Support:
+        """The cache of preprocessed support images ``x``, with flipped views for the rows whose
+        class has one shot (counting the rows of ``known``, a task's existing support set)."""
+        counts = {}
+        for c in [*(known.labels.tolist() if known is not None else []), *labels.tolist()]:
+            counts[c] = counts.get(c, 0) + 1
+        rows = np.array([i for i, c in enumerate(labels.tolist()) if counts[c] == 1], np.int64)
+        views = self.support_cache(np.ascontiguousarray(x[rows][..., ::-1])) if len(rows) else {}
+        return Support(cache=self.support_cache(x), labels=labels, views=views, view_rows=rows)
+
+    def _adapt(self, support: Support, *, names: dict[int, str] | None,
+               steps: int | None) -> Task:
+        steps = None if steps is None else check_steps(steps)
+        classes, ep = np.unique(support.labels, return_inverse=True)
+        ep = ep.astype(np.int64)
         w = len(classes)
+        cache = support.cache
         # one support pass at theta0: the prototypes for z and the means re-centring reads
         if self.recenter:
-            feats, means = self._backbone(x, self.theta0, "features", "theta_means")
+            feats, means = self._suffix(cache, self.theta0, "features", "theta_means")
         else:
-            feats, means = self.features(x, self.theta0), None
+            (feats,), means = self._suffix(cache, self.theta0, "features"), None
         protos = prototypes(feats, ep, w)
         theta, mode = self.theta0, "prototypes-at-theta0"
         if self.bundle.has_drift and (self.steps if steps is None else steps) > 0:
@@ -222,16 +302,72 @@ class Session:
             mode = mode if mode == "hyperflow" else "recenter"
         if theta is not self.theta0:
             theta = theta.astype(np.float32)
-            protos = prototypes(self.features(x, theta), ep, w)
+            (feats,) = self._suffix(cache, theta, "features")
+            protos = prototypes(feats, ep, w)
+        protos = protos.astype(np.float32)
+        stats = self._openset(support, feats, ep, protos, theta)
         info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
                 "steps": self.steps if steps is None else steps, "method": self.method,
                 "recenter": self.recenter,
-                "backend": self.backend, "precision": self.precision}
-        if class_names is not None:
-            class_names = tuple(class_names[int(c)] for c in classes)
-        return Task(theta=_frozen(theta), prototypes=_frozen(protos.astype(np.float32)),
-                    classes=_frozen(classes), bundle=self.bundle.fingerprint,
-                    class_names=class_names, info=info)
+                "backend": self.backend, "precision": self.precision,
+                "support_bytes_per_image": support.bytes_per_image()}
+        class_names = None if names is None else tuple(names[int(c)] for c in classes)
+        return Task(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
+                    bundle=self.bundle.fingerprint, class_names=class_names, info=info,
+                    support=support.frozen(), openset=stats)
+
+    def _openset(self, support: Support, feats: np.ndarray, ep: np.ndarray, protos: np.ndarray,
+                 theta: np.ndarray) -> OpenSetStats:
+        views = None
+        if len(support.view_rows):
+            (vf,) = self._suffix(support.views, theta, "features")
+            views = np.zeros_like(feats)
+            views[support.view_rows] = vf
+        return openset_fit(feats, ep, protos, self._similarity, views=views)
+
+    def _similarity(self, query: np.ndarray, protos: np.ndarray) -> np.ndarray:
+        return prototype_logits(query, protos, metric=self.metric, scale=self.scale)
+
+    def _task_support(self, task: Task) -> Support:
+        if not isinstance(task, Task):
+            raise DataError(f"task must be a Task (from Session.adapt or Task.load), got "
+                            f"{type(task).__name__}")
+        task.check_fits(fingerprint=self.bundle.fingerprint, theta_size=self.bundle.theta_size,
+                        feature_dim=self.feature_dim)
+        if task.support is None:
+            raise DataError("this task keeps no support cache (made by an older EdgeFlow); adapt it "
+                            "again from its images to let it grow")
+        want = set(self.support_cache(np.zeros((1, *self._image_shape()), np.float32)))
+        if set(task.support.cache) != want:
+            raise DataError("this task's support cache was made by another backend or precision of "
+                            "this bundle; update it with the Session that adapted it")
+        return task.support
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        p = self.preprocess
+        return (p.channels, p.size, p.size)
+
+    @staticmethod
+    def _merged_names(task: Task, labels: np.ndarray, class_names: Sequence[str] | None
+                      ) -> dict[int, str] | None:
+        if task.class_names is None:
+            if class_names is not None:
+                raise DataError("the task has no class names; update it with labels only")
+            return None
+        names = {int(c): n for c, n in zip(task.classes, task.class_names, strict=True)}
+        if class_names is None:
+            new = sorted({int(c) for c in labels} - set(names))
+            if new:
+                raise DataError(f"new classes {new[:5]} need class_names (the task has names)")
+            return names
+        for c in np.unique(labels):
+            if not 0 <= c < len(class_names):
+                raise DataError(f"label {int(c)} has no entry in class_names ({len(class_names)})")
+            given = str(class_names[int(c)])
+            if names.get(int(c), given) != given:
+                raise DataError(f"label {int(c)} is {names[int(c)]!r} in the task but {given!r} here")
+            names[int(c)] = given
+        return names
 
     def logits(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
         """Raw prototype scores (Q, W) of query images (columns follow ``task.classes``)."""
@@ -244,8 +380,29 @@ class Session:
         return prototype_logits(self.features(x, task.theta), task.prototypes, metric=self.metric,
                                 scale=self.scale)
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> tuple[np.ndarray,
-                                                                                     np.ndarray]:
-        """(labels (Q,) in the caller's label ids, scores (Q, W) softmax probabilities)."""
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], task: Task, *,
+                reject: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (Q,) in the caller's label ids, scores (Q, W) softmax probabilities).
+
+        ``reject``: a target recall of the known classes (e.g. 0.95); a query whose known-class
+        score falls below the threshold that the support set's own leave-one-out scores give for
+        that recall gets label ``UNKNOWN`` (-1): "none of these" (:mod:`edgeflow.runtime.openset`).
+        """
         logits = self.logits(images, task)
-        return task.classes[np.argmax(logits, axis=1)], softmax(logits)
+        labels = task.classes[np.argmax(logits, axis=1)]
+        if reject is not None:
+            stats = self._stats(task)
+            labels = np.where(stats.score(logits) < stats.threshold(float(reject)), UNKNOWN, labels)
+        return labels, softmax(logits)
+
+    def known_scores(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
+        """How well each query fits its best class (Q,), in units of that class's spread; higher
+        is more "known". ``predict(reject=r)`` compares it with the task's threshold for r."""
+        return self._stats(task).score(self.logits(images, task))
+
+    @staticmethod
+    def _stats(task: Task) -> OpenSetStats:
+        if task.openset is None:
+            raise DataError("this task has no open-set statistics (made by an older EdgeFlow); adapt "
+                            "it again to use rejection")
+        return task.openset
