@@ -23,6 +23,7 @@ from edgeflow.runtime.bundle import Bundle, load_bundle
 from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
 from edgeflow.runtime.openset import fit as openset_fit
+from edgeflow.runtime.protos import prototype_logits, prototypes, softmax
 from edgeflow.runtime.support import Support
 from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen
 from edgeflow.runtime.trust import check_expected, verify_signature
@@ -30,34 +31,6 @@ from edgeflow.runtime.trust import check_expected, verify_signature
 log = logging.getLogger("edgeflow.runtime")
 UNKNOWN = -1  # the label predict(reject=...) gives a query from none of the task's classes
 __all__ = ["TASK_FORMAT", "UNKNOWN", "Session", "Task", "prototype_logits", "prototypes", "softmax"]
-
-
-def prototypes(features: np.ndarray, episode_labels: np.ndarray, ways: int) -> np.ndarray:
-    """Class means (W, D); the same one-hot matmul as :func:`edgeflow.adapt.prototypes`."""
-    onehot = np.zeros((len(episode_labels), ways), dtype=features.dtype)
-    onehot[np.arange(len(episode_labels)), episode_labels] = 1
-    counts = np.maximum(onehot.sum(0), 1)
-    return (onehot.T @ features) / counts[:, None]
-
-
-def _normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    # torch.nn.functional.normalize: x / max(||x||, eps)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
-def prototype_logits(query: np.ndarray, protos: np.ndarray, *, metric: str = "cosine",
-                     scale: float = 10.0) -> np.ndarray:
-    """Scores (Q, W): scaled cosine similarity or negative squared Euclidean distance."""
-    if metric == "cosine":
-        return scale * (_normalize(query) @ _normalize(protos).T)
-    if metric == "euclidean":
-        return -np.sum((query[:, None, :] - protos[None, :, :]) ** 2, axis=-1)
-    raise BundleError(f"unknown metric {metric!r} in the bundle; valid metrics: cosine, euclidean")
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None,
@@ -251,7 +224,7 @@ class Session:
         check_labels(labels, len(x))
         new = np.asarray(labels).astype(np.int64)
         names = self._merged_names(task, new, class_names)
-        merged = support.concat(self._support(x, new, known=support))
+        merged = support.concat(self._support(x, new))
         return self._adapt(merged, names=names, steps=steps)
 
     def remove(self, task: Task, classes: Iterable[int], *, steps: int | None = None) -> Task:
@@ -270,16 +243,8 @@ class Session:
         return self._adapt(support.select(keep), names=names, steps=steps)
 
     # -- adaptation from a support cache --------------------------------------------------------
-    def _support(self, x: np.ndarray, labels: np.ndarray, *, known: Support | None = None
-                 ) -> Support:
-        """The cache of preprocessed support images ``x``, with flipped views for the rows whose
-        class has one shot (counting the rows of ``known``, a task's existing support set)."""
-        counts = {}
-        for c in [*(known.labels.tolist() if known is not None else []), *labels.tolist()]:
-            counts[c] = counts.get(c, 0) + 1
-        rows = np.array([i for i, c in enumerate(labels.tolist()) if counts[c] == 1], np.int64)
-        views = self.support_cache(np.ascontiguousarray(x[rows][..., ::-1])) if len(rows) else {}
-        return Support(cache=self.support_cache(x), labels=labels, views=views, view_rows=rows)
+    def _support(self, x: np.ndarray, labels: np.ndarray) -> Support:
+        return Support(cache=self.support_cache(x), labels=labels)
 
     def _adapt(self, support: Support, *, names: dict[int, str] | None,
                steps: int | None) -> Task:
@@ -305,7 +270,7 @@ class Session:
             (feats,) = self._suffix(cache, theta, "features")
             protos = prototypes(feats, ep, w)
         protos = protos.astype(np.float32)
-        stats = self._openset(support, feats, ep, protos, theta)
+        stats = openset_fit(feats, ep, protos, self._similarity)
         info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
                 "steps": self.steps if steps is None else steps, "method": self.method,
                 "recenter": self.recenter,
@@ -315,15 +280,6 @@ class Session:
         return Task(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
                     bundle=self.bundle.fingerprint, class_names=class_names, info=info,
                     support=support.frozen(), openset=stats)
-
-    def _openset(self, support: Support, feats: np.ndarray, ep: np.ndarray, protos: np.ndarray,
-                 theta: np.ndarray) -> OpenSetStats:
-        views = None
-        if len(support.view_rows):
-            (vf,) = self._suffix(support.views, theta, "features")
-            views = np.zeros_like(feats)
-            views[support.view_rows] = vf
-        return openset_fit(feats, ep, protos, self._similarity, views=views)
 
     def _similarity(self, query: np.ndarray, protos: np.ndarray) -> np.ndarray:
         return prototype_logits(query, protos, metric=self.metric, scale=self.scale)

@@ -30,7 +30,7 @@ TASK_FORMAT = "edgeflow-task/2"  # 2 adds the support cache and the open-set sta
 READABLE_FORMATS = ("edgeflow-task/1", TASK_FORMAT)
 MEMBERS = ("theta.npy", "prototypes.npy", "classes.npy", "meta.npy")
 OPENSET_MEMBERS = ("openset_mean.npy", "openset_std.npy", "openset_scores.npy")
-SUPPORT_MEMBER = re.compile(r"support_(?:view_)?\d{1,3}\.npy|support_labels\.npy|support_view_rows\.npy")
+SUPPORT_MEMBER = re.compile(r"support_\d{1,3}\.npy|support_labels\.npy")
 # theta + W prototypes are kilobytes; the support cache adds tens of KB per support image
 MAX_TASK_BYTES = 256 << 20
 MAX_MEMBER_BYTES = 128 << 20
@@ -159,7 +159,7 @@ class Task:
             ok = all(a.dtype == np.float32 and a.ndim == 1 and np.isfinite(a).all()
                      for a in (openset.mean, openset.std, openset.loo_scores))
             if not ok or len(openset.mean) != len(classes) or len(openset.std) != len(classes) \
-                    or (openset.std <= 0).any() or not len(openset.loo_scores):
+                    or (openset.std <= 0).any():
                 raise DataError(f"{path}: its open-set statistics are malformed; adapt the task again")
         return cls(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
                    bundle=meta["bundle"], class_names=tuple(names) if names is not None else None,

@@ -92,13 +92,16 @@ def test_update_and_remove_equal_adapting_from_scratch(drift_bundle, tmp_path):
             s.update(s.adapt(sx[first], sy[first], class_names=names[:3]), sx[rest], sy[rest])
 
 
-def test_one_shot_classes_keep_their_flipped_view_for_rejection(drift_bundle):
-    sx, sy, _, _ = episode(6, shots=1)
+def test_one_shot_tasks_grow_and_rejection_waits_for_a_second_shot(drift_bundle):
+    sx, sy, qx, _ = episode(6, shots=1)
     with Session(drift_bundle[0], backend="onnxruntime") as s:
         task = s.adapt(sx, sy)
-        assert len(task.support.view_rows) == 5 and task.openset.loo_scores.shape == (5,)
-        more = s.update(task, sx[:2], sy[:2])  # two classes get a second shot
-        assert more.info["shots"].count(2) == 2 and np.isfinite(more.openset.std).all()
+        with pytest.raises(DataError, match="at least 2 support images per class"):
+            s.predict(qx, task, reject=0.95)
+        sx2, sy2, _, _ = episode(6, shots=2)
+        more = s.update(task, sx2[sy2 >= 0][1::2], sy2[1::2])  # a second shot of every class
+        assert more.info["shots"] == [2] * 5 and more.openset.loo_scores.shape == (10,)
+        assert s.predict(qx, more, reject=0.95)[0].shape == (len(qx),)
 
 
 def test_a_first_format_task_loads_but_cannot_grow(drift_bundle, tmp_path):
