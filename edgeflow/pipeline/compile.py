@@ -60,14 +60,25 @@ class CompileResult:
         return head
 
     def human_summary(self) -> str:
+        """The text ``edgeflow compile`` prints: percentages, and the report's method names."""
+        from edgeflow.pipeline.report import engines_note, method_labels
+
         s = self.summary()
+        labels = method_labels(self.metrics)
         lines = [f"[bold green]bundle[/] {s['bundle']}", f"[bold]report[/] {s['report']}"]
         if "sparsity" in s:
-            lines.append(f"pruned to sparsity {s['sparsity']:.3f}, held-out top-1 "
-                         f"{s['top1_after_prune']:.3f}")
-        for shots, row in (self.metrics.get("fewshot") or {}).items():
-            lines.append(f"{shots}-shot: " + ", ".join(
-                f"{name} {100 * r['acc']:.1f}±{100 * r['ci95']:.1f}" for name, r in row.items()))
+            lines.append(f"pruned to {100 * s['sparsity']:.1f}% sparsity, held-out top-1 "
+                         f"{100 * s['top1_after_prune']:.1f}% (base classes)")
+        fewshot = self.metrics.get("fewshot") or {}
+        if fewshot:
+            lines.append(f"few-shot accuracy on novel classes, % (± 95% CI), "
+                         f"{self.metrics.get('ways', '?')}-way:")
+        for shots, row in fewshot.items():
+            lines.append(f"  {shots}-shot: " + ", ".join(
+                f"{labels.get(name, name)} {100 * r['acc']:.1f} ± {100 * r['ci95']:.1f}"
+                for name, r in row.items()))
+        if engines_note(self.metrics):
+            lines.append(engines_note(self.metrics))
         failed = s["checks_failed"]
         lines.append("target checks: " + ("all passed" if not failed else f"FAILED {failed}"))
         lines.append(f"total {s['seconds']:.0f} s")
@@ -179,6 +190,7 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
                                               "params": bb.outputs["params"]},
         "prune": prune_metrics, "adapt": adapt_out, "export": ex.outputs, "int8": int8,
         "engines": eng.outputs, **ev.outputs,
+        "checks": deploy_stages.note_unbuilt_engines(cfg, ev.outputs["checks"], eng.outputs),
         "seconds": {n: {"seconds": r.seconds, "reused": r.skipped}
                     for n, r in runner.results.items()},
         "total_seconds": time.perf_counter() - t0}
