@@ -3,6 +3,7 @@ evaluate -> report, each a checkpointed stage (see :mod:`edgeflow.pipeline.stage
 
 Layout of ``cfg.output``::
 
+    config.toml        the resolved configuration of the last run (``--resume`` starts from it)
     bundle/            the deployable bundle (written atomically by the exporter)
     report/            report.md, PNG plots, metrics.json
     stages/<name>/     each stage's outputs + done.json (what --resume reuses)
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeflow.errors import ConfigError
-from edgeflow.pipeline.config import CompileConfig
+from edgeflow.pipeline.clock import StageClock, previous_times
+from edgeflow.pipeline.config import SAVED_CONFIG, CompileConfig
 from edgeflow.pipeline.stages import StageRunner
 
 
@@ -105,6 +107,24 @@ def _validate(cfg: CompileConfig) -> None:
                           " pass --backbone-weights or --backbone-epochs N")
 
 
+def planned_stages(cfg: CompileConfig) -> list[str]:
+    """The stages ``run_compile`` runs for ``cfg``, in order."""
+    from edgeflow.pipeline.deploy_stages import wants_int8
+
+    return ["backbone", *(["prune", "recover"] if cfg.prune.enabled else []),
+            *(["meta-train"] if cfg.adapt.enabled else []), "export",
+            *(["calibrate"] if wants_int8(cfg) else []), "engines", "evaluate"]
+
+
+def save_config(cfg: CompileConfig, out: Path) -> Path:
+    """Write ``cfg`` as ``out/config.toml`` (atomically: an interrupted write leaves the old one)."""
+    path = out / SAVED_CONFIG
+    tmp = path.with_name(f".{SAVED_CONFIG}.tmp")
+    tmp.write_text(cfg.to_toml())
+    tmp.replace(path)
+    return path
+
+
 def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = False,
                 log: Callable[[str], None] = print) -> CompileResult:
     """Run every stage of the compile for ``cfg``; see the module docstring for the layout."""
@@ -115,13 +135,17 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
     t0 = time.perf_counter()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    # saved before any stage runs, so an interrupted run can be resumed by its folder alone
+    save_config(cfg, out)
+    planned = planned_stages(cfg)
+    clock = StageClock(planned, previous_times(out, planned), start=t0)
     runner = StageRunner(out, resume=resume, log=log)
     data = model_stages.prepare_data(cfg, progress=progress)
     base = {"data": cfg.digest("data"), "seed": cfg.seed}
 
     def stage(name: str, fn, sections: tuple[str, ...], after: tuple[str, ...] = (),
               extra: dict[str, Any] | None = None):
-        log(f"stage {name} ...")
+        log(clock.line(name))
         return runner.run(name, fn, parts={**base, "config": cfg.digest(*sections), **(extra or {})},
                           after=after)
 
