@@ -72,13 +72,18 @@ class CompileResult:
             lines.append(f"pruned to {100 * s['sparsity']:.1f}% sparsity, held-out top-1 "
                          f"{100 * s['top1_after_prune']:.1f}% (base classes)")
         fewshot = self.metrics.get("fewshot") or {}
-        if fewshot:
-            lines.append(f"few-shot accuracy on novel classes, % (± 95% CI), "
-                         f"{self.metrics.get('ways', '?')}-way:")
-        for shots, row in fewshot.items():
-            lines.append(f"  {shots}-shot: " + ", ".join(
-                f"{labels.get(name, name)} {100 * r['acc']:.1f} ± {100 * r['ci95']:.1f}"
-                for name, r in row.items()))
+        if fewshot:  # a method per row, a shot count per column: fits 80 columns, unlike a line
+            present = {m for row in fewshot.values() for m in row}
+            methods = [m for m in labels if m in present] + sorted(present - set(labels))
+            width = max(len(labels.get(m, m)) for m in methods)
+            lines.append(f"few-shot accuracy on novel classes, % ± 95% CI, "
+                         f"{self.metrics.get('ways', '?')}-way")
+            lines.append("  " + " " * width + "".join(f"  {s + '-shot':>11}" for s in fewshot))
+            for m in methods:
+                cells = [row.get(m) for row in fewshot.values()]
+                lines.append(f"  {labels.get(m, m):<{width}}" + "".join(
+                    f"  {100 * c['acc']:5.1f} ± {100 * c['ci95']:3.1f}" if c else f"  {'n/a':>11}"
+                    for c in cells))
         if engines_note(self.metrics):
             lines.append(engines_note(self.metrics))
         failed = s["checks_failed"]
