@@ -1,17 +1,15 @@
 """"None of these": rejecting queries from classes the task was not taught, from the support set alone.
 
-The score of a query is how well it fits its best class, in units of that class's own spread:
+The score of a query is how well it fits its best class: ``score(q) = max_c s_c(q)``, the
+prototype similarity the classifier uses (scaled cosine or negative squared distance), not its
+softmax. Chosen on Tiny-ImageNet *val* (200 episodes, CIFAR-10 ResNet-20): AUROC 63.4 against 59.7
+for the same similarity in units of each class's leave-one-out spread, and 53.1 for max-softmax.
 
-    score(q) = max_c (s_c(q) - mu_c) / sd_c
-
-where ``s_c`` is the prototype similarity the classifier uses (scaled cosine or negative squared
-distance) and ``mu_c``, ``sd_c`` are the mean and spread of the *leave-one-out* similarities of
-class c's support images to the prototype of the class's other shots (forward only: the support
-features are already there). Per-class spreads are shrunk toward the pooled spread, since five
-shots estimate a spread poorly.
-
-The threshold for a target recall of known classes is the ``1 - recall`` quantile of the support
-images' own leave-one-out scores: a query scoring below it is "unknown". A class with one shot has
+The threshold for a target recall of known classes comes from the support set alone: each support
+image is scored like a query, against the *leave-one-out* prototype of its own class (the mean of
+the class's other shots) and the other classes' prototypes, and the threshold is the
+``1 - recall`` quantile of those scores: a query scoring below it is "unknown". Forward only: the
+support features are already there. A class with one shot has
 no other shot to compare with, so rejection refuses to guess for such a task (flipped views as
 pseudo-queries were tried: a view is far more similar to its original than a real query is, and
 only 3% of known CIFAR-10 queries were kept at a 95% target). numpy only (the on-device runtime).
@@ -35,8 +33,8 @@ class OpenSetStats:
     """What rejection needs from a task: per-class similarity statistics and the support's own
     leave-one-out scores (the in-class score distribution; empty when a class has one shot)."""
 
-    mean: np.ndarray  # (W,) float32
-    std: np.ndarray  # (W,) float32
+    mean: np.ndarray  # (W,) float32: each class's mean leave-one-out similarity (descriptive)
+    std: np.ndarray  # (W,) float32: and its spread, shrunk toward the pooled one (descriptive)
     loo_scores: np.ndarray  # (N,) float32, or (0,) when some class has a single shot
 
     def threshold(self, recall: float) -> float:
@@ -51,7 +49,7 @@ class OpenSetStats:
 
     def score(self, logits: np.ndarray) -> np.ndarray:
         """Known-class score (Q,) of queries from their prototype logits (Q, W)."""
-        return ((logits - self.mean[None]) / self.std[None]).max(axis=1).astype(np.float32)
+        return np.asarray(logits, np.float32).max(axis=1)
 
 
 def fit(features: np.ndarray, labels: np.ndarray, protos: np.ndarray,
@@ -76,6 +74,6 @@ def fit(features: np.ndarray, labels: np.ndarray, protos: np.ndarray,
         std[c] = np.sqrt((np.sum((s - s.mean()) ** 2) + SHRINK * pooled_var) / (len(s) - 1 + SHRINK))
     # the in-class score distribution: each support image scored like a query, against its own
     # class's leave-one-out prototype and the other classes' full prototypes
-    z = (similarity(features, protos) - class_mean[None]) / std[None]
-    z[np.arange(len(labels)), labels] = (sims - class_mean[labels]) / std[labels]
-    return OpenSetStats(mean=class_mean, std=std, loo_scores=z.max(axis=1).astype(np.float32))
+    logits = similarity(features, protos).astype(np.float32)
+    logits[np.arange(len(labels)), labels] = sims
+    return OpenSetStats(mean=class_mean, std=std, loo_scores=logits.max(axis=1))

@@ -243,6 +243,16 @@ class Session:
         return self._adapt(support.select(keep), names=names, steps=steps)
 
     # -- adaptation from a support cache --------------------------------------------------------
+    def adapt_support(self, support: Support, *, class_names: dict[int, str] | None = None,
+                      steps: int | None = None) -> Task:
+        """Adapt from a support cache (:meth:`support_cache` of preprocessed images, with the
+        caller's labels): for an app that keeps the prefix activations of images it has seen."""
+        return self._adapt(support, names=class_names, steps=steps)
+
+    def cached_features(self, cache: dict[str, np.ndarray], theta: np.ndarray) -> np.ndarray:
+        """Features (N, D) at ``theta`` of images known by their :meth:`support_cache`."""
+        return self._suffix(cache, np.asarray(theta, np.float32), "features")[0]
+
     def _support(self, x: np.ndarray, labels: np.ndarray) -> Support:
         return Support(cache=self.support_cache(x), labels=labels)
 
@@ -352,8 +362,8 @@ class Session:
         return labels, softmax(logits)
 
     def known_scores(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
-        """How well each query fits its best class (Q,), in units of that class's spread; higher
-        is more "known". ``predict(reject=r)`` compares it with the task's threshold for r."""
+        """How well each query fits its best class (Q,): its best prototype similarity; higher is
+        more "known". ``predict(reject=r)`` compares it with the task's threshold for r."""
         return self._stats(task).score(self.logits(images, task))
 
     @staticmethod
