@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from edgeflow.cli import inspect_report
 from edgeflow.cli.common import JSON_OPT, command, console, emit
 
 BACKEND_OPT = typer.Option("auto", "--backend", "-b", help="auto (TensorRT when it works, else ONNX "
@@ -38,7 +39,11 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
             expect: str = EXPECT_OPT, trusted_key: list[Path] = TRUSTED_KEY_OPT,
             as_json: bool = JSON_OPT) -> None:
     """Show a bundle: fingerprint, files and whether their hashes check out, tensors, theta,
-    sparsity, metrics, signature, and files in the directory the manifest does not list.
+    pruning, metrics, signature, and files in the directory the manifest does not list.
+
+    Pruning: method and granularity; the backbone's parameters, multiply-accumulates per image
+    and (channel pruning) per-layer widths, against the unpruned backbone where the manifest
+    records it; the fraction of zero conv weights (unstructured and 2:4 pruning).
 
     Exits 1 when the manifest is invalid, a file is missing, truncated or altered, or the
     fingerprint / signature is not the expected one. The fingerprint (sha256 of manifest.json,
@@ -64,61 +69,17 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
            "adaptation": man["adaptation"], "preprocess": man["preprocess"],
            "sparsity": {k: v for k, v in (man.get("sparsity") or {}).items() if k != "per_layer"},
            "target": man.get("target"), "source": man.get("source"), "metrics": man.get("metrics")}
+    # what pruning did (parameters, MACs, widths), from the backbone graph once its hash checked out
+    backbone = man["graphs"]["backbone"]["file"]
+    res["structure"] = (inspect_report.structure(path, man)
+                        if any(f["file"] == backbone and f["status"] == "ok" for f in files) else None)
     if as_json:
         emit(res, as_json=True)
     else:
-        _print_inspect(path, man, res)
+        inspect_report.print_inspect(path, man, res)
     if not res["ok"]:
         bad = [f"{f['file']} ({f['status']})" for f in files if f["status"] != "ok"]
         raise BundleError(f"bundle {path} failed verification: {', '.join(bad)}")
-
-
-def _print_inspect(path: Path, man: dict, res: dict) -> None:
-    from rich.table import Table
-
-    t = Table(title=escape(f"{path} (schema {man['schema_version']})"))
-    for col in ("file", "bytes", "sha256", "status"):
-        t.add_column(col)
-    for f in res["files"]:
-        color = "green" if f["status"] == "ok" else "red"
-        t.add_row(escape(f["file"]), str(f["bytes"]), f["sha256"][:16],
-                  f"[{color}]{escape(f['status'])}[/]")
-    console.print(t)
-    console.print(f"fingerprint: {res['fingerprint']}", highlight=False, markup=False)
-    sig = res["signature"]
-    console.print("signature: " + ("none" if sig is None else
-                                   f"key {sig['key_id']}, " + ("verified" if sig["verified"] else
-                                   "for this manifest (not verified: give --trusted-key)"
-                                   if sig["for_this_manifest"] else "STALE (signs another manifest)")),
-                  highlight=False, markup=False)
-    if res["unlisted"]:
-        console.print(f"unlisted (not verified, never read): {', '.join(res['unlisted'][:20])}",
-                      highlight=False, markup=False)
-    for g, spec in man["graphs"].items():
-        ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in spec["inputs"])
-        outs = ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in spec["outputs"])
-        console.print(escape(f"{g}: {ins} -> {outs}"), highlight=False)
-    a, sp = man["adaptation"], res["sparsity"]
-    console.print(f"theta: {res['theta_size']} values over {res['theta_layers']} layers; "
-                  f"adaptation: {a.get('mode')} ({a['integrator']['method']}, "
-                  f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False,
-                  markup=False)
-    # sparsity and metrics are informational: the schema fixes only their outer type, so a value
-    # of another type is shown as it is instead of breaking the format
-    console.print(f"sparsity: {_fmt(sp.get('fraction', 0), '.2%')} of conv weights zero"
-                  f"{' (2:4 pattern)' if sp.get('two_four') is True else ''}; precisions: "
-                  f"{', '.join(man['precisions'])}; target: {man.get('target')}", highlight=False,
-                  markup=False)
-    parity = ((man.get("metrics") or {}).get("parity") or {})
-    parity = parity.get("backbone") if isinstance(parity, dict) else None
-    if isinstance(parity, dict) and parity:
-        console.print(f"export parity: max abs diff {_fmt(parity.get('max_abs_diff_theta0'), '.2e')} "
-                      f"at theta0 on {parity.get('images')} real images", highlight=False,
-                      markup=False)
-
-
-def _fmt(v: object, spec: str) -> str:
-    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:40]
 
 
 def build(
@@ -303,7 +264,14 @@ def bench(
     trusted_key: list[Path] = TRUSTED_KEY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """B3 latency of a bundle on this machine: backbone batch 1/32, drift step, adapt, predict.
+    """How long the bundle takes on this machine: wall-clock milliseconds (median, p90, p99) over
+    --repeats runs after 5 warm-up runs, on random images of the bundle's input size.
+
+    Rows: backbone_b1 and backbone_b32 (one backbone call on 1 and on 32 images); drift_step (one
+    step of the drift network, bundles with one); adapt_5w5s (adapting to 5 classes from 5 images
+    each) and adapt_no_drift_5w5s (the same with prototypes only); predict_75 (classifying 75
+    images); adapt_predict_5w5s_75q (a new task end to end) and no_adaptation_5w5s_75q (the same
+    without moving theta, for comparison).
 
     Example: edgeflow bench runs/r20.bundle --threads 2 --repeats 100
     """
