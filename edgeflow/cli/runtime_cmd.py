@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from edgeflow.cli import inspect_report
+from edgeflow.cli import inspect_report, predict_report
 from edgeflow.cli.common import JSON_OPT, command, console, emit
 
 BACKEND_OPT = typer.Option("auto", "--backend", "-b", help="auto (TensorRT when it works, else ONNX "
@@ -156,11 +156,21 @@ def _load_target(name: str):
     return Target.load(name)
 
 
+SKIP_CORRUPT_OPT = typer.Option(False, "--skip-corrupt", help="Leave out files that do not decode "
+                                "as images (listed in the output and under skipped in --json) "
+                                "instead of stopping at the first.")
+
+
 def adapt(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    support: Path = typer.Option(..., "--support", "-s", help="Labelled images: a directory or .zip "
-                                 "with one folder per class."),
+    support: Path = typer.Option(None, "--support", "-s", help="Labelled images: a directory or .zip "
+                                 "with one folder per class (at least two classes, none empty); "
+                                 "with --labels, the folder its paths are relative to."),
     output: Path = typer.Option(..., "--output", "-o", help="Task file to write (.npz)."),
+    labels: Path = typer.Option(None, "--labels", help="CSV of file,label rows (header optional) "
+                                "for images in a flat folder; paths relative to --support, else "
+                                "to the CSV's folder."),
+    skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
     steps: int = typer.Option(None, "--steps", min=0, help="Integration steps (default: manifest)."),
@@ -172,86 +182,101 @@ def adapt(
     """Adapt the bundle to new classes from a few labelled images (no gradients) -> TASK.npz.
 
     Example: edgeflow adapt runs/r20.bundle --support my_classes/ --output task.npz
+
+    Example: edgeflow adapt runs/r20.bundle --support captures/ --labels captures/labels.csv -o task.npz
     """
     from edgeflow.data import load_image_folder
+    from edgeflow.data.labelfile import load_labelled_files, read_label_csv
+    from edgeflow.errors import DataError
     from edgeflow.runtime import Session
+    from edgeflow.runtime.inputs import check_class_count
 
-    b = _open_bundle(bundle, expect, trusted_key)
+    b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
+    pre = b.preprocess
+    mode, size = "L" if pre.channels == 1 else "RGB", pre.size if b.allow_resize else None
+    if labels is not None:
+        ds = load_labelled_files(read_label_csv(labels, root=support), source=str(labels),
+                                 mode=mode, size=size, skip_corrupt=skip_corrupt)
+    elif support is not None:
+        ds = load_image_folder(support, mode=mode, size=size, cache=False, skip_corrupt=skip_corrupt)
+    else:
+        raise DataError("give the support images: --support FOLDER (one folder per class) or "
+                        "--labels FILE.csv (file,label rows)")
+    check_class_count(ds.classes, what=f"the support set {ds.source}")
     with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        pre = s.preprocess
-        ds = load_image_folder(support, mode="L" if pre.channels == 1 else "RGB",
-                               size=pre.size if s.bundle.allow_resize else None, cache=False)
         task = s.adapt(ds.images, ds.labels, class_names=ds.classes, steps=steps)
         path = task.save(output)
         res = {"task": str(path), "classes": list(task.class_names or ()), "shots": task.info["shots"],
                "mode": task.info["mode"], "backend": s.backend, "precision": s.precision,
                "theta_change_max": float(abs(task.theta - s.theta0).max()),
-               "fallback_reason": s.fallback_reason}
+               "fallback_reason": s.fallback_reason, "skipped": list(ds.skipped)}
+    skipped = (f"\nskipped {len(ds.skipped)} unreadable file(s): "
+               f"{escape(', '.join(ds.skipped[:10]))}{' ...' if len(ds.skipped) > 10 else ''}"
+               if ds.skipped else "")
     emit(res, as_json=as_json,
          human=f"wrote [bold]{escape(str(path))}[/]: {len(res['classes'])} classes "
                f"({escape(', '.join(res['classes'][:6]))}{'...' if len(res['classes']) > 6 else ''}), "
-               f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}")
-
-
-def _image_files(paths: list[Path]) -> list[Path]:
-    from edgeflow.data.imagefolder import IMAGE_SUFFIXES
-    from edgeflow.errors import DataError
-
-    out = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"{p} does not exist; pass image files or directories")
-    return out
+               f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}{skipped}")
 
 
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or directories of images."),
+    images: list[Path] = typer.Argument(None, help="Image files and/or directories of images; or "
+                                        "one folder of class folders named like the task's "
+                                        "classes, to measure accuracy."),
     task: Path = typer.Option(..., "--task", help="Task file from `edgeflow adapt`."),
+    labels: Path = typer.Option(None, "--labels", help="CSV of file,label rows giving the true "
+                                "classes (accuracy report); paths relative to the one folder "
+                                "given, else to the CSV's folder."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Classes to show per image."),
+    skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
     threads: int = THREADS_OPT,
     expect: str = EXPECT_OPT,
     trusted_key: list[Path] = TRUSTED_KEY_OPT,
-    as_json: bool = JSON_OPT,
+    as_json: bool = typer.Option(False, "--json", help=predict_report.JSON_HELP),
 ) -> None:
     """Classify images with an adapted task: top-k classes with scores (softmax over the task).
 
-    Example: edgeflow predict runs/r20.bundle --task task.npz photos/ --top-k 2 --json
-    """
-    import numpy as np
+    Given one folder of class folders (as for adapt) whose names match the task's classes, or a
+    --labels file, it reports accuracy, per-class recall and the confusion matrix instead of a
+    line per image (--json has both); images of classes the task does not know are counted apart.
 
-    from edgeflow.data.imagefolder import read_image_file
+    Example: edgeflow predict runs/r20.bundle --task task.npz photos/ --top-k 2 --json
+
+    Example: edgeflow predict runs/r20.bundle --task task.npz held_out/   (class folders)
+    """
     from edgeflow.runtime import Session, Task
 
     b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
     t = Task.load(task)
-    files = _image_files(images)
-    with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        mode = "L" if s.preprocess.channels == 1 else "RGB"
-        arrays = [read_image_file(f, mode=mode) for f in files]
-        _, scores = s.predict(arrays, t)
     names = list(t.class_names) if t.class_names else [str(c) for c in t.classes]
-    k = min(top_k, len(names))
-    rows = []
-    for f, sc in zip(files, scores, strict=True):
-        order = np.argsort(-sc)[:k]
-        rows.append({"image": str(f), "top": [{"class": names[i], "label": int(t.classes[i]),
-                                               "score": float(sc[i])} for i in order]})
+    q = predict_report.find_queries(images, labels=labels, task_names=names)
+    arrays, kept, skipped = predict_report.read_queries(
+        q, mode="L" if b.preprocess.channels == 1 else "RGB", skip_corrupt=skip_corrupt)
+    with Session(b, backend=backend, precision=precision, threads=threads) as s:
+        _, scores = s.predict(arrays, t)
+    files = [q.files[i] for i in kept]
+    truth = None if q.truth is None else [q.truth[i] for i in kept]
+    rows = predict_report.prediction_rows(files, scores, names=names, ids=t.classes, top_k=top_k,
+                                          truth=truth)
+    res = {"task": str(task), "predictions": rows, "skipped": skipped}
+    if truth is not None:
+        res["evaluation"] = predict_report.evaluate(truth, [r["class_name"] for r in rows],
+                                                    names=names, ids=t.classes)
     if as_json:
-        emit({"task": str(task), "predictions": rows}, as_json=True)
+        emit(res, as_json=True)
         return
-    for r in rows:
-        tops = ", ".join(f"{x['class']} {x['score']:.3f}" for x in r["top"])
-        console.print(f"{r['image']}: {tops}", highlight=False, markup=False)
+    if truth is not None:
+        predict_report.print_evaluation(res["evaluation"], source=q.source)
+    else:
+        for r in rows:
+            tops = ", ".join(f"{x['class_name']} {x['score']:.3f}" for x in r["top"])
+            console.print(f"{r['image']}: {tops}", highlight=False, markup=False)
+    if skipped:
+        console.print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:10])}"
+                      f"{' ...' if len(skipped) > 10 else ''}", highlight=False, markup=False)
 
 
 def bench(
