@@ -134,8 +134,9 @@ def structure_lines(st: dict[str, Any]) -> list[str]:
                          f"{widths}")
     elif st.get("graph_error"):
         lines.append(f"backbone structure unavailable: {st['graph_error']}")
-    if zero is not None and not (channel and zero == 0):
-        lines.append(f"zero weights: {zero:.2%} of conv weights"
+    raw = st.get("zero_weight_fraction")
+    if raw is not None and not (channel and zero == 0):
+        lines.append(f"zero weights: {_fmt(raw, '.2%')} of conv weights"
                      f"{' (2:4 pattern)' if st.get('two_four') else ''}")
     return lines
 
@@ -172,7 +173,7 @@ def print_inspect(path: Path, man: dict, res: dict) -> None:
                   f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False,
                   markup=False)
     # sparsity and metrics are informational: the schema fixes only their outer type, so a value
-    # of another type is left out (structure_lines takes numbers only) instead of breaking the format
+    # of another type is shown as it is (_fmt) instead of breaking the format
     for x in structure_lines(res["structure"]):
         console.print(x, highlight=False, markup=False)
     console.print(f"precisions: {', '.join(man['precisions'])}; target: {man.get('target')}",
