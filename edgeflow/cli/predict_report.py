@@ -75,8 +75,8 @@ def find_queries(paths: list[Path] | None, *, labels: Path | None,
     if not paths:
         raise DataError("give image files or folders to classify, or --labels FILE.csv")
     if len(paths) == 1 and paths[0].is_dir():
-        try:
-            per_class = class_image_files(paths[0])
+        try:  # an empty class folder is no error here: the report shows the class with 0 images
+            per_class = class_image_files(paths[0], allow_empty=True)
         except DataError:
             per_class = None  # images at the top level or mixed depths: a plain folder
         if per_class and set(per_class) & set(task_names):
@@ -181,3 +181,4 @@ def print_evaluation(ev: dict[str, Any], *, source: str) -> None:
         shown = ", ".join(f"{c} {n}" for c, n in list(ev["unknown_classes"].items())[:10])
         console.print(f"not counted: {ev['unknown_class_images']} images of classes the task does "
                       f"not know ({shown})", highlight=False, markup=False)
+    console.print("per-image predictions: --json", highlight=False, markup=False)

@@ -392,12 +392,12 @@ def _write_cache(cache_file: Path, ds: ImageDataset) -> None:
         pass
 
 
-def class_image_files(path: str | Path) -> dict[str, list[Path]]:
+def class_image_files(path: str | Path, *, allow_empty: bool = False) -> dict[str, list[Path]]:
     """Class name -> image files of a directory of class folders (the layouts above, no splits).
 
     For reading query images with known classes at their own size (``edgeflow predict`` on a
     labelled folder): files without an image extension are left out, as plain ``predict`` leaves
-    them out of a folder; an empty class folder is an error that names it.
+    them out of a folder; an empty class folder is an error that names it unless ``allow_empty``.
     """
     path = Path(path).expanduser()
     if not path.is_dir():
@@ -407,5 +407,6 @@ def class_image_files(path: str | Path) -> dict[str, list[Path]]:
     if not members:
         raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
     layout = _layout(members, str(path), None)
-    check_no_empty_folders(src.folders(), members, str(path))
+    if not allow_empty:
+        check_no_empty_folders(src.folders(), members, str(path))
     return {name: [path / m for m in files] for name, files in layout.items()}

@@ -87,6 +87,20 @@ def test_predict_on_class_folders_reports_accuracy_recall_and_confusion(folders,
     assert "not counted: 4 images of classes the task does not know (horse 4)" in text
 
 
+def test_a_held_out_class_with_no_images_shows_in_the_report(folders, task, plain_bundle, tmp_path):
+    import shutil
+
+    held = tmp_path / "held_out"
+    shutil.copytree(folders / "held_out" / "cat", held / "cat")
+    shutil.copytree(folders / "held_out" / "ship", held / "ship")
+    (held / "airplane").mkdir()
+    res = run("predict", plain_bundle[0], "--task", task, held, "--json")
+    assert res.exit_code == 0, res.output
+    per_class = {c["class_name"]: c for c in json.loads(res.stdout)["evaluation"]["per_class"]}
+    assert per_class["airplane"]["images"] == 0 and per_class["airplane"]["recall"] is None
+    assert per_class["cat"]["images"] == 8
+
+
 def test_predict_help_says_what_the_json_keys_are():
     res = runner.invoke(app, ["predict", "--help"])
     text = " ".join(res.output.replace("│", " ").split())  # the help's box and wrapping
