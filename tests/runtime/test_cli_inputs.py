@@ -42,6 +42,11 @@ def test_bool_uint16_and_grey_alpha_arrays_and_pil_images_of_any_mode():
     for i in range(len(pil)):
         np.testing.assert_allclose(x[i], want[0], atol=1e-5)
     np.testing.assert_array_equal(prepare_images(pil[0], PRE), want)  # one PIL image
+    grey_pre = Preprocess(size=32, channels=1, mean=(0.5,), std=(0.5,))  # a greyscale bundle
+    want_grey = prepare_images(grey[None], grey_pre)
+    for im in (pil[3], la, Image.fromarray(grey).convert("1").convert("L"), sixteen):
+        assert prepare_images(im, grey_pre).shape == (1, 1, 32, 32)
+    np.testing.assert_allclose(prepare_images(pil[3], grey_pre), want_grey, atol=1e-5)
     with pytest.raises(DataError, match=r"expected uint8 images .*got int32"):
         prepare_images(grey.astype(np.int32)[None], PRE)
 
