@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from edgeflow.cli import inspect_report, predict_report
 from edgeflow.cli.common import JSON_OPT, command, console, emit
 
 BACKEND_OPT = typer.Option("auto", "--backend", "-b", help="auto (TensorRT when it works, else ONNX "
@@ -38,7 +39,11 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
             expect: str = EXPECT_OPT, trusted_key: list[Path] = TRUSTED_KEY_OPT,
             as_json: bool = JSON_OPT) -> None:
     """Show a bundle: fingerprint, files and whether their hashes check out, tensors, theta,
-    sparsity, metrics, signature, and files in the directory the manifest does not list.
+    pruning, metrics, signature, and files in the directory the manifest does not list.
+
+    Pruning: method and granularity; the backbone's parameters, multiply-accumulates per image
+    and (channel pruning) per-layer widths, against the unpruned backbone where the manifest
+    records it; the fraction of zero conv weights (unstructured and 2:4 pruning).
 
     Exits 1 when the manifest is invalid, a file is missing, truncated or altered, or the
     fingerprint / signature is not the expected one. The fingerprint (sha256 of manifest.json,
@@ -64,61 +69,17 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
            "adaptation": man["adaptation"], "preprocess": man["preprocess"],
            "sparsity": {k: v for k, v in (man.get("sparsity") or {}).items() if k != "per_layer"},
            "target": man.get("target"), "source": man.get("source"), "metrics": man.get("metrics")}
+    # what pruning did (parameters, MACs, widths), from the backbone graph once its hash checked out
+    backbone = man["graphs"]["backbone"]["file"]
+    res["structure"] = (inspect_report.structure(path, man)
+                        if any(f["file"] == backbone and f["status"] == "ok" for f in files) else None)
     if as_json:
         emit(res, as_json=True)
     else:
-        _print_inspect(path, man, res)
+        inspect_report.print_inspect(path, man, res)
     if not res["ok"]:
         bad = [f"{f['file']} ({f['status']})" for f in files if f["status"] != "ok"]
         raise BundleError(f"bundle {path} failed verification: {', '.join(bad)}")
-
-
-def _print_inspect(path: Path, man: dict, res: dict) -> None:
-    from rich.table import Table
-
-    t = Table(title=escape(f"{path} (schema {man['schema_version']})"))
-    for col in ("file", "bytes", "sha256", "status"):
-        t.add_column(col)
-    for f in res["files"]:
-        color = "green" if f["status"] == "ok" else "red"
-        t.add_row(escape(f["file"]), str(f["bytes"]), f["sha256"][:16],
-                  f"[{color}]{escape(f['status'])}[/]")
-    console.print(t)
-    console.print(f"fingerprint: {res['fingerprint']}", highlight=False, markup=False)
-    sig = res["signature"]
-    console.print("signature: " + ("none" if sig is None else
-                                   f"key {sig['key_id']}, " + ("verified" if sig["verified"] else
-                                   "for this manifest (not verified: give --trusted-key)"
-                                   if sig["for_this_manifest"] else "STALE (signs another manifest)")),
-                  highlight=False, markup=False)
-    if res["unlisted"]:
-        console.print(f"unlisted (not verified, never read): {', '.join(res['unlisted'][:20])}",
-                      highlight=False, markup=False)
-    for g, spec in man["graphs"].items():
-        ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in spec["inputs"])
-        outs = ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in spec["outputs"])
-        console.print(escape(f"{g}: {ins} -> {outs}"), highlight=False)
-    a, sp = man["adaptation"], res["sparsity"]
-    console.print(f"theta: {res['theta_size']} values over {res['theta_layers']} layers; "
-                  f"adaptation: {a.get('mode')} ({a['integrator']['method']}, "
-                  f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False,
-                  markup=False)
-    # sparsity and metrics are informational: the schema fixes only their outer type, so a value
-    # of another type is shown as it is instead of breaking the format
-    console.print(f"sparsity: {_fmt(sp.get('fraction', 0), '.2%')} of conv weights zero"
-                  f"{' (2:4 pattern)' if sp.get('two_four') is True else ''}; precisions: "
-                  f"{', '.join(man['precisions'])}; target: {man.get('target')}", highlight=False,
-                  markup=False)
-    parity = ((man.get("metrics") or {}).get("parity") or {})
-    parity = parity.get("backbone") if isinstance(parity, dict) else None
-    if isinstance(parity, dict) and parity:
-        console.print(f"export parity: max abs diff {_fmt(parity.get('max_abs_diff_theta0'), '.2e')} "
-                      f"at theta0 on {parity.get('images')} real images", highlight=False,
-                      markup=False)
-
-
-def _fmt(v: object, spec: str) -> str:
-    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:40]
 
 
 def build(
@@ -195,11 +156,21 @@ def _load_target(name: str):
     return Target.load(name)
 
 
+SKIP_CORRUPT_OPT = typer.Option(False, "--skip-corrupt", help="Leave out files that do not decode "
+                                "as images (listed in the output and under skipped in --json) "
+                                "instead of stopping at the first.")
+
+
 def adapt(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    support: Path = typer.Option(..., "--support", "-s", help="Labelled images: a directory or .zip "
-                                 "with one folder per class."),
+    support: Path = typer.Option(None, "--support", "-s", help="Labelled images: a directory or .zip "
+                                 "with one folder per class (at least two classes, none empty); "
+                                 "with --labels, the folder its paths are relative to."),
     output: Path = typer.Option(..., "--output", "-o", help="Task file to write (.npz)."),
+    labels: Path = typer.Option(None, "--labels", help="CSV of file,label rows (header optional) "
+                                "for images in a flat folder; paths relative to --support, else "
+                                "to the CSV's folder."),
+    skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
     steps: int = typer.Option(None, "--steps", min=0, help="Integration steps (default: manifest)."),
@@ -211,86 +182,101 @@ def adapt(
     """Adapt the bundle to new classes from a few labelled images (no gradients) -> TASK.npz.
 
     Example: edgeflow adapt runs/r20.bundle --support my_classes/ --output task.npz
+
+    Example: edgeflow adapt runs/r20.bundle --support captures/ --labels captures/labels.csv -o task.npz
     """
     from edgeflow.data import load_image_folder
+    from edgeflow.data.labelfile import load_labelled_files, read_label_csv
+    from edgeflow.errors import DataError
     from edgeflow.runtime import Session
+    from edgeflow.runtime.inputs import check_class_count
 
-    b = _open_bundle(bundle, expect, trusted_key)
+    b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
+    pre = b.preprocess
+    mode, size = "L" if pre.channels == 1 else "RGB", pre.size if b.allow_resize else None
+    if labels is not None:
+        ds = load_labelled_files(read_label_csv(labels, root=support), source=str(labels),
+                                 mode=mode, size=size, skip_corrupt=skip_corrupt)
+    elif support is not None:
+        ds = load_image_folder(support, mode=mode, size=size, cache=False, skip_corrupt=skip_corrupt)
+    else:
+        raise DataError("give the support images: --support FOLDER (one folder per class) or "
+                        "--labels FILE.csv (file,label rows)")
+    check_class_count(ds.classes, what=f"the support set {ds.source}")
     with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        pre = s.preprocess
-        ds = load_image_folder(support, mode="L" if pre.channels == 1 else "RGB",
-                               size=pre.size if s.bundle.allow_resize else None, cache=False)
         task = s.adapt(ds.images, ds.labels, class_names=ds.classes, steps=steps)
         path = task.save(output)
         res = {"task": str(path), "classes": list(task.class_names or ()), "shots": task.info["shots"],
                "mode": task.info["mode"], "backend": s.backend, "precision": s.precision,
                "theta_change_max": float(abs(task.theta - s.theta0).max()),
-               "fallback_reason": s.fallback_reason}
+               "fallback_reason": s.fallback_reason, "skipped": list(ds.skipped)}
+    skipped = (f"\nskipped {len(ds.skipped)} unreadable file(s): "
+               f"{escape(', '.join(ds.skipped[:10]))}{' ...' if len(ds.skipped) > 10 else ''}"
+               if ds.skipped else "")
     emit(res, as_json=as_json,
          human=f"wrote [bold]{escape(str(path))}[/]: {len(res['classes'])} classes "
                f"({escape(', '.join(res['classes'][:6]))}{'...' if len(res['classes']) > 6 else ''}), "
-               f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}")
-
-
-def _image_files(paths: list[Path]) -> list[Path]:
-    from edgeflow.data.imagefolder import IMAGE_SUFFIXES
-    from edgeflow.errors import DataError
-
-    out = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"{p} does not exist; pass image files or directories")
-    return out
+               f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}{skipped}")
 
 
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or directories of images."),
+    images: list[Path] = typer.Argument(None, help="Image files and/or directories of images; or "
+                                        "one folder of class folders named like the task's "
+                                        "classes, to measure accuracy."),
     task: Path = typer.Option(..., "--task", help="Task file from `edgeflow adapt`."),
+    labels: Path = typer.Option(None, "--labels", help="CSV of file,label rows giving the true "
+                                "classes (accuracy report); paths relative to the one folder "
+                                "given, else to the CSV's folder."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Classes to show per image."),
+    skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
     threads: int = THREADS_OPT,
     expect: str = EXPECT_OPT,
     trusted_key: list[Path] = TRUSTED_KEY_OPT,
-    as_json: bool = JSON_OPT,
+    as_json: bool = typer.Option(False, "--json", help=predict_report.JSON_HELP),
 ) -> None:
     """Classify images with an adapted task: top-k classes with scores (softmax over the task).
 
-    Example: edgeflow predict runs/r20.bundle --task task.npz photos/ --top-k 2 --json
-    """
-    import numpy as np
+    Given one folder of class folders (as for adapt) whose names match the task's classes, or a
+    --labels file, it reports accuracy, per-class recall and the confusion matrix instead of a
+    line per image (--json has both); images of classes the task does not know are counted apart.
 
-    from edgeflow.data.imagefolder import read_image_file
+    Example: edgeflow predict runs/r20.bundle --task task.npz photos/ --top-k 2 --json
+
+    Example: edgeflow predict runs/r20.bundle --task task.npz held_out/   (class folders)
+    """
     from edgeflow.runtime import Session, Task
 
     b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
     t = Task.load(task)
-    files = _image_files(images)
-    with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        mode = "L" if s.preprocess.channels == 1 else "RGB"
-        arrays = [read_image_file(f, mode=mode) for f in files]
-        _, scores = s.predict(arrays, t)
     names = list(t.class_names) if t.class_names else [str(c) for c in t.classes]
-    k = min(top_k, len(names))
-    rows = []
-    for f, sc in zip(files, scores, strict=True):
-        order = np.argsort(-sc)[:k]
-        rows.append({"image": str(f), "top": [{"class": names[i], "label": int(t.classes[i]),
-                                               "score": float(sc[i])} for i in order]})
+    q = predict_report.find_queries(images, labels=labels, task_names=names)
+    arrays, kept, skipped = predict_report.read_queries(
+        q, mode="L" if b.preprocess.channels == 1 else "RGB", skip_corrupt=skip_corrupt)
+    with Session(b, backend=backend, precision=precision, threads=threads) as s:
+        _, scores = s.predict(arrays, t)
+    files = [q.files[i] for i in kept]
+    truth = None if q.truth is None else [q.truth[i] for i in kept]
+    rows = predict_report.prediction_rows(files, scores, names=names, ids=t.classes, top_k=top_k,
+                                          truth=truth)
+    res = {"task": str(task), "predictions": rows, "skipped": skipped}
+    if truth is not None:
+        res["evaluation"] = predict_report.evaluate(truth, [r["class_name"] for r in rows],
+                                                    names=names, ids=t.classes)
     if as_json:
-        emit({"task": str(task), "predictions": rows}, as_json=True)
+        emit(res, as_json=True)
         return
-    for r in rows:
-        tops = ", ".join(f"{x['class']} {x['score']:.3f}" for x in r["top"])
-        console.print(f"{r['image']}: {tops}", highlight=False, markup=False)
+    if truth is not None:
+        predict_report.print_evaluation(res["evaluation"], source=q.source)
+    else:
+        for r in rows:
+            tops = ", ".join(f"{x['class_name']} {x['score']:.3f}" for x in r["top"])
+            console.print(f"{r['image']}: {tops}", highlight=False, markup=False)
+    if skipped:
+        console.print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:10])}"
+                      f"{' ...' if len(skipped) > 10 else ''}", highlight=False, markup=False)
 
 
 def bench(
@@ -303,7 +289,14 @@ def bench(
     trusted_key: list[Path] = TRUSTED_KEY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """B3 latency of a bundle on this machine: backbone batch 1/32, drift step, adapt, predict.
+    """How long the bundle takes on this machine: wall-clock milliseconds (median, p90, p99) over
+    --repeats runs after 5 warm-up runs, on random images of the bundle's input size.
+
+    Rows: backbone_b1 and backbone_b32 (one backbone call on 1 and on 32 images); drift_step (one
+    step of the drift network, bundles with one); adapt_5w5s (adapting to 5 classes from 5 images
+    each) and adapt_no_drift_5w5s (the same with prototypes only); predict_75 (classifying 75
+    images); adapt_predict_5w5s_75q (a new task end to end) and no_adaptation_5w5s_75q (the same
+    without moving theta, for comparison).
 
     Example: edgeflow bench runs/r20.bundle --threads 2 --repeats 100
     """
