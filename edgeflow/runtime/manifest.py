@@ -52,6 +52,7 @@ DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 # printable ASCII only, short enough for any filesystem and any terminal
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+RESERVED = ("manifest.json", "manifest.sig", "engines")  # the manifest, signature, engine cache
 
 Check = Callable[[Any, str], Any]
 
@@ -118,9 +119,10 @@ def file_name(v: Any, field: str) -> str:
     """A plain file name inside the bundle: no directories, no "..", no absolute path, no dot file."""
     if not isinstance(v, str):
         raise fail(field, f"expected a file name, got {_show(v)}")
-    if not _NAME.fullmatch(v) or v == "manifest.json":
+    if not _NAME.fullmatch(v) or v in RESERVED:
         raise fail(field, f"{_show(v)} is not a plain file name inside the bundle (letters, digits, "
-                   "'_.+-', at most 128 characters, no '/', no leading '.')")
+                   "'_.+-', at most 128 characters, no '/', no leading '.', not "
+                   f"{', '.join(RESERVED)})")
     return v
 
 
@@ -136,7 +138,7 @@ def dict_of(fields: dict[str, Check], *, required: tuple[str, ...] = (),
         if strict:
             extra = sorted(set(v) - set(fields))
             if extra:
-                raise fail(_join(field, _show(extra[0])[1:-1][:40]), "unknown field (this EdgeFlow "
+                raise fail(_join(field, str(extra[0])[:40]), "unknown field (this EdgeFlow "
                            f"knows {', '.join(fields)})", "re-export the bundle with this EdgeFlow")
         return {k: fields[k](x, _join(field, k)) if k in fields else x for k, x in v.items()}
     return check

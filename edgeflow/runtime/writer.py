@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import glob
 import hashlib
 import json
 import os
@@ -93,7 +94,7 @@ class BundleWriter:
     def _remove_stale(self) -> None:
         """Temporary directories a killed writer left (older than an hour) are garbage; only
         directories this class made (holding WRITER_MARKER, not links) are ever removed."""
-        for p in self.output.parent.glob(f".{self.output.name}.tmp-*"):
+        for p in self.output.parent.glob(f"{glob.escape('.' + self.output.name)}.tmp-*"):
             with contextlib.suppress(OSError):
                 st = os.lstat(p)
                 if (stat.S_ISDIR(st.st_mode) and time.time() - st.st_mtime > STALE_AFTER_S

@@ -96,6 +96,7 @@ BAD = [  # (edit, the field the error must name)
     (_set("theta", "file", value="../x/theta0.npy"), "theta.file: .* is not a plain file name"),
     (_set("precisions", "fp32", value="/etc/passwd"), "precisions.fp32: .* is not a plain file name"),
     (_set("graphs", "backbone", "file", value="sub/backbone.onnx"), "graphs.backbone.file"),
+    (_set("theta", "file", value="manifest.sig"), "theta.file: .* not manifest.json"),
     (_set("adaptation", "surprise", value=1), "adaptation.surprise: unknown field"),
     (_set("adaptation", "drift", value=True), "adaptation.drift: true but graphs has no"),
     (_set("tensorrt", value={"int8": "../x.onnx"}), "tensorrt.int8: .* is not a plain file name"),
