@@ -312,6 +312,15 @@ def task_files(probe: Probe, tmp: Path, rng: random.Random, n_flips: int) -> dic
         for name in ("theta.npy", "prototypes.npy", "classes.npy", "meta.npy"):
             z.writestr(name, b"\0" * ((200 << 20) if name == "meta.npy" else 10))
     blobs["zip bomb"] = bomb.getvalue()
+    header = io.BytesIO()  # a .npy header declaring 10**12 values in a 2 KB member
+    with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(header, "w") as z:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "theta.npy":
+                shape = repr(probe.task.theta.shape).encode()
+                data = data.replace(shape, f"({10**12},)".encode(), 1)
+            z.writestr(name, data)
+    blobs["npy header bomb"] = header.getvalue()
     counts, bad = Counter(), []
     with Session(probe.bundle, backend="onnxruntime", threads=1) as s:
         for name, items in blobs.items():
