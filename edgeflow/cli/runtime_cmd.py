@@ -54,6 +54,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
     files = verify_files(path, man)
     sig = read_signature(path)
     res = {"bundle": str(path), "fingerprint": digest, "schema_version": man["schema_version"],
+           "manifest_digest": "manifest_digest" in man,
            "files": files, "ok": all(f["status"] == "ok" for f in files),
            "unlisted": unlisted_files(path, man),
            "signature": None if sig is None else {"key_id": sig.get("key_id"),
@@ -85,6 +86,10 @@ def _print_inspect(path: Path, man: dict, res: dict) -> None:
                   f"[{color}]{escape(f['status'])}[/]")
     console.print(t)
     console.print(f"fingerprint: {res['fingerprint']}", highlight=False, markup=False)
+    if not res["manifest_digest"]:
+        console.print("manifest: schema version 1, no manifest_digest: an edited value would go "
+                      "unnoticed; re-export the bundle, or pin it with --expect", highlight=False,
+                      markup=False)
     sig = res["signature"]
     console.print("signature: " + ("none" if sig is None else
                                    f"key {sig['key_id']}, " + ("verified" if sig["verified"] else

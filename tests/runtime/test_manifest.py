@@ -127,6 +127,12 @@ def test_legacy_v1_bundle_loads_and_is_still_validated(plain_bundle, tmp_path):
     edit_manifest(b, to_v1)
     with Session(b, backend="onnxruntime") as s:
         assert s.bundle.manifest["schema_version"] == 1 and s.steps == 5
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    res = CliRunner().invoke(app, ["inspect", str(b)])
+    assert res.exit_code == 0 and "no manifest_digest" in res.output, res.output
     edit_manifest(b, _set("preprocess", "std", value=[0.2, 0.0, 0.2]))
     with pytest.raises(BundleError, match=r"preprocess.std\[1\]"):
         Session(b, backend="onnxruntime")
