@@ -121,7 +121,7 @@ def test_without_cryptography_only_signatures_need_it(plain_bundle, tmp_path, mo
     import sys
 
     _, pub = generate_key(tmp_path / "k")
-    for mod in ("cryptography.hazmat.primitives.asymmetric.ed25519", "cryptography.exceptions"):
+    for mod in [m for m in sys.modules if m.split(".")[0] == "cryptography"]:
         monkeypatch.setitem(sys.modules, mod, None)  # `import` of it now raises ImportError
     assert load_bundle(plain_bundle[0], expect=load_bundle(plain_bundle[0]).fingerprint)
     with pytest.raises(ConfigError, match=r"pip install \"edgeflow\[sign\]\""):
