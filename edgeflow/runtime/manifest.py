@@ -47,7 +47,7 @@ GRAPH_NAMES = ("backbone", "task_encoder", "drift")
 METHODS = ("euler", "heun", "rk4")  # edgeflow.integrate.STEPPERS (test_manifest checks they agree)
 METRICS = ("cosine", "euclidean")
 MODES = ("hyperflow", "recenter", "prototypes-at-theta0")
-DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 # A bundle file name: a plain name, no directory part, no leading dot (hidden and "." / ".."),
 # printable ASCII only, short enough for any filesystem and any terminal
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
@@ -260,7 +260,7 @@ def _validate(m: Any) -> dict[str, Any]:
         raise BundleError(f"not an EdgeFlow bundle manifest (schema {_show(got)}); pass the "
                           "directory `edgeflow export` wrote")
     version = m.get("schema_version")
-    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+    if type(version) is not int or version not in READABLE_VERSIONS:  # not True, not 2.0
         raise BundleError(f"schema version {_show(version)}; this runtime reads versions "
                           f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the bundle with this "
                           "EdgeFlow")

@@ -98,6 +98,7 @@ BAD = [  # (edit, the field the error must name)
     (_set("graphs", "backbone", "file", value="sub/backbone.onnx"), "graphs.backbone.file"),
     (_set("theta", "file", value="manifest.sig"), "theta.file: .* not manifest.json"),
     (_set("adaptation", "surprise", value=1), "adaptation.surprise: unknown field"),
+    (_set("schema_version", value=2.0), "schema version 2.0"),
     (_set("adaptation", "drift", value=True), "adaptation.drift: true but graphs has no"),
     (_set("tensorrt", value={"int8": "../x.onnx"}), "tensorrt.int8: .* is not a plain file name"),
     (_set("tensorrt", value={"int8": "backbone.int8.trt.onnx"}), "uses files it does not hash"),
