@@ -171,3 +171,17 @@ def test_killed_save_leftovers_are_cleaned_but_not_user_files(adapted, tmp_path,
     task.save(target)
     assert not ours.exists() and not legacy.exists()
     assert user.exists() and fresh.exists() and Task.load(target).ways == 5
+
+
+def test_support_archive_member_size_refused_before_inflating(tmp_path):
+    from edgeflow.data import load_image_folder
+    from edgeflow.data.imagefolder import MAX_IMAGE_FILE_BYTES
+
+    archive = tmp_path / "support.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a/ok.png", _png(4, 4))
+        with z.open("b/huge.png", "w", force_zip64=True) as f:  # ~65 KB compressed
+            for _ in range(MAX_IMAGE_FILE_BYTES // (1 << 20) + 1):
+                f.write(b"\0" * (1 << 20))
+    with pytest.raises(DataError, match=r"huge\.png is \d+ bytes"):
+        load_image_folder(archive, cache=False)
