@@ -469,7 +469,9 @@ def kill_trials(bundle: Path, tmp: Path, n: int, rng: random.Random) -> dict[str
                 loads["task ok"] += 1
         except Exception as exc:
             broken.append(f"{type(exc).__name__}: {str(exc)[:160]}")
-    leftovers = sorted(p.name for p in tmp.iterdir() if p.name.startswith((".killed.", ".killed.npz")))
+    mine = {user.name, ".killed.npz.backup.npz"}
+    leftovers = sorted(p.name for p in tmp.iterdir() if p.name.startswith(".killed.")
+                       and p.name not in mine)
     old = time.time() - 7200
     for name in leftovers:
         os.utime(tmp / name, (old, old))
@@ -477,7 +479,8 @@ def kill_trials(bundle: Path, tmp: Path, n: int, rng: random.Random) -> dict[str
 
     update_bundle(work, manifest={"metrics": {"probe_iteration": -1}})
     Task.load(task).save(task) if task.exists() else None
-    after = sorted(p.name for p in tmp.iterdir() if p.name.startswith((".killed.", ".killed.npz")))
+    after = sorted(p.name for p in tmp.iterdir() if p.name.startswith(".killed.")
+                   and p.name not in mine)
     return {"trials": n, **dict(loads), "broken": broken,
             "leftovers_after_kills": len(leftovers), "left_after_cleanup": after,
             "user_files_kept": user.is_dir() and (tmp / ".killed.npz.backup.npz").exists()}

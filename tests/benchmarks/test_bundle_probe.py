@@ -24,5 +24,5 @@ def test_bundle_probe_quick(tmp_path):
     assert s["malformed_cases"] > 200
     k = res["kill_trials"]
     assert k["trials"] == 3 and k["broken"] == [] and k["user_files_kept"]
-    assert k["left_after_cleanup"] == [".killed.bundle.backup-2024", ".killed.npz.backup.npz"]
+    assert k["left_after_cleanup"] == []
     assert (tmp_path / "probe.md").read_text().startswith("# Bundle probe (quick")
