@@ -61,8 +61,10 @@ def check_dla(target: Target, *, use_dla: bool, precision: str = "fp16") -> Chec
     if precision == "fp32":
         return Check("dla", False, "DLA runs FP16 and INT8 only; choose precision fp16 or int8, or "
                      "drop the DLA option")
-    return Check("dla", True, f"{target.name} has {target.dla_cores} DLA cores; unsupported layers "
-                 "fall back to the GPU (GPU_FALLBACK)")
+    return Check("dla", True, f"{target.name} has {target.dla_cores} DLA cores; DLA runs one input "
+                 f"shape, so the engine's batch is fixed at batch_opt = {target.batch_opt} (smaller "
+                 "batches are padded, larger ones split); unsupported layers fall back to the GPU "
+                 "(GPU_FALLBACK)")
 
 
 def check_trt_version(target: Target, *, trt_version: str | None) -> Check:

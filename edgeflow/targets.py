@@ -58,6 +58,7 @@ FIELDS: dict[str, tuple[type, str]] = {
 }
 
 _VERSION = re.compile(r"^\d+\.\d+$")
+_MAJOR = re.compile(r"^\d+$")
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,11 @@ class Target:
         if self.gpu_sm is not None and not _VERSION.match(self.gpu_sm):
             p.append(f"gpu_sm {self.gpu_sm!r} must look like '8.7' (or 'none' without a GPU)")
         for v in self.trt_versions:
-            if not _VERSION.match(v):
-                p.append(f"trt_versions entry {v!r} must be 'major.minor' like '10.3'")
+            if not (_VERSION.match(v) or _MAJOR.match(v)):
+                p.append(f"trt_versions entry {v!r} must be 'major.minor' like '10.3', or a major "
+                         "like '10' for every 10.x")
+            elif not _buildable(v):
+                p.append(f"trt_versions entry {v!r}: EdgeFlow builds with TensorRT 8.5, 8.6 and 10.x")
         if self.backend == "tensorrt":
             if self.gpu_sm is None:
                 p.append("backend 'tensorrt' needs a GPU: set gpu_sm, or use backend 'onnxruntime'")
@@ -215,9 +219,10 @@ class Target:
                           f"carries {', '.join(available) or 'nothing'}; export an fp32 bundle")
 
     def supports_trt(self, version: str) -> bool:
-        """Whether TensorRT ``version`` ('10.3' or '10.3.0.30') is one this target lists."""
-        major_minor = ".".join(version.split(".")[:2])
-        return major_minor in self.trt_versions
+        """Whether TensorRT ``version`` ('10.3' or '10.3.0.30') is one this target lists, exactly
+        ('10.3') or by its major ('10': any 10.x, for desktops whose TensorRT is pip's)."""
+        parts = version.split(".")
+        return ".".join(parts[:2]) in self.trt_versions or parts[0] in self.trt_versions
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as TOML keys (plus ``source``); lists, not tuples, for JSON."""
@@ -227,6 +232,12 @@ class Target:
 
 
 # --------------------------------------------------------------------------------- registry
+def _buildable(version: str) -> bool:
+    """A TensorRT EdgeFlow builds engines with: 8.5, 8.6, 10.x (and 11, whose notes it reports)."""
+    parts = tuple(int(x) for x in version.split("."))
+    return parts[0] in (10, 11) or (parts[0] == 8 and len(parts) > 1 and parts[1] >= 5)
+
+
 def _source_dir() -> Path | None:
     """The repository's ``targets/`` folder when running from a source checkout."""
     here = Path(__file__).resolve().parent.parent / "targets"

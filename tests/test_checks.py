@@ -26,7 +26,7 @@ from edgeflow.targets import Target
 
 @pytest.fixture(scope="module")
 def t():
-    return {n: Target.load(n) for n in ("cpu", "jetson-orin-nano-8gb", "jetson-xavier-nx",
+    return {n: Target.load(n) for n in ("cpu", "cuda", "jetson-orin-nano-8gb", "jetson-xavier-nx",
                                         "jetson-agx-orin-64gb")}
 
 
@@ -152,3 +152,17 @@ def test_estimate_resnet20(tmp_path):
     assert b32.peak_activation_bytes <= 4 * stem
     assert abs(b32.activation_bytes_per_image - b1.activation_bytes_per_image) <= 0.02 * \
         b1.activation_bytes_per_image  # linear in the batch
+
+
+def test_dla_check_says_the_engine_batch_is_static(t):
+    ok = check_dla(t["jetson-agx-orin-64gb"], use_dla=True, precision="fp16")
+    assert ok.ok and f"fixed at batch_opt = {t['jetson-agx-orin-64gb'].batch_opt}" in ok.message
+
+
+def test_desktop_profile_accepts_every_tensorrt_10(t):
+    """cuda.toml lists the major: a working 10.8 desktop passes (it listed 10.3 and 10.13 only)."""
+    for v in ("10.0.1", "10.8.0.43", "10.13.2"):
+        assert check_trt_version(t["cuda"], trt_version=v).ok, v
+    assert not check_trt_version(t["cuda"], trt_version="8.6.1").ok
+    # a Jetson's TensorRT comes with its JetPack: exact versions only
+    assert not check_trt_version(t["jetson-orin-nano-8gb"], trt_version="10.8.0").ok

@@ -161,3 +161,13 @@ def test_profiles_ship_in_the_wheel(tmp_path):
 
 def test_builtin_targets_are_files():
     assert all(f.is_file() for f in builtin_targets().values())
+
+
+def test_trt_versions_take_a_major_and_refuse_what_edgeflow_cannot_build(tmp_path):
+    from edgeflow.targets import Target
+
+    text = (Path(__file__).resolve().parents[1] / "targets" / "cuda.toml").read_text()
+    assert Target.from_toml(text).supports_trt("10.8.0")
+    for bad in ('["9.3"]', '["8.4"]', '["7"]', '["10.x"]'):
+        with pytest.raises(ConfigError, match="trt_versions"):
+            Target.from_toml(text.replace('trt_versions = ["10"]', f"trt_versions = {bad}"))

@@ -91,6 +91,22 @@ class EvalConfig:
         return d
 
 
+def select_classes(ds: ImageDataset, class_ids: list[int] | tuple[int, ...], *,
+                   what: str) -> ImageDataset:
+    """Only ``class_ids`` of ``ds`` (relabelled 0..n-1 in that order); none given: all of ``ds``.
+
+    ``what`` names the option in the error (compile's ``data.novel_classes``, evaluate's
+    ``--classes``), which both parse with ``edgeflow.pipeline.config.parse_int_list``.
+    """
+    if not class_ids:
+        return ds
+    bad = [i for i in class_ids if not 0 <= i < ds.num_classes]
+    if bad:
+        raise ConfigError(f"{what}: class indices {bad} do not exist; {ds.source} has classes "
+                          f"0-{ds.num_classes - 1}")
+    return ds.select_classes(list(class_ids))
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """(mean, half-width of the 95% interval = 1.96 * sample std / sqrt(n))."""
     arr = np.asarray(values, dtype=np.float64)

@@ -9,13 +9,14 @@ carries the backbone meta, theta layout, integrator, metric and the val-chosen t
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation
+from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation, select_classes
 from edgeflow.adapt.io import load_drift, save_drift
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
 from edgeflow.adapt.split import SplitFeatures, TaskCache
@@ -218,18 +219,24 @@ def run_evaluate(*, model: str, weights: Path, drift: Path, data: str, ways: int
                  teacher: TeacherConfig | None = None, steps: int | None = None,
                  step_sweep: tuple[int, ...] = (), timing_episodes: int = 50,
                  memory_episodes: int = 3, full_episodes: int = 20,
-                 progress: bool = False) -> dict[str, Any]:
-    """Evaluate every method on the same seeded episodes of ``data``."""
+                 classes: tuple[int, ...] = (), progress: bool = False) -> dict[str, Any]:
+    """Evaluate every method on the same seeded episodes of ``data`` (only its ``classes``,
+    indices into the data's sorted class list, when given)."""
+
     net, _, pre = load_backbone(model, weights)
     drift_net, spec, theta0, settings, dmeta = load_drift(drift)
     if spec.layout() != ThetaSpec.from_model(net, names=list(spec.names)).layout() or not \
             torch.allclose(spec.get(net), theta0):
         raise ConfigError(f"{drift} was meta-trained on another backbone than {weights}; pass the "
                           "backbone checkpoint it was trained with")
-    if steps is not None:
-        settings = type(settings)(method=settings.method, steps=steps)
+    if steps is not None:  # only the step count (and its default dt): re-centring stays as chosen
+        settings = replace(settings, steps=steps, dt=None)
     teacher = teacher or TeacherConfig(**dmeta.get("teacher", {}))
-    ds = load_dataset(data, size=pre.size, progress=progress)
+    ds = select_classes(load_dataset(data, size=pre.size, progress=progress), classes,
+                        what="--classes")
+    if ways > ds.num_classes:
+        raise ConfigError(f"--ways is {ways} but {'--classes selects' if classes else data + ' has'}"
+                          f" only {ds.num_classes} classes; lower --ways or select more classes")
     config = EvalConfig(ways=ways, shots=shots, queries=queries, episodes=episodes, seed=seed,
                         timing_episodes=timing_episodes, full_episodes=full_episodes,
                         memory_episodes=memory_episodes,
@@ -238,5 +245,6 @@ def run_evaluate(*, model: str, weights: Path, drift: Path, data: str, ways: int
     res = evaluate_adaptation(net, spec, ds, pre, drift=drift_net, theta0=theta0,
                               settings=settings, teacher=teacher, config=config,
                               metric=dmeta.get("metric", "cosine"), progress=progress)
-    res.update({"data": str(data), "model": model, "weights": str(weights), "drift": str(drift)})
+    res.update({"data": str(data), "model": model, "weights": str(weights), "drift": str(drift),
+                "classes": list(ds.classes)})
     return res

@@ -105,6 +105,9 @@ def evaluate(
     weights: Path = WEIGHTS_OPT,
     drift: Path = typer.Option(..., "--drift", help="Drift checkpoint (edgeflow meta-train)."),
     data: str = typer.Option(..., "--data", "-d", help="Test episodes come from this data."),
+    classes: str = typer.Option("", "--classes", help="Evaluate on these classes of --data only "
+                                "(indices into its sorted classes, e.g. '5-9' or '0,2,5'; empty: "
+                                "all), as compile's --data-novel-classes."),
     ways: int = typer.Option(5, "--ways", min=2),
     shots: str = typer.Option("1,5", "--shots", help="Comma-separated shot counts."),
     episodes: int = typer.Option(600, "--episodes", min=1, help="Episodes per shot count."),
@@ -125,10 +128,14 @@ def evaluate(
 
     Example: edgeflow evaluate --model resnet20 --weights runs/backbone.pt --drift runs/drift.pt
     --data ../shared/data/mnist/test.zip --ways 5 --shots 1,5 --episodes 600 --json
+
+    On a backbone trained on digits 0-4: edgeflow evaluate ... --data digits --classes 5-9
     """
     from edgeflow.adapt.workflow import run_evaluate
+    from edgeflow.pipeline.config import parse_int_list  # compile's class syntax, one parser
 
-    res = run_evaluate(model=model, weights=weights, drift=drift, data=data, ways=ways,
+    res = run_evaluate(model=model, weights=weights, drift=drift, data=data,
+                       classes=tuple(parse_int_list(classes, name="--classes")), ways=ways,
                        shots=_ints(shots, "--shots"), episodes=episodes, queries=queries, seed=seed,
                        methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                        steps=steps, timing_episodes=timing_episodes, progress=not as_json)

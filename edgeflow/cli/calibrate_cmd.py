@@ -73,8 +73,9 @@ def calibrate(
 
     Example: edgeflow calibrate backbone.onnx --recipe calibration/resnet20-cifar10.toml -o out/calib
 
-    With a bundle, the bundle's preprocessing and theta0 are used, and the INT8 backbone and the
-    sample are added to the bundle (atomically; the manifest lists the int8 precision):
+    With a bundle, the bundle's preprocessing and theta0 are used, and the INT8 backbone, the
+    sample and TensorRT's INT8 graph (backbone.int8.trt.onnx: symmetric Q/DQ that TensorRT's
+    parser takes) are added to the bundle (atomically; the manifest lists the int8 precision):
     edgeflow calibrate runs/digits/bundle --data digits --samples 256
     """
     from edgeflow.calibration import CalibrationRecipe
@@ -104,11 +105,19 @@ def calibrate(
         rec = calibrate_onnx(model, recipe=r, output=out_dir, extra_inputs=extras,
                              progress=not as_json)
         if bundle is not None:
+            import numpy as np
+
+            from edgeflow.export.int8_trt import TENSORRT_MANIFEST, bundle_tensorrt_int8
             from edgeflow.runtime.bundle import update_bundle
 
+            # TensorRT's own Q/DQ form (symmetric int8, float weights through Q/DQ, float theta)
+            sample = np.load(out_dir / rec["sample"]["file"], allow_pickle=False)
+            trt_int8 = bundle_tensorrt_int8(bundle, out_dir, sample=sample, method=r.method)
             update_bundle(bundle, add={"backbone.int8.onnx": out_dir / rec["int8"]["file"],
-                                       "calibration_sample.npy": out_dir / rec["sample"]["file"]},
-                          precisions={"int8": "backbone.int8.onnx"})
+                                       "calibration_sample.npy": out_dir / rec["sample"]["file"],
+                                       **trt_int8},
+                          precisions={"int8": "backbone.int8.onnx"}, manifest=TENSORRT_MANIFEST)
+            rec["tensorrt_int8"] = {"file": "backbone.int8.trt.onnx"}
             rec["bundle"] = str(bundle)
     chk = rec["held_out_check"]
     human = (f"wrote [bold]{escape(str(rec['output']))}[/]: {rec['sample']['file']} "

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from edgeflow.cli.common import command, console, emit
-from edgeflow.pipeline.config import build_config, flag_fields
+from edgeflow.cli.common import command, emit, err_console
+from edgeflow.pipeline.config import build_config, flag_fields, saved_config
 
 _FIXED = [
     inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
@@ -19,8 +19,11 @@ _FIXED = [
                       default=typer.Option(False, "--print-config", help="Print the resolved "
                                            "configuration as TOML and exit.")),
     inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--resume", help="Reuse finished stages whose "
-                                           "inputs did not change.")),
+                      default=typer.Option(False, "--resume", help="Continue the run in OUTPUT "
+                                           "(--output, else the config file's): its saved "
+                                           "OUTPUT/config.toml is the base (then --config, then "
+                                           "flags) and finished stages whose inputs did not change "
+                                           "are reused.")),
     inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--json", help="Print one JSON object with the "
                                            "bundle path and headline metrics.")),
@@ -49,22 +52,32 @@ def compile_cmd(**kwargs) -> None:
     Examples:
       edgeflow compile
       edgeflow compile --print-config > edgeflow.toml
-      edgeflow compile --config examples/tiny-imagenet.toml --prune-sparsity 0.6 --resume
+      edgeflow compile --config edgeflow.toml --prune-sparsity 0.6 --output runs/s60
+      edgeflow compile --output runs/s60 --resume
+
+    Every run writes its resolved configuration to OUTPUT/config.toml; --resume starts from it.
     """
     config_file = kwargs.pop("config")
     print_config = kwargs.pop("print_config")
     resume = kwargs.pop("resume")
     as_json = kwargs.pop("as_json")
     overrides = {k.replace("__", "."): v for k, v in kwargs.items() if v is not None}
-    cfg = build_config(file=config_file, overrides=overrides)
+    base = saved_config(file=config_file, overrides=overrides) if resume else None
+    if base is not None and not base.is_file():
+        if not as_json:
+            err_console.print(f"[dim]--resume: {base} does not exist (no earlier run there, or one "
+                              "from before runs saved their configuration); configuring from "
+                              "defaults, --config and flags only")
+        base = None
+    cfg = build_config(file=config_file, overrides=overrides, base=base)
     if print_config:
         typer.echo(cfg.to_toml(), nl=False)
         return
     from edgeflow.pipeline.compile import run_compile
 
     result = run_compile(cfg, resume=resume, progress=not as_json,
-                         log=(lambda m: None) if as_json
-                         else (lambda m: console.print(f"[dim]{escape(str(m))}")))
+                         log=(lambda m: None) if as_json else
+                         (lambda m: err_console.print(f"[dim]{escape(str(m))}", highlight=False)))
     emit(result.summary(), as_json=as_json, human=result.human_summary())
 
 

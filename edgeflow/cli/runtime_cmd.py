@@ -173,8 +173,25 @@ def build(
     for r in opened.runners.values():
         r.deactivate()
     res = {"bundle": str(b.path), "target": target, "precision": precision,
-           "options": options.to_dict(), "engines": opened.engines}
-    emit(res, as_json=as_json, human="\n".join(f"{g}: {how}" for g, how in opened.engines.items()))
+           "options": options.to_dict(), "engines": opened.engines, "details": opened.details}
+    emit(res, as_json=as_json, human="\n".join(_built_line(g, d) for g, d in opened.details.items()))
+
+
+def _built_line(graph: str, d: dict) -> str:
+    """One line of `edgeflow build`: what, where, how long, from the cache or not."""
+    from rich.markup import escape
+
+    profile = "; ".join(f"{name} " + ("static " + "x".join(map(str, lo)) if lo == hi else
+                                      f"{'x'.join(map(str, lo))} .. {'x'.join(map(str, hi))}")
+                        for name, (lo, _, hi) in d["profile"].items()) or "static shapes"
+    flags = ", ".join(d["flags"]) or "FP32"
+    if d["cleared_flags"]:
+        flags += f" (cleared {', '.join(d['cleared_flags'])})"
+    if d["calibrated"]:
+        flags += ", INT8 calibrated here"
+    notes = "".join(f"\n    note: {escape(n)}" for n in d["notes"])
+    return (f"{graph}: {escape(d['result'])} in {d['seconds']:.1f} s from {escape(d['onnx'])} on "
+            f"{d['device']}; {flags}; profile {profile}\n    -> {escape(d['engine'])}{notes}")
 
 
 def _load_target(name: str):
@@ -312,19 +329,24 @@ def bench(
     console.print(t)
 
 
-def doctor(as_json: bool = JSON_OPT) -> None:
-    """What is installed and which backends work, as a pass/fail table.
+def doctor(
+    cache: Path = typer.Option(None, "--cache", help="Engine cache folder to check for writing "
+                               "(default ./engines; Sessions use BUNDLE/engines)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """What is installed and which backends work, as a pass/fail table (one line per check).
 
-    Runs a tiny graph on ONNX Runtime against numpy; where TensorRT is installed, builds fp32 and
-    fp16 engines for it, runs them and compares with ONNX Runtime. Exits 1 when a check fails;
-    TensorRT being absent is reported, not a failure.
+    Runs a tiny graph on ONNX Runtime against numpy. Where TensorRT is installed: TensorRT's import
+    and version, the CUDA device, FP32/FP16/INT8 engines of the tiny graph (and FP16 on DLA where
+    the device has DLA cores), each compared with ONNX Runtime, and whether the engine cache is
+    writable. Exits 1 when a check fails; TensorRT being absent is reported, not a failure.
 
     Example: edgeflow doctor --json
     """
     from edgeflow.errors import BackendError
     from edgeflow.runtime.doctor import run_checks
 
-    res = run_checks()
+    res = run_checks(engine_cache=cache)
     if as_json:
         emit(res, as_json=True)
     else:

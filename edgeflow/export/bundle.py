@@ -31,6 +31,7 @@ from edgeflow.export.onnx_graphs import (
     export_drift,
     graph_io,
 )
+from edgeflow.export.onnx_split import PREFIX_FILE, SUFFIX_FILE, split_backbone, split_parity
 from edgeflow.runtime.bundle import METRIC_SCALE, BundleWriter, load_bundle
 
 
@@ -108,6 +109,15 @@ def export_bundle(model: nn.Module, *, output: str | Path, preprocess_spec: Prep
         np.save(w.path("theta0.npy"), theta0.detach().cpu().numpy().astype(np.float32))
         w.file_written("theta0.npy")
         graphs = {"backbone": {"file": "backbone.onnx", **graph_io(w.path("backbone.onnx"))}}
+        # the backbone cut at theta: the device runs the prefix over a support set once and every
+        # further look at it (adapted prototypes, a task that grows) is a suffix pass
+        split_backbone(w.path("backbone.onnx"), w.path(PREFIX_FILE), w.path(SUFFIX_FILE))
+        for name, file in (("backbone_prefix", PREFIX_FILE), ("backbone_suffix", SUFFIX_FILE)):
+            w.file_written(file)
+            graphs[name] = {"file": file, **graph_io(w.path(file))}
+        parity["split"] = split_parity(w.path("backbone.onnx"), w.path(PREFIX_FILE),
+                                       w.path(SUFFIX_FILE), x,
+                                       theta0.detach().cpu().numpy())
         feat_dim = graphs["backbone"]["outputs"][0]["shape"][1]
         if drift is not None:
             if drift.config.feature_dim != feat_dim:

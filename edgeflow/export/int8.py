@@ -92,7 +92,8 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
                        method: str = "entropy", per_channel: bool = True, batch_size: int = 16,
                        pre_process: bool = True, percentile: float = 99.999,
                        activation: str = "uint8", extra_inputs: dict[str, np.ndarray] | None = None,
-                       op_types: tuple[str, ...] | str | None = None, theta_mode: str = "auto") -> Path:
+                       op_types: tuple[str, ...] | str | None = None, theta_mode: str = "auto",
+                       extra_options: dict | None = None) -> Path:
     """Write a QDQ INT8 copy of ``fp32_onnx`` to ``out_onnx``, calibrated on ``sample``.
 
     ``sample`` is preprocessed float32 NCHW (see :func:`edgeflow.calibration.draw_calibration_sample`).
@@ -103,8 +104,9 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
     ``activation``: uint8 (U8S8, the fast path of ORT's x86 kernels) or int8 (S8S8, symmetric, the
     form TensorRT requires). ``extra_inputs`` gives fixed values of the other graph inputs (a
     bundle backbone's ``theta``: pass theta0); ``op_types`` limits which ops are quantised (None:
-    all for a plain graph, :data:`CONV_OPS` when there are extra inputs; "all": every op). The file is written
-    atomically. Returns ``out_onnx``.
+    all for a plain graph, :data:`CONV_OPS` when there are extra inputs; "all": every op).
+    ``extra_options`` go to ``quantize_static`` on top of the symmetric settings (TensorRT's form:
+    :mod:`edgeflow.export.int8_trt`). The file is written atomically. Returns ``out_onnx``.
 
     Example::
 
@@ -139,7 +141,8 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
         def plain(src: Path, dst: Path) -> None:
             quantize_onnx_int8(src, dst, sample=sample, method=method, per_channel=per_channel,
                                batch_size=batch_size, pre_process=pre_process, percentile=percentile,
-                               activation=activation, op_types=op_types)
+                               activation=activation, op_types=op_types,
+                               extra_options=extra_options)
 
         try:
             if quantize_theta_int8(fp32_onnx, out_onnx, theta=theta, theta0=theta0,
@@ -157,7 +160,8 @@ def quantize_onnx_int8(fp32_onnx: str | Path, out_onnx: str | Path, *, sample: n
     if op_types == "all":
         op_types = None
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
-    extra: dict = {"ActivationSymmetric": activation == "int8", "WeightSymmetric": True}
+    extra: dict = {"ActivationSymmetric": activation == "int8", "WeightSymmetric": True,
+                   **(extra_options or {})}
     if method == "percentile":
         extra["CalibPercentile"] = percentile
     with tempfile.TemporaryDirectory(dir=out_onnx.parent, prefix=".int8-") as tmp:

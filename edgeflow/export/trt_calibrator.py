@@ -171,7 +171,8 @@ class EntropyCalibratorCore:
 
 def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: int,
                             cache_dir: str | Path, model_digest: str = "",
-                            extra_inputs: dict[str, np.ndarray] | None = None) -> Any:
+                            extra_inputs: dict[str, np.ndarray] | None = None,
+                            device: int = 0) -> Any:
     """A ``trt.IInt8EntropyCalibrator2`` for ``config.int8_calibrator`` (needs tensorrt + pycuda).
 
     Example (on the device)::
@@ -188,11 +189,12 @@ def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: 
         raise BackendError("TensorRT is not installed; the TensorRT calibrator runs on the device "
                            "(pip install 'edgeflow[trt]' on a JetPack image). Use the QDQ ONNX from "
                            "`edgeflow calibrate` elsewhere") from exc
-    try:
-        import pycuda.autoinit  # noqa: F401  (creates and pushes a CUDA context in this thread)
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise BackendError("pycuda is not installed; pip install pycuda on the device") from exc
+    # The device's primary context, the one TensorRT's builder and TrtRunner use: a second context
+    # (pycuda.autoinit's) would hold the calibration buffers where the builder cannot see them.
+    from edgeflow.runtime.trt_runner import import_pycuda
+
+    cuda = import_pycuda()
+    ctx = cuda.Device(device).retain_primary_context()
 
     core = EntropyCalibratorCore(sample, input_name=input_name, batch_size=batch_size,
                                  cache_dir=cache_dir, trt_version=trt.__version__,
@@ -203,8 +205,12 @@ def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: 
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.core = core
             # one device buffer per input, reused for every batch
-            self.device = {core.input_name: cuda.mem_alloc(core.batches.batch_nbytes),
-                           **{n: cuda.mem_alloc(v.nbytes) for n, v in core.extra_inputs.items()}}
+            ctx.push()
+            try:
+                self.device = {core.input_name: cuda.mem_alloc(core.batches.batch_nbytes),
+                               **{n: cuda.mem_alloc(v.nbytes) for n, v in core.extra_inputs.items()}}
+            finally:
+                ctx.pop()
 
         def get_batch_size(self) -> int:
             return core.get_batch_size()
@@ -213,8 +219,12 @@ def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: 
             arrays = core.next_host_batch(names)
             if arrays is None:
                 return None
-            for name, host in zip(names, arrays, strict=True):
-                cuda.memcpy_htod(self.device[name], host)
+            ctx.push()
+            try:
+                for name, host in zip(names, arrays, strict=True):
+                    cuda.memcpy_htod(self.device[name], host)
+            finally:
+                ctx.pop()
             return [int(self.device[name]) for name in names]
 
         def read_calibration_cache(self) -> bytes | None:
@@ -222,5 +232,15 @@ def make_entropy_calibrator(sample: np.ndarray, *, input_name: str, batch_size: 
 
         def write_calibration_cache(self, cache: Any) -> None:
             core.write_calibration_cache(cache)
+
+        def free(self) -> None:
+            """Give the device buffers back (with the context they were made in)."""
+            ctx.push()
+            try:
+                for buf in self.device.values():
+                    buf.free()
+                self.device = {}
+            finally:
+                ctx.pop()
 
     return EntropyCalibrator()

@@ -3,6 +3,7 @@ evaluate -> report, each a checkpointed stage (see :mod:`edgeflow.pipeline.stage
 
 Layout of ``cfg.output``::
 
+    config.toml        the resolved configuration of the last run (``--resume`` starts from it)
     bundle/            the deployable bundle (written atomically by the exporter)
     report/            report.md, PNG plots, metrics.json
     stages/<name>/     each stage's outputs + done.json (what --resume reuses)
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeflow.errors import ConfigError
-from edgeflow.pipeline.config import CompileConfig
+from edgeflow.pipeline.clock import StageClock, previous_times
+from edgeflow.pipeline.config import SAVED_CONFIG, CompileConfig
 from edgeflow.pipeline.stages import StageRunner
 
 
@@ -60,14 +62,30 @@ class CompileResult:
         return head
 
     def human_summary(self) -> str:
+        """The text ``edgeflow compile`` prints: percentages, and the report's method names."""
+        from edgeflow.pipeline.report import engines_note, method_labels
+
         s = self.summary()
+        labels = method_labels(self.metrics)
         lines = [f"[bold green]bundle[/] {s['bundle']}", f"[bold]report[/] {s['report']}"]
         if "sparsity" in s:
-            lines.append(f"pruned to sparsity {s['sparsity']:.3f}, held-out top-1 "
-                         f"{s['top1_after_prune']:.3f}")
-        for shots, row in (self.metrics.get("fewshot") or {}).items():
-            lines.append(f"{shots}-shot: " + ", ".join(
-                f"{name} {100 * r['acc']:.1f}±{100 * r['ci95']:.1f}" for name, r in row.items()))
+            lines.append(f"pruned to {100 * s['sparsity']:.1f}% sparsity, held-out top-1 "
+                         f"{100 * s['top1_after_prune']:.1f}% (base classes)")
+        fewshot = self.metrics.get("fewshot") or {}
+        if fewshot:  # a method per row, a shot count per column: fits 80 columns, unlike a line
+            present = {m for row in fewshot.values() for m in row}
+            methods = [m for m in labels if m in present] + sorted(present - set(labels))
+            width = max(len(labels.get(m, m)) for m in methods)
+            lines.append(f"few-shot accuracy on novel classes, % ± 95% CI, "
+                         f"{self.metrics.get('ways', '?')}-way")
+            lines.append("  " + " " * width + "".join(f"  {s + '-shot':>11}" for s in fewshot))
+            for m in methods:
+                cells = [row.get(m) for row in fewshot.values()]
+                lines.append(f"  {labels.get(m, m):<{width}}" + "".join(
+                    f"  {100 * c['acc']:5.1f} ± {100 * c['ci95']:3.1f}" if c else f"  {'n/a':>11}"
+                    for c in cells))
+        if engines_note(self.metrics):
+            lines.append(engines_note(self.metrics))
         failed = s["checks_failed"]
         lines.append("target checks: " + ("all passed" if not failed else f"FAILED {failed}"))
         lines.append(f"total {s['seconds']:.0f} s")
@@ -94,6 +112,24 @@ def _validate(cfg: CompileConfig) -> None:
                           " pass --backbone-weights or --backbone-epochs N")
 
 
+def planned_stages(cfg: CompileConfig) -> list[str]:
+    """The stages ``run_compile`` runs for ``cfg``, in order."""
+    from edgeflow.pipeline.deploy_stages import wants_int8
+
+    return ["backbone", *(["prune", "recover"] if cfg.prune.enabled else []),
+            *(["meta-train"] if cfg.adapt.enabled else []), "export",
+            *(["calibrate"] if wants_int8(cfg) else []), "engines", "evaluate"]
+
+
+def save_config(cfg: CompileConfig, out: Path) -> Path:
+    """Write ``cfg`` as ``out/config.toml`` (atomically: an interrupted write leaves the old one)."""
+    path = out / SAVED_CONFIG
+    tmp = path.with_name(f".{SAVED_CONFIG}.tmp")
+    tmp.write_text(cfg.to_toml())
+    tmp.replace(path)
+    return path
+
+
 def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = False,
                 log: Callable[[str], None] = print) -> CompileResult:
     """Run every stage of the compile for ``cfg``; see the module docstring for the layout."""
@@ -104,13 +140,17 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
     t0 = time.perf_counter()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    # saved before any stage runs, so an interrupted run can be resumed by its folder alone
+    save_config(cfg, out)
+    planned = planned_stages(cfg)
+    clock = StageClock(planned, previous_times(out, planned), start=t0)
     runner = StageRunner(out, resume=resume, log=log)
     data = model_stages.prepare_data(cfg, progress=progress)
     base = {"data": cfg.digest("data"), "seed": cfg.seed}
 
     def stage(name: str, fn, sections: tuple[str, ...], after: tuple[str, ...] = (),
               extra: dict[str, Any] | None = None):
-        log(f"stage {name} ...")
+        log(clock.line(name))
         return runner.run(name, fn, parts={**base, "config": cfg.digest(*sections), **(extra or {})},
                           after=after)
 
@@ -179,6 +219,7 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
                                               "params": bb.outputs["params"]},
         "prune": prune_metrics, "adapt": adapt_out, "export": ex.outputs, "int8": int8,
         "engines": eng.outputs, **ev.outputs,
+        "checks": deploy_stages.note_unbuilt_engines(cfg, ev.outputs["checks"], eng.outputs),
         "seconds": {n: {"seconds": r.seconds, "reused": r.skipped}
                     for n, r in runner.results.items()},
         "total_seconds": time.perf_counter() - t0}

@@ -1,6 +1,9 @@
 """The compile configuration: frozen sections, TOML files, command-line flags, one precedence rule.
 
-Precedence: built-in defaults < ``--config FILE`` (TOML) < flags. Every field of every section is a
+Precedence: built-in defaults < ``--config FILE`` (TOML) < flags. ``--resume`` adds one layer at
+the bottom: the configuration the run being resumed saved in its folder (``OUTPUT/config.toml``,
+written by every compile), so defaults < that file < ``--config FILE`` < flags; a resumed run is
+the same run unless something is said again. Every field of every section is a
 flag, generated from the dataclasses below (``--prune-sparsity 0.5`` sets ``[prune] sparsity``), so
 the TOML file and the command line can never disagree about what exists. Unknown sections or keys
 are errors that list the valid ones.
@@ -137,6 +140,7 @@ class CompileConfig:
         return json.dumps({s: d[s] for s in sections} if sections else d, sort_keys=True)
 
 
+SAVED_CONFIG = "config.toml"  # every compile writes its resolved configuration here, in OUTPUT
 SECTIONS = {f.name: f.type for f in fields(CompileConfig) if dataclasses.is_dataclass(f.default)}
 
 
@@ -188,18 +192,45 @@ def _coerce(value: Any, typ: type, where: str) -> Any:
         raise ConfigError(f"{where} must be {typ.__name__}, got {value!r}") from exc
 
 
-def build_config(*, file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> CompileConfig:
-    """Defaults, then the TOML ``file``, then ``overrides`` ({'prune.sparsity': 0.7, 'seed': 1})."""
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; `edgeflow compile --print-config "
+                          "> edgeflow.toml` writes one to start from")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+
+
+def _layer(data: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``data``, key by key inside sections (a section is not replaced whole)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def saved_config(*, file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Path:
+    """Where the run that these arguments name saved its configuration: ``OUTPUT/config.toml`` with
+    OUTPUT from the ``output`` override (``--output``), else from ``file``, else the default."""
+    output = (overrides or {}).get("output")
+    if output is None and file is not None:
+        output = _read_toml(Path(file)).get("output")
+    return Path(output if output is not None else CompileConfig.output) / SAVED_CONFIG
+
+
+def build_config(*, file: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                 base: str | Path | None = None) -> CompileConfig:
+    """Defaults, then ``base`` (a run's saved ``config.toml``, for ``--resume``), then the TOML
+    ``file``, then ``overrides`` ({'prune.sparsity': 0.7, 'seed': 1})."""
     data: dict[str, Any] = {}
+    if base is not None:
+        data = _read_toml(Path(base))
     if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; `edgeflow compile --print-config "
-                              "> edgeflow.toml` writes one to start from")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        data = _layer(data, _read_toml(Path(file)))
     for key, value in (overrides or {}).items():
         if "." in key:
             section, name = key.split(".", 1)

@@ -31,14 +31,9 @@ class CompileData:
 
 
 def _classes(ds: ImageDataset, text: str, what: str) -> ImageDataset:
-    ids = parse_int_list(text, name=what)
-    if not ids:
-        return ds
-    bad = [i for i in ids if not 0 <= i < ds.num_classes]
-    if bad:
-        raise ConfigError(f"{what}: class indices {bad} do not exist; {ds.source} has classes "
-                          f"0-{ds.num_classes - 1}")
-    return ds.select_classes(ids)
+    from edgeflow.adapt.evaluate import select_classes  # shared with `edgeflow evaluate --classes`
+
+    return select_classes(ds, parse_int_list(text, name=what), what=what)
 
 
 def prepare_data(cfg: CompileConfig, *, progress: bool) -> CompileData:

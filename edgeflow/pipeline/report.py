@@ -10,8 +10,35 @@ import json
 from pathlib import Path
 from typing import Any
 
-METHOD_LABELS = {"none": "no adaptation", "finetune": "fine-tuning (teacher)",
-                 "recenter": "re-centring alone", "hyperflow": "HyperFlow (drift + re-centring)"}
+# one name per method, in the report and the compile summary alike (metrics keys stay short)
+METHOD_LABELS = {"none": "no adaptation", "finetune": "fine-tuning",
+                 "recenter": "re-centring alone", "hyperflow": "HyperFlow (drift)"}
+
+
+def method_labels(metrics: dict[str, Any]) -> dict[str, str]:
+    """METHOD_LABELS, with HyperFlow named "drift + re-centring" only where the bundle re-centres
+    (its integrator's ``recenter`` > 0); otherwise the drift alone moves theta."""
+    integrator = metrics.get("integrator") or (metrics.get("adapt") or {}).get("integrator") or {}
+    if float(integrator.get("recenter") or 0.0) > 0:
+        return {**METHOD_LABELS, "hyperflow": "HyperFlow (drift + re-centring)"}
+    return dict(METHOD_LABELS)
+
+
+def engines_note(metrics: dict[str, Any]) -> str:
+    """One line on TensorRT engines: built, not wanted (no GPU), or not built and how to build them
+    (empty without engine information)."""
+    eng = metrics.get("engines") or {}
+    target = (metrics.get("source") or {}).get("target", "TARGET")
+    if not eng:  # metrics from before the engines stage, or not from a compile
+        return ""
+    if eng.get("built"):
+        return f"TensorRT engines: built ({eng.get('precision', '?')})"
+    reason = eng.get("reason") or "not attempted"
+    if not eng.get("gpu", "has no GPU" not in reason):
+        return f"TensorRT engines: none ({reason}); the bundle runs on ONNX Runtime"
+    return (f"TensorRT engines: NOT built here. Build them on the device with `edgeflow build "
+            f"{metrics.get('bundle', 'BUNDLE')} --target {target}` (the bundle's path there). "
+            f"Why not here: {reason}")
 
 
 def _pct(x: float | None) -> str:
@@ -62,16 +89,17 @@ def _plots(metrics: dict[str, Any], out: Path) -> dict[str, str]:
         plt.close(fig)
         files["steps"] = "steps.png"
     fewshot = metrics.get("fewshot") or {}
+    labels = method_labels(metrics)
     if fewshot:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         shots = list(fewshot)
-        methods = [m for m in METHOD_LABELS if any(m in fewshot[s] for s in shots)]
+        methods = [m for m in labels if any(m in fewshot[s] for s in shots)]
         width = 0.8 / max(1, len(methods))
         for i, m in enumerate(methods):
             ys = [100 * fewshot[s].get(m, {}).get("acc", 0) for s in shots]
             err = [100 * fewshot[s].get(m, {}).get("ci95", 0) for s in shots]
             ax.bar([j + i * width for j in range(len(shots))], ys, width, yerr=err, capsize=3,
-                   label=METHOD_LABELS[m])
+                   label=labels[m])
         ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(shots))],
                       [f"{s}-shot" for s in shots])
         ax.set_ylabel("query accuracy (%)")
@@ -108,15 +136,16 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
         if "density" in plots:
             lines += ["![per-layer density](density.png)", ""]
     fewshot = metrics.get("fewshot") or {}
+    labels = method_labels(metrics)
     # the three core columns always (n/a where absent); re-centring only where it was measured
-    shown = [m for m in METHOD_LABELS
+    shown = [m for m in labels
              if m != "recenter" or any("recenter" in row for row in fewshot.values())]
     if fewshot:
         lines += ["## Few-shot accuracy on held-out classes", "",
                   f"{metrics.get('episodes', '?')} episodes per shot count, "
                   f"{metrics.get('ways', '?')}-way, the same episodes for every method; "
                   "mean ± 95% confidence interval (%).", "",
-                  "| shots | " + " | ".join(METHOD_LABELS[m] for m in shown) + " |",
+                  "| shots | " + " | ".join(labels[m] for m in shown) + " |",
                   "|---|" + "---|" * len(shown)]
         for shots, row in fewshot.items():
             lines.append(f"| {shots} | " + " | ".join(_acc(row.get(m)) for m in shown) + " |")
@@ -128,7 +157,7 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
         lines += ["## Adaptation cost per episode", "",
                   "| method | median time (ms) | peak memory (bytes) |", "|---|---|---|"]
         for m, c in cost.get("methods", {}).items():
-            lines.append(f"| {METHOD_LABELS.get(m, m)} | {c.get('time_ms', float('nan')):.2f} | "
+            lines.append(f"| {labels.get(m, m)} | {c.get('time_ms', float('nan')):.2f} | "
                          f"{c.get('memory_bytes', 'n/a')} |")
         lines += ["", f"HyperFlow's extra time over no adaptation is "
                   f"{_pct(cost.get('time_ratio'))} of fine-tuning's; its extra memory "
@@ -167,6 +196,8 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
             lines.append(f"| {name} | {row.get('batch1_ms', float('nan')):.3f} | "
                          f"{row.get('batch32_ms', float('nan')):.3f} |")
         lines.append("")
+    if metrics.get("engines"):
+        lines += ["## TensorRT engines", "", engines_note(metrics) + ".", ""]
     checks = metrics.get("checks") or []
     if checks:
         lines += ["## Target checks", "", "| check | result | note |", "|---|---|---|"]

@@ -251,9 +251,10 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
                         multiple=config.channel_multiple)
                 trimmed = True
                 shown = ms.density()
-            bar.advance(f"epoch {epoch + 1}/{config.epochs + config.regrowth_epochs} loss "
-                        f"{loss_sum / seen:.3f} acc {correct / seen:.3f} sparsity "
-                        f"{1 - shown:.4f} gamma {ctrl.gamma:.2f}")
+            # what fits an 80-column line beside the bar (edgeflow.progress): loss and the
+            # controller's gamma are in the returned history
+            bar.advance(f"ep {epoch + 1}/{config.epochs + config.regrowth_epochs} sparsity "
+                        f"{1 - shown:.3f} acc {correct / seen:.3f}")
         if phase == 1 and epoch == config.epochs - 1:
             ctrl.off()
         shown = ms.density()

@@ -8,7 +8,9 @@ precision defaults to fp32 on ONNX Runtime and fp16 on TensorRT.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from edgeflow.runtime.runners import OrtRunner, Runner
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 ALIASES = {"ort": "onnxruntime", "trt": "tensorrt"}
 ORT_PRECISIONS = ("fp32", "int8")
+CALIBRATION_SAMPLE = "calibration_sample.npy"
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Opened:
     max_batch: int | None = None
     fallback_reason: str | None = None
     engines: dict[str, str] = field(default_factory=dict)  # graph -> "cached"/"built"/...
+    details: dict[str, dict] = field(default_factory=dict)  # graph -> what was built, where, how
 
 
 def tensorrt_available() -> str | None:
@@ -51,12 +55,15 @@ def open_ort(bundle: Bundle, *, precision: str | None, threads: int | None) -> O
         raise ConfigError(f"ONNX Runtime (CPU) runs the bundle at {', '.join(ORT_PRECISIONS)}; "
                           f"{precision!r} needs the tensorrt backend")
     runners: dict[str, Runner] = {}
+    # the backbone cut at theta, for support passes; FP32 only (an INT8 graph cut in two fuses its
+    # Q/DQ pairs differently from the whole INT8 graph that classifies the queries)
+    split = [g for g in ("backbone_prefix", "backbone_suffix") if g in bundle.manifest["graphs"]]
     try:
-        for g in _graphs(bundle):
+        for g in [*_graphs(bundle), *(split if precision == "fp32" else [])]:
             path = bundle.graph_path(g, precision=precision) if g == "backbone" else bundle.graph_path(g)
             # The drift graphs are a few small matmuls per call: one thread is as fast and saves a
             # thread pool per session (memory on the device, contention with the backbone).
-            runners[g] = OrtRunner(path, threads=threads if g == "backbone" else 1,
+            runners[g] = OrtRunner(path, threads=threads if g.startswith("backbone") else 1,
                                    sha256=bundle.file_sha256(path.name)).activate()
     except BaseException:
         for r in runners.values():
@@ -65,14 +72,60 @@ def open_ort(bundle: Bundle, *, precision: str | None, threads: int | None) -> O
     return Opened("onnxruntime", precision, runners)
 
 
+def trt_backbone(bundle: Bundle, precision: str) -> tuple[Path, bool]:
+    """(ONNX to build the backbone engine from, whether INT8 scales need the calibrator).
+
+    TensorRT cannot parse the ONNX Runtime INT8 graph (uint8, int32 biases from theta): INT8 takes
+    the bundle's TensorRT Q/DQ graph (manifest ``tensorrt.int8``), else the FP32 graph calibrated
+    on the device from the bundle's calibration sample. FP32/FP16 build from the FP32 graph.
+    """
+    if precision != "int8":
+        return bundle.graph_path("backbone", precision="fp32"), False
+    qdq = (bundle.manifest.get("tensorrt") or {}).get("int8")
+    if qdq:
+        return bundle.path / qdq, False
+    if CALIBRATION_SAMPLE in bundle.manifest["files"]:
+        return bundle.graph_path("backbone", precision="fp32"), True
+    raise ConfigError(f"bundle {bundle.path} has no INT8 graph TensorRT can build (its int8 "
+                      "backbone is ONNX Runtime's) and no calibration sample; run `edgeflow "
+                      "calibrate BUNDLE --data ...` with this EdgeFlow, or use --precision fp16")
+
+
+def trt_precisions(bundle: Bundle) -> list[str]:
+    """The backbone precisions TensorRT can build from this bundle."""
+    files = bundle.manifest["files"]
+    int8 = (bundle.manifest.get("tensorrt") or {}).get("int8") or CALIBRATION_SAMPLE in files
+    return ["fp32", "fp16", *(["int8"] if int8 else [])]
+
+
+def _calibrator(bundle: Bundle, cache_dir: Path) -> Any:
+    import numpy as np
+
+    from edgeflow.export.trt_calibrator import make_entropy_calibrator
+
+    sample = np.load(bundle.path / CALIBRATION_SAMPLE, allow_pickle=False)
+    fp32 = bundle.manifest["files"][bundle.manifest["precisions"]["fp32"]]["sha256"]
+    return make_entropy_calibrator(sample, input_name="images", batch_size=min(16, len(sample)),
+                                   cache_dir=cache_dir, model_digest=fp32,
+                                   extra_inputs={"theta": bundle.theta0()})
+
+
 def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path | None,
              build_options: Any = None, force: bool = False) -> Opened:
     """Runners on TensorRT engines built (or taken from the cache) for this machine."""
     reason = tensorrt_available()
     if reason:
         raise BackendError(f"TensorRT backend unavailable: {reason}")
-    from edgeflow.runtime.trt_build import BuildOptions, EngineCache, build_engine, device_info, select_flags
-    from edgeflow.runtime.trt_runner import TrtRunner, deserializes
+    from edgeflow.runtime.trt_build import (
+        BuildOptions,
+        EngineCache,
+        build_engine,
+        device_info,
+        engine_loader,
+        profile_shapes,
+        select_flags,
+    )
+    from edgeflow.runtime.trt_runner import TrtRunner
 
     precision = precision or "fp16"
     if precision not in ("fp32", "fp16", "int8"):
@@ -80,28 +133,49 @@ def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path 
     options = build_options or BuildOptions.for_precision(precision)
     device = device_info()
     cache = EngineCache(engine_cache or bundle.path / "engines")
+    loader = engine_loader()
     runners: dict[str, Runner] = {}
-    engines = {}
+    engines: dict[str, str] = {}
+    details: dict[str, dict] = {}
+    calibrator = None
     try:
         for g in _graphs(bundle):
-            onnx_precision = "int8" if (g == "backbone" and precision == "int8") else "fp32"
-            path = bundle.graph_path(g, precision=onnx_precision) if g == "backbone" \
-                else bundle.graph_path(g)
-            # The drift graphs integrate theta over several steps: keep them fp32 everywhere.
-            opts = options if g == "backbone" else BuildOptions(precisions=("fp32",),
-                                                                workspace_bytes=options.workspace_bytes)
-            plan = select_flags(opts, device, has_qdq=onnx_precision == "int8")
+            if g == "backbone":
+                path, calibrate = trt_backbone(bundle, precision)
+                opts = options
+            else:  # the drift graphs integrate theta over several steps: FP32 (no TF32) everywhere
+                path, calibrate = bundle.graph_path(g), False
+                opts = BuildOptions(precisions=("fp32",), workspace_bytes=options.workspace_bytes)
+            plan = select_flags(opts, device, has_qdq=g == "backbone" and precision == "int8"
+                                and not calibrate, has_calibrator=calibrate)
+            builder = build_engine
+            if plan.calibrate:
+                calibrator = _calibrator(bundle, cache.root)
+                builder = functools.partial(build_engine, calibrator=calibrator)
             inputs, _ = bundle.tensors(g)
-            engine, how = cache.get(g, path, inputs, opts, device, builder=build_engine,
-                                    loader=deserializes, plan=plan, force=force)
+            t0 = time.perf_counter()
+            engine, how = cache.get(g, path, inputs, opts, device, builder=builder,
+                                    loader=loader, plan=plan, force=force)
             engines[g] = how
+            details[g] = {
+                "engine": str(engine), "onnx": path.name, "result": how,
+                "seconds": round(time.perf_counter() - t0, 3), "flags": list(plan.flags),
+                "cleared_flags": list(plan.clear), "calibrated": plan.calibrate,
+                "device": "GPU" if plan.dla_core is None else f"DLA core {plan.dla_core}",
+                "profile": {k: [list(v) for v in shapes] for k, shapes in profile_shapes(
+                    inputs, opts, static=plan.dla_core is not None).items()},
+                "notes": list(plan.notes)}
             runners[g] = TrtRunner(engine).activate()
     except BaseException:
         for r in runners.values():
             r.deactivate()
         raise
+    finally:
+        if calibrator is not None:
+            calibrator.free()
     max_batch = getattr(runners["backbone"], "max_batch", None)
-    return Opened("tensorrt", precision, runners, max_batch=max_batch, engines=engines)
+    return Opened("tensorrt", precision, runners, max_batch=max_batch, engines=engines,
+                  details=details)
 
 
 def open_runners(bundle: Bundle, *, backend: str = "auto", precision: str | None = None,

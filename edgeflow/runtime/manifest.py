@@ -43,7 +43,8 @@ MAX_IMAGE_SIZE = 4096
 MAX_THETA = 1 << 24
 MAX_DIM = 1 << 31
 PRECISIONS = ("fp32", "fp16", "int8")
-GRAPH_NAMES = ("backbone", "task_encoder", "drift")
+# backbone_prefix/suffix: the backbone cut at theta (export/onnx_split.py), optional
+GRAPH_NAMES = ("backbone", "task_encoder", "drift", "backbone_prefix", "backbone_suffix")
 METHODS = ("euler", "heun", "rk4")  # edgeflow.integrate.STEPPERS (test_manifest checks they agree)
 METRICS = ("cosine", "euclidean")
 MODES = ("hyperflow", "recenter", "prototypes-at-theta0")
@@ -305,6 +306,20 @@ def _cross_checks(m: dict[str, Any]) -> None:
     if th["shape"] != [theta["size"]]:
         raise fail("graphs.backbone.inputs.theta.shape", f"{th['shape']} but theta.size is "
                    f"{theta['size']}")
+    split = {"backbone_prefix", "backbone_suffix"} & set(m["graphs"])
+    if len(split) == 1:
+        raise fail("graphs", f"has {split.pop()} without its other half; re-export the bundle")
+    if split:
+        suf = {t["name"]: t for t in m["graphs"]["backbone_suffix"]["inputs"]}
+        pre_out = [t["name"] for t in m["graphs"]["backbone_prefix"]["outputs"]]
+        if suf.get("theta", {}).get("shape") != [theta["size"]] or set(suf) != {*pre_out, "theta"}:
+            raise fail("graphs.backbone_suffix.inputs", "must be the prefix's outputs and theta "
+                       f"({theta['size']})")
+        if [t["name"] for t in m["graphs"]["backbone_prefix"]["inputs"]] != ["images"]:
+            raise fail("graphs.backbone_prefix.inputs", "must be the images alone")
+        if ([t["name"] for t in m["graphs"]["backbone_suffix"]["outputs"]] !=
+                [t["name"] for t in m["graphs"]["backbone"]["outputs"]]):
+            raise fail("graphs.backbone_suffix.outputs", "must be the backbone's outputs")
     has = {"task_encoder", "drift"} <= set(m["graphs"])
     if ad["drift"] and not has:
         raise fail("adaptation.drift", "true but graphs has no task_encoder and drift")

@@ -21,47 +21,25 @@ from edgeflow.integrate import integrate
 from edgeflow.runtime.backends import open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
 from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
+from edgeflow.runtime.openset import OpenSetStats
+from edgeflow.runtime.openset import fit as openset_fit
+from edgeflow.runtime.protos import prototype_logits, prototypes, softmax
+from edgeflow.runtime.support import Support
 from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen
 from edgeflow.runtime.trust import check_expected, verify_signature
 
 log = logging.getLogger("edgeflow.runtime")
-__all__ = ["TASK_FORMAT", "Session", "Task", "prototype_logits", "prototypes", "softmax"]
-
-
-def prototypes(features: np.ndarray, episode_labels: np.ndarray, ways: int) -> np.ndarray:
-    """Class means (W, D); the same one-hot matmul as :func:`edgeflow.adapt.prototypes`."""
-    onehot = np.zeros((len(episode_labels), ways), dtype=features.dtype)
-    onehot[np.arange(len(episode_labels)), episode_labels] = 1
-    counts = np.maximum(onehot.sum(0), 1)
-    return (onehot.T @ features) / counts[:, None]
-
-
-def _normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    # torch.nn.functional.normalize: x / max(||x||, eps)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
-def prototype_logits(query: np.ndarray, protos: np.ndarray, *, metric: str = "cosine",
-                     scale: float = 10.0) -> np.ndarray:
-    """Scores (Q, W): scaled cosine similarity or negative squared Euclidean distance."""
-    if metric == "cosine":
-        return scale * (_normalize(query) @ _normalize(protos).T)
-    if metric == "euclidean":
-        return -np.sum((query[:, None, :] - protos[None, :, :]) ** 2, axis=-1)
-    raise BundleError(f"unknown metric {metric!r} in the bundle; valid metrics: cosine, euclidean")
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+UNKNOWN = -1  # the label predict(reject=...) gives a query from none of the task's classes
+__all__ = ["TASK_FORMAT", "UNKNOWN", "Session", "Task", "prototype_logits", "prototypes", "softmax"]
 
 
 def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None,
                 build_options: Any) -> tuple[str, str | None, Any]:
     """Backend, precision and TensorRT options from a target profile, where the caller left them.
 
-    The fastest precision both the bundle carries and the device runs (TensorRT builds FP16 from
-    the FP32 graph, so fp16 counts as carried there); a CPU target never tries TensorRT.
+    The fastest precision both the bundle carries for the backend and the device runs (TensorRT
+    builds FP16 from the FP32 graph, and INT8 from the TensorRT Q/DQ graph or the calibration
+    sample); a CPU target never tries TensorRT.
     """
     from edgeflow.targets import Target
 
@@ -70,7 +48,13 @@ def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None
         backend = "onnxruntime"
     trt = backend in ("auto", "tensorrt") and t.backend == "tensorrt"
     if precision is None:
-        precision = t.pick_precision([*bundle.manifest["precisions"], *(["fp16"] if trt else [])])
+        from edgeflow.runtime.backends import tensorrt_available, trt_precisions
+
+        # per backend: what TensorRT can build from this bundle (its INT8 needs the TensorRT Q/DQ
+        # graph or the calibration sample), else what ONNX Runtime runs
+        usable = trt and (backend == "tensorrt" or tensorrt_available() is None)
+        precision = t.pick_precision(trt_precisions(bundle) if usable
+                                     else list(bundle.manifest["precisions"]))
     if build_options is None and trt:
         from edgeflow.runtime.trt_build import BuildOptions
 
@@ -115,6 +99,7 @@ class Session:
                               engine_cache=engine_cache, build_options=build_options)
         self.backend, self.precision = opened.backend, opened.precision
         self.fallback_reason = opened.fallback_reason
+        self.engines = opened.engines  # TensorRT: graph -> "cached" / "built" / "rebuilt: ..."
         if self.fallback_reason:  # a warning when TensorRT is there but failed; else just info
             level = logging.INFO if "unavailable" in self.fallback_reason else logging.WARNING
             log.log(level, "using %s: %s", self.backend, self.fallback_reason)
@@ -135,6 +120,9 @@ class Session:
             raise BundleError("the manifest asks for re-centring but backbone.onnx has no "
                               "theta_means output; export the bundle again with this EdgeFlow")
         self.metric, self.scale = self.bundle.metric, self.bundle.scale
+        # the backbone cut at theta (FP32 on ONNX Runtime): support passes at a new theta are
+        # suffix passes over the prefix's cache
+        self.split = {"backbone_prefix", "backbone_suffix"} <= set(self.runners)
         feats = {o.name: o for o in self.runners["backbone"].outputs}.get("features")
         dim = feats.shape[-1] if feats is not None and feats.shape else None
         self.feature_dim = dim if isinstance(dim, int) else None  # to check a task against
@@ -161,10 +149,27 @@ class Session:
         return self._backbone(x, theta, "features")[0]
 
     def _backbone(self, x: np.ndarray, theta: np.ndarray, *names: str) -> list[np.ndarray]:
-        runner = self.runners["backbone"]
-        outs = [runner.infer({"images": x[i:i + self.batch_size], "theta": theta})
+        return self._suffix({"images": x}, theta, *names, runner=self.runners["backbone"])
+
+    def support_cache(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """What a support pass at any theta needs of preprocessed images ``x``: the prefix's
+        activations with a split bundle, else the images themselves."""
+        if not self.split:
+            return {"images": x}
+        runner = self.runners["backbone_prefix"]
+        outs = [runner.infer({"images": x[i:i + self.batch_size]})
                 for i in range(0, len(x), self.batch_size)]
-        return [np.concatenate([o[n] for o in outs]) for n in names]
+        return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+    def _suffix(self, cache: dict[str, np.ndarray], theta: np.ndarray, *names: str,
+                runner: Any = None) -> list[np.ndarray]:
+        """Backbone outputs ``names`` at ``theta`` from a support cache, in batches."""
+        if runner is None:
+            runner = self.runners["backbone_suffix" if self.split else "backbone"]
+        n = len(next(iter(cache.values())))
+        outs = [runner.infer({**{k: v[i:i + self.batch_size] for k, v in cache.items()},
+                              "theta": theta}) for i in range(0, n, self.batch_size)]
+        return [np.concatenate([o[k] for o in outs]) for k in names]
 
     def embed_task(self, protos: np.ndarray) -> np.ndarray:
         p = protos[None].astype(np.float32)
@@ -190,6 +195,8 @@ class Session:
 
         ``ways`` (or ``class_names``) declares the classes 0..W-1 so that one with no image is an
         error instead of silently dropped. ``steps`` overrides the manifest's integration steps.
+        The task keeps the support set's cache (:mod:`edgeflow.runtime.support`), so it can grow
+        (:meth:`update`) or shrink (:meth:`remove`) without the old images.
         """
         if class_names is not None:
             class_names = tuple(str(c) for c in class_names)
@@ -198,13 +205,69 @@ class Session:
             ways = len(class_names)
         steps = None if steps is None else check_steps(steps)
         x = self.prepare(images, what="support images")
-        classes, ep = check_labels(labels, len(x), ways=ways)
+        classes, _ = check_labels(labels, len(x), ways=ways)
+        support = self._support(x, np.asarray(labels).astype(np.int64))
+        names = None if class_names is None else {int(c): class_names[int(c)] for c in classes}
+        return self._adapt(support, names=names, steps=steps)
+
+    def update(self, task: Task, images: np.ndarray | Sequence[np.ndarray],
+               labels: Sequence[int] | np.ndarray, *, class_names: Sequence[str] | None = None,
+               steps: int | None = None) -> Task:
+        """``task`` adapted again with more support images: new classes or more shots of known
+        ones, without the old images (the task's cache). Equals :meth:`adapt` on the union.
+
+        ``class_names``: names of the classes in ``labels`` (label i -> class_names[i]) when the
+        task has names; a known label must keep its name.
+        """
+        support = self._task_support(task)
+        x = self.prepare(images, what="support images")
+        check_labels(labels, len(x))
+        new = np.asarray(labels).astype(np.int64)
+        names = self._merged_names(task, new, class_names)
+        merged = support.concat(self._support(x, new))
+        return self._adapt(merged, names=names, steps=steps)
+
+    def remove(self, task: Task, classes: Iterable[int], *, steps: int | None = None) -> Task:
+        """``task`` adapted again without the support images of ``classes`` (caller's ids)."""
+        support = self._task_support(task)
+        drop = {int(c) for c in classes}
+        unknown = sorted(drop - {int(c) for c in task.classes})
+        if unknown:
+            raise DataError(f"classes {unknown[:5]} are not in the task (it has "
+                            f"{task.classes[:10].tolist()})")
+        keep = ~np.isin(support.labels, list(drop))
+        if not keep.any():
+            raise DataError("removing every class leaves an empty task; adapt a new one instead")
+        names = None if task.class_names is None else {
+            int(c): n for c, n in zip(task.classes, task.class_names, strict=True) if int(c) not in drop}
+        return self._adapt(support.select(keep), names=names, steps=steps)
+
+    # -- adaptation from a support cache --------------------------------------------------------
+    def adapt_support(self, support: Support, *, class_names: dict[int, str] | None = None,
+                      steps: int | None = None) -> Task:
+        """Adapt from a support cache (:meth:`support_cache` of preprocessed images, with the
+        caller's labels): for an app that keeps the prefix activations of images it has seen."""
+        return self._adapt(support, names=class_names, steps=steps)
+
+    def cached_features(self, cache: dict[str, np.ndarray], theta: np.ndarray) -> np.ndarray:
+        """Features (N, D) at ``theta`` of images known by their :meth:`support_cache`."""
+        return self._suffix(cache, np.asarray(theta, np.float32), "features")[0]
+
+    def _support(self, x: np.ndarray, labels: np.ndarray) -> Support:
+        return Support(cache=self.support_cache(x), labels=labels)
+
+    def _adapt(self, support: Support, *, names: dict[int, str] | None,
+               steps: int | None) -> Task:
+        steps = None if steps is None else check_steps(steps)
+        classes, ep = np.unique(support.labels, return_inverse=True)
+        ep = ep.astype(np.int64)
         w = len(classes)
+        cache = support.cache
         # one support pass at theta0: the prototypes for z and the means re-centring reads
         if self.recenter:
-            feats, means = self._backbone(x, self.theta0, "features", "theta_means")
+            feats, means = self._suffix(cache, self.theta0, "features", "theta_means")
         else:
-            feats, means = self.features(x, self.theta0), None
+            (feats,), means = self._suffix(cache, self.theta0, "features"), None
         protos = prototypes(feats, ep, w)
         theta, mode = self.theta0, "prototypes-at-theta0"
         if self.bundle.has_drift and (self.steps if steps is None else steps) > 0:
@@ -214,16 +277,63 @@ class Session:
             mode = mode if mode == "hyperflow" else "recenter"
         if theta is not self.theta0:
             theta = theta.astype(np.float32)
-            protos = prototypes(self.features(x, theta), ep, w)
+            (feats,) = self._suffix(cache, theta, "features")
+            protos = prototypes(feats, ep, w)
+        protos = protos.astype(np.float32)
+        stats = openset_fit(feats, ep, protos, self._similarity)
         info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
                 "steps": self.steps if steps is None else steps, "method": self.method,
                 "recenter": self.recenter,
-                "backend": self.backend, "precision": self.precision}
-        if class_names is not None:
-            class_names = tuple(class_names[int(c)] for c in classes)
-        return Task(theta=_frozen(theta), prototypes=_frozen(protos.astype(np.float32)),
-                    classes=_frozen(classes), bundle=self.bundle.fingerprint,
-                    class_names=class_names, info=info)
+                "backend": self.backend, "precision": self.precision,
+                "support_bytes_per_image": support.bytes_per_image()}
+        class_names = None if names is None else tuple(names[int(c)] for c in classes)
+        return Task(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
+                    bundle=self.bundle.fingerprint, class_names=class_names, info=info,
+                    support=support.frozen(), openset=stats)
+
+    def _similarity(self, query: np.ndarray, protos: np.ndarray) -> np.ndarray:
+        return prototype_logits(query, protos, metric=self.metric, scale=self.scale)
+
+    def _task_support(self, task: Task) -> Support:
+        if not isinstance(task, Task):
+            raise DataError(f"task must be a Task (from Session.adapt or Task.load), got "
+                            f"{type(task).__name__}")
+        task.check_fits(fingerprint=self.bundle.fingerprint, theta_size=self.bundle.theta_size,
+                        feature_dim=self.feature_dim)
+        if task.support is None:
+            raise DataError("this task keeps no support cache (made by an older EdgeFlow); adapt it "
+                            "again from its images to let it grow")
+        want = set(self.support_cache(np.zeros((1, *self._image_shape()), np.float32)))
+        if set(task.support.cache) != want:
+            raise DataError("this task's support cache was made by another backend or precision of "
+                            "this bundle; update it with the Session that adapted it")
+        return task.support
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        p = self.preprocess
+        return (p.channels, p.size, p.size)
+
+    @staticmethod
+    def _merged_names(task: Task, labels: np.ndarray, class_names: Sequence[str] | None
+                      ) -> dict[int, str] | None:
+        if task.class_names is None:
+            if class_names is not None:
+                raise DataError("the task has no class names; update it with labels only")
+            return None
+        names = {int(c): n for c, n in zip(task.classes, task.class_names, strict=True)}
+        if class_names is None:
+            new = sorted({int(c) for c in labels} - set(names))
+            if new:
+                raise DataError(f"new classes {new[:5]} need class_names (the task has names)")
+            return names
+        for c in np.unique(labels):
+            if not 0 <= c < len(class_names):
+                raise DataError(f"label {int(c)} has no entry in class_names ({len(class_names)})")
+            given = str(class_names[int(c)])
+            if names.get(int(c), given) != given:
+                raise DataError(f"label {int(c)} is {names[int(c)]!r} in the task but {given!r} here")
+            names[int(c)] = given
+        return names
 
     def logits(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
         """Raw prototype scores (Q, W) of query images (columns follow ``task.classes``)."""
@@ -236,8 +346,29 @@ class Session:
         return prototype_logits(self.features(x, task.theta), task.prototypes, metric=self.metric,
                                 scale=self.scale)
 
-    def predict(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> tuple[np.ndarray,
-                                                                                     np.ndarray]:
-        """(labels (Q,) in the caller's label ids, scores (Q, W) softmax probabilities)."""
+    def predict(self, images: np.ndarray | Sequence[np.ndarray], task: Task, *,
+                reject: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (Q,) in the caller's label ids, scores (Q, W) softmax probabilities).
+
+        ``reject``: a target recall of the known classes (e.g. 0.95); a query whose known-class
+        score falls below the threshold that the support set's own leave-one-out scores give for
+        that recall gets label ``UNKNOWN`` (-1): "none of these" (:mod:`edgeflow.runtime.openset`).
+        """
         logits = self.logits(images, task)
-        return task.classes[np.argmax(logits, axis=1)], softmax(logits)
+        labels = task.classes[np.argmax(logits, axis=1)]
+        if reject is not None:
+            stats = self._stats(task)
+            labels = np.where(stats.score(logits) < stats.threshold(float(reject)), UNKNOWN, labels)
+        return labels, softmax(logits)
+
+    def known_scores(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
+        """How well each query fits its best class (Q,): its best prototype similarity; higher is
+        more "known". ``predict(reject=r)`` compares it with the task's threshold for r."""
+        return self._stats(task).score(self.logits(images, task))
+
+    @staticmethod
+    def _stats(task: Task) -> OpenSetStats:
+        if task.openset is None:
+            raise DataError("this task has no open-set statistics (made by an older EdgeFlow); adapt "
+                            "it again to use rejection")
+        return task.openset

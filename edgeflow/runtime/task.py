@@ -25,11 +25,18 @@ import numpy as np
 
 from edgeflow.errors import DataError
 from edgeflow.runtime.npy import read_npy
+from edgeflow.runtime.openset import OpenSetStats
+from edgeflow.runtime.support import Support
 
-TASK_FORMAT = "edgeflow-task/1"
+TASK_FORMAT = "edgeflow-task/2"  # 2 adds the support cache and the open-set statistics
+READABLE_FORMATS = ("edgeflow-task/1", TASK_FORMAT)
 MEMBERS = ("theta.npy", "prototypes.npy", "classes.npy", "meta.npy")
-MAX_TASK_BYTES = 256 << 20  # a task is theta + W prototypes: kilobytes to a few megabytes
+OPENSET_MEMBERS = ("openset_mean.npy", "openset_std.npy", "openset_scores.npy")
+SUPPORT_MEMBER = re.compile(r"support_\d{1,3}\.npy|support_labels\.npy")
+# theta + W prototypes are kilobytes; the support cache adds tens of KB per support image
+MAX_TASK_BYTES = 256 << 20
 MAX_MEMBER_BYTES = 128 << 20
+MAX_INFLATED_BYTES = 512 << 20
 MAX_META_BYTES = 1 << 20
 MAX_WAYS = 100_000
 TMP_TAG = ".edgeflow-tmp-"  # Task.save's temporary files: `.NAME.edgeflow-tmp-XXXX.npz`
@@ -71,6 +78,10 @@ class Task:
     bundle: str  # fingerprint (sha256 of manifest.json) of the bundle that made it
     class_names: tuple[str, ...] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # what lets the task grow without its images (edgeflow.runtime.support) and say "none of
+    # these" (edgeflow.runtime.openset); None in tasks of the first format
+    support: Support | None = field(default=None, repr=False, compare=False)
+    openset: OpenSetStats | None = field(default=None, repr=False, compare=False)
 
     @property
     def ways(self) -> int:
@@ -100,11 +111,18 @@ class Task:
         _remove_stale(path)
         meta = {"format": TASK_FORMAT, "bundle": self.bundle, "info": self.info,
                 "class_names": list(self.class_names) if self.class_names is not None else None}
+        extra: dict[str, np.ndarray] = {}
+        if self.support is not None:
+            extra, names = self.support.members()
+            meta.update(names)
+        if self.openset is not None:
+            extra.update(openset_mean=self.openset.mean, openset_std=self.openset.std,
+                         openset_scores=self.openset.loo_scores)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TMP_TAG}", suffix=".npz", dir=path.parent)
         os.close(fd)
         try:
             np.savez(tmp, theta=self.theta, prototypes=self.prototypes, classes=self.classes,
-                     meta=np.asarray(json.dumps(meta)))
+                     meta=np.asarray(json.dumps(meta)), **extra)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -132,9 +150,22 @@ class Task:
         if names is not None and (not isinstance(names, list) or len(names) != len(classes)
                                   or not all(isinstance(n, str) and len(n) <= 256 for n in names)):
             raise DataError(f"{path}: class_names must be {len(classes)} strings (one per class)")
+        support = Support.from_members(arrays, meta, what=str(path)) if "support_names" in meta \
+            else None
+        if support is not None and set(support.labels.tolist()) != set(classes.tolist()):
+            raise DataError(f"{path}: the support cache's labels are not the task's classes")
+        openset = None
+        if "openset_mean" in arrays:
+            openset = OpenSetStats(mean=arrays["openset_mean"], std=arrays["openset_std"],
+                                   loo_scores=arrays["openset_scores"])
+            ok = all(a.dtype == np.float32 and a.ndim == 1 and np.isfinite(a).all()
+                     for a in (openset.mean, openset.std, openset.loo_scores))
+            if not ok or len(openset.mean) != len(classes) or len(openset.std) != len(classes) \
+                    or (openset.std <= 0).any():
+                raise DataError(f"{path}: its open-set statistics are malformed; adapt the task again")
         return cls(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
                    bundle=meta["bundle"], class_names=tuple(names) if names is not None else None,
-                   info=meta["info"])
+                   info=meta["info"], support=support, openset=openset)
 
 
 def _read_members(path: Path) -> dict[str, np.ndarray]:
@@ -142,14 +173,21 @@ def _read_members(path: Path) -> dict[str, np.ndarray]:
     try:
         with zipfile.ZipFile(path) as z:
             infos = {i.filename: i for i in z.infolist()}
-            if sorted(infos) != sorted(MEMBERS):
-                raise DataError(f"{bad}: it holds {sorted(infos)[:6]}, expected {list(MEMBERS)}")
+            extra = [n for n in infos if n not in MEMBERS]
+            if not set(MEMBERS) <= set(infos) or any(
+                    n not in OPENSET_MEMBERS and not SUPPORT_MEMBER.fullmatch(n) for n in extra):
+                raise DataError(f"{bad}: it holds {sorted(infos)[:6]}, expected {list(MEMBERS)} "
+                                "(+ support and open-set members)")
+            total = sum(i.file_size for i in infos.values())
+            if total > MAX_INFLATED_BYTES:
+                raise DataError(f"{bad}: its members inflate to {total} bytes (at most "
+                                f"{MAX_INFLATED_BYTES})")
             for i in infos.values():  # sizes as the zip directory states them, before inflating
                 if i.file_size > MAX_MEMBER_BYTES:
                     raise DataError(f"{bad}: member {i.filename} inflates to {i.file_size} bytes "
                                     f"(at most {MAX_MEMBER_BYTES})")
             # zipfile stops at the stated size and checks the CRC; read_npy checks each header
-            return {name[:-4]: read_npy(z.read(name), what=f"{path}:{name}") for name in MEMBERS}
+            return {name[:-4]: read_npy(z.read(name), what=f"{path}:{name}") for name in infos}
     except DataError as exc:
         if str(exc).startswith(bad):
             raise
@@ -166,7 +204,7 @@ def _meta(arr: np.ndarray, path: Path) -> dict[str, Any]:
         meta = json.loads(str(arr))
     except (ValueError, RecursionError) as exc:
         raise DataError(f"{path}: its metadata is not valid JSON ({str(exc)[:100]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != TASK_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise DataError(f"{path} has task format {str(got)[:40]!r}, expected {TASK_FORMAT}")
     if not isinstance(meta.get("bundle"), str) or len(meta["bundle"]) > 80:

@@ -29,11 +29,19 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     assert out["integrator"]["method"] == "euler" and out["trajectory_rows"] == 6
     gain = out["trajectory_gain"]
     assert gain["all"]["rows"] == 6 == sum(gain[k]["rows"] for k in ("class", "instance") if k in gain)
+    # a drift whose chosen integrator re-centres: `evaluate --steps` must keep that (it rebuilt
+    # the settings from method and steps alone, silently turning re-centring off)
+    from edgeflow.checkpoint import load_checkpoint, save_checkpoint
+
+    sd, meta = load_checkpoint(drift)
+    meta["integrator"] = {**meta["integrator"], "recenter": 0.5}
+    save_checkpoint(drift, state_dict=sd, meta=meta)
     res = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", drift, "--data",
               "digits", "--shots", "1,2", "--episodes", "2", "--queries", "3",
-              "--timing-episodes", "1", "--json")
+              "--timing-episodes", "1", "--steps", "3", "--json")
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout)
+    assert ev["integrator"]["steps"] == 3 and ev["integrator"]["recenter"] == 0.5
     for shots in ("1", "2"):
         for method in ("none", "teacher", "hyperflow-euler", "hyperflow-heun"):
             r = ev["by_shots"][shots]["methods"][method]

@@ -80,7 +80,9 @@ def test_manifest_contents(drift_bundle, plain_bundle):
     man = json.loads((path / "manifest.json").read_text())
     assert man["schema"] == "edgeflow-bundle" and man["schema_version"] == 2
     assert man["manifest_digest"].startswith("sha256:")
-    assert set(man["files"]) == {"backbone.onnx", "task_encoder.onnx", "drift.onnx", "theta0.npy"}
+    assert set(man["files"]) == {"backbone.onnx", "task_encoder.onnx", "drift.onnx", "theta0.npy",
+                                 "backbone_prefix.onnx", "backbone_suffix.onnx"}
+    assert man["metrics"]["parity"]["split"]["max_abs_diff_moved"] == 0.0
     assert man["theta"]["layout"] == spec.layout() and man["theta"]["size"] == spec.size
     assert man["adaptation"]["integrator"] == settings.to_dict()
     assert man["adaptation"]["metric"] == "cosine" and man["adaptation"]["scale"] == 10.0
@@ -91,7 +93,8 @@ def test_manifest_contents(drift_bundle, plain_bundle):
     plain = json.loads((plain_bundle[0] / "manifest.json").read_text())
     assert plain["adaptation"]["drift"] is False
     assert plain["adaptation"]["mode"] == "prototypes-at-theta0"
-    assert set(plain["files"]) == {"backbone.onnx", "theta0.npy"}
+    assert set(plain["files"]) == {"backbone.onnx", "theta0.npy", "backbone_prefix.onnx",
+                                   "backbone_suffix.onnx"}
 
 
 @pytest.mark.parametrize(("name", "kw"), [("conv4", {"width": 16}),

@@ -16,6 +16,7 @@ from edgeflow.export.trt_calibrator import (
     make_entropy_calibrator,
     trt_version_code,
 )
+from edgeflow.runtime.backends import tensorrt_available
 
 
 def _sample(n=10):
@@ -105,7 +106,7 @@ def test_factory_without_tensorrt_says_what_to_do(tmp_path):
 
 
 @pytest.mark.trt
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="needs TensorRT")
+@pytest.mark.skipif(tensorrt_available() is not None, reason="needs TensorRT and pycuda on a GPU")
 def test_factory_is_a_tensorrt_calibrator(tmp_path):
     import tensorrt as trt
 

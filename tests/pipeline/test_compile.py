@@ -134,3 +134,22 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, args, message):
     assert res.exit_code == 1, res.output
     assert re.search(message, res.stderr), res.stderr
     assert "Traceback" not in res.output
+
+
+def test_resume_reads_the_saved_config_of_its_output_folder(tmp_path):
+    """--resume --output DIR: DIR/config.toml is the base, flags win; no saved file: a note."""
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = build_config(overrides={"output": str(out), "prune.granularity": "n:m",
+                                    "export.target": "jetson-orin-nano-8gb"})
+    (out / "config.toml").write_text(saved.to_toml())
+    res = runner.invoke(app, ["compile", "--output", str(out), "--resume", "--eval-episodes", "7",
+                              "--print-config"])
+    assert res.exit_code == 0, res.output
+    assert 'granularity = "n:m"' in res.stdout and 'target = "jetson-orin-nano-8gb"' in res.stdout
+    assert re.search(r"^episodes = 7$", res.stdout, re.M)  # the flag over the saved run
+    res = runner.invoke(app, ["compile", "--output", str(out), "--print-config"])
+    assert 'granularity = "channel"' in res.stdout  # without --resume the folder is not read
+    res = runner.invoke(app, ["compile", "--output", str(tmp_path / "new"), "--resume",
+                              "--print-config"])
+    assert res.exit_code == 0 and "config.toml does not exist" in " ".join(res.stderr.split())

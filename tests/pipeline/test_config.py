@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from edgeflow.errors import ConfigError
@@ -66,3 +68,24 @@ def test_shipped_recipes_load():
     for recipe in sorted((Path(__file__).parents[2] / "examples").glob("*.toml")):
         cfg = build_config(file=recipe)
         assert cfg.prune.granularity in ("weight", "n:m", "channel"), recipe
+
+
+def test_saved_config_is_the_base_of_a_resumed_run(tmp_path):
+    """--resume: defaults < OUTPUT/config.toml < --config file < flags, section by section."""
+    from edgeflow.pipeline.config import saved_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = build_config(overrides={"output": str(run), "prune.granularity": "n:m",
+                                    "prune.sparsity": 0.6, "export.target": "jetson-orin-nano-8gb"})
+    (run / "config.toml").write_text(saved.to_toml())
+    assert saved_config(overrides={"output": str(run)}) == run / "config.toml"
+    f = tmp_path / "c.toml"
+    f.write_text(f'output = "{run}"\n[prune]\nsparsity = 0.7\n')
+    assert saved_config(file=f) == run / "config.toml"  # the file names the folder
+    assert saved_config() == Path("edgeflow-out") / "config.toml"
+    cfg = build_config(base=run / "config.toml", file=f, overrides={"eval.episodes": 7})
+    assert cfg.prune.granularity == "n:m"  # from the saved run, the file's [prune] not replacing it
+    assert cfg.prune.sparsity == 0.7  # the file over the saved run
+    assert cfg.export.target == "jetson-orin-nano-8gb" and cfg.eval.episodes == 7
+    assert build_config(base=run / "config.toml") == saved

@@ -27,3 +27,47 @@ def test_report_files_and_numbers_match_metrics(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| 5 |"))
     nums = [float(x) for x in re.findall(r"\d+\.\d+", row)]
     assert nums == [81.23, 2.11, 83.11, 1.88, 82.54, 1.99]
+
+
+def test_one_name_per_method_and_re_centring_only_where_the_bundle_re_centres(tmp_path):
+    from edgeflow.pipeline.compile import CompileResult
+
+    for recenter, hyperflow in ((0.0, "HyperFlow (drift)"),
+                                (0.5, "HyperFlow (drift + re-centring)")):
+        metrics = {**METRICS, "integrator": {"method": "euler", "steps": 5, "recenter": recenter},
+                   "total_seconds": 12.0}
+        text = render_report(metrics, tmp_path / str(recenter)).read_text()
+        header = next(line for line in text.splitlines() if line.startswith("| shots |"))
+        assert header == f"| shots | no adaptation | fine-tuning | {hyperflow} |"
+        summary = CompileResult(tmp_path, tmp_path / "bundle", tmp_path / "report.md",
+                                metrics).human_summary()
+        rows = [" ".join(line.split()) for line in summary.splitlines()]
+        assert "5-shot" in rows[rows.index("few-shot accuracy on novel classes, % ± 95% CI, "
+                                           "5-way") + 1]
+        for row in ("no adaptation 81.2 ± 2.1", "fine-tuning 83.1 ± 1.9",
+                    f"{hyperflow} 82.5 ± 2.0"):  # in the report's order
+            assert row in rows, summary
+        firsts = [r.split(" ")[0] for r in rows if re.search(r"\d ± \d", r)]
+        assert firsts == ["no", "fine-tuning", "HyperFlow"], summary
+        assert all(len(line) <= 80 for line in summary.splitlines() if "shot" in line or " ± " in line)
+        assert "pruned to 50.0% sparsity, held-out top-1 90.0%" in summary
+        assert "finetune" not in summary and "(teacher)" not in text
+        assert "TensorRT" not in summary  # no engine information, no engine line
+
+
+def test_engines_not_built_say_how_to_build_them(tmp_path):
+    from edgeflow.pipeline.report import engines_note
+
+    jetson = {**METRICS, "source": {**METRICS["source"], "target": "jetson-orin-nano-8gb"},
+              "engines": {"built": False, "gpu": True, "reason": "tensorrt is not installed"}}
+    text = render_report(jetson, tmp_path).read_text()
+    assert "## TensorRT engines" in text
+    assert ("TensorRT engines: NOT built here. Build them on the device with `edgeflow build "
+            "out/bundle --target jetson-orin-nano-8gb` (the bundle's path there). Why not here: "
+            "tensorrt is not installed") in text
+    cpu = {**METRICS, "engines": {"built": False, "gpu": False, "reason": "target cpu has no GPU"}}
+    assert engines_note(cpu) == ("TensorRT engines: none (target cpu has no GPU); the bundle "
+                                 "runs on ONNX Runtime")
+    assert engines_note({"engines": {"built": True, "precision": "fp16"}}) == \
+        "TensorRT engines: built (fp16)"
+    assert engines_note(METRICS) == ""

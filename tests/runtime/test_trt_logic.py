@@ -94,8 +94,10 @@ class FakeTRT:
         return (f"engine:{self.device.trt_version}:{onnx_path.read_bytes().hex()[:8]}".encode(),
                 timing + b"t")
 
-    def loader(self, data: bytes) -> bool:
-        return data.startswith(f"engine:{self.device.trt_version}:".encode())
+    def loader(self, data: bytes) -> str | None:
+        if data.startswith(f"engine:{self.device.trt_version}:".encode()):
+            return None
+        return "magic tag does not match"
 
 
 def test_engine_cache_reuses_rebuilds_stale_and_foreign(tmp_path):
@@ -122,12 +124,91 @@ def test_engine_cache_reuses_rebuilds_stale_and_foreign(tmp_path):
     assert get()[1] == "rebuilt: engine file changed or truncated"
     # the timing cache grows and is passed back in
     assert cache.timing_cache_path(ORIN).read_bytes() == b"ttt"
-    # a new ONNX (re-exported bundle): new key, the stale engine of that graph is removed
+    # a new ONNX (re-exported bundle): new key; the old engine stays (least recently used goes
+    # first when the cache is full), so going back to the old graph costs no rebuild
     onnx.write_bytes(b"graph-v2")
     new_path, how = get()
-    assert how == "built" and new_path != path and not path.exists()
-    assert sorted(p.name for p in (tmp_path / "engines").glob("backbone-*.engine")) == [new_path.name]
+    assert how == "built" and new_path != path and path.exists()
     assert get(force=True)[1] == "rebuilt: forced"
+
+
+def test_engine_cache_keeps_several_keys_and_evicts_the_least_recently_used(tmp_path):
+    """fp16 and int8 engines of one graph, and a `build --target` engine beside a default
+    Session's, all stay cached: switching between them never rebuilds (the old cache deleted
+    every other key of the graph). Beyond max_engines the least recently used goes."""
+    import os
+
+    onnx = tmp_path / "backbone.onnx"
+    onnx.write_bytes(b"graph")
+    inputs = [TensorSpec("images", ("N", 3, 32, 32), "float32")]
+    cache, fake = EngineCache(tmp_path / "engines", max_engines=3), FakeTRT(ORIN)
+    variants = [BuildOptions.for_precision("fp16"), BuildOptions.for_precision("fp32"),
+                BuildOptions.for_precision("fp16", batch=(1, 1, 8)),
+                BuildOptions.for_precision("fp16", sparse_weights=True)]
+
+    def get(opts):
+        return cache.get("backbone", onnx, inputs, opts, ORIN, builder=fake.builder,
+                         loader=fake.loader, plan=select_flags(opts, ORIN))
+
+    paths = []
+    for k, opts in enumerate(variants[:3]):
+        paths.append(get(opts)[0])
+        os.utime(paths[-1], ns=(k * 10**9, k * 10**9))  # distinct use times on any filesystem
+    assert fake.builds == 3
+    for opts in variants[:3]:  # switching precision or profile: all cached
+        assert get(opts)[1] == "cached"
+    assert fake.builds == 3
+    os.utime(paths[0], ns=(10**12, 10**12))  # fp16 used last, fp32 least recently
+    os.utime(paths[1], ns=(0, 0))
+    os.utime(paths[2], ns=(10**11, 10**11))
+    new, how = get(variants[3])
+    assert how == "built" and fake.builds == 4
+    left = {p.name for p in cache.engines()}
+    assert left == {paths[0].name, paths[2].name, new.name}  # fp32, the least recent, went
+    assert not paths[1].with_suffix(".json").exists()
+    with pytest.raises(ConfigError, match="max_engines"):
+        EngineCache(tmp_path, max_engines=0)
+
+
+def test_fp32_clears_tf32_and_low_precision_keeps_it():
+    """TensorRT enables TF32 by default: an FP32 engine (the drift graphs) must clear it."""
+    assert select_flags(BuildOptions.for_precision("fp32"), ORIN).clear == ("TF32",)
+    assert select_flags(BuildOptions.for_precision("fp16"), ORIN).clear == ()
+
+
+def test_dla_builds_get_a_static_profile():
+    """DLA runs one shape: min = opt = max (a dynamic profile sends every layer to the GPU)."""
+    inputs = [TensorSpec("images", ("N", 3, 32, 32), "float32"), TensorSpec("theta", (688,), "float32")]
+    opts = BuildOptions(batch=(1, 4, 16), dla_core=0)
+    plan = select_flags(opts, ORIN)
+    assert plan.dla_core == 0 and any("fixed at 4" in n for n in plan.notes)
+    static = profile_shapes(inputs, opts, static=plan.dla_core is not None)
+    assert static == {"images": ((4, 3, 32, 32),) * 3}
+    assert profile_shapes(inputs, opts)["images"][2] == (16, 3, 32, 32)
+
+
+def test_network_flags_and_supported_versions():
+    """Below TensorRT 10 create_network(0) is implicit batch, which the ONNX parser rejects."""
+    from edgeflow.runtime.trt_options import check_version, network_flags
+
+    assert network_flags("8.5.2.2", 0) == 1 and network_flags("8.6.2", 0) == 1
+    assert network_flags("10.3.0", 0) == 0 and network_flags("10.13.1", 0) == 0
+    for ok in ("8.5.2", "8.6.1", "10.0.1", "10.3.0.30", "10.8.0", "10.13.0", "11.1.0"):
+        check_version(ok)
+    for bad in ("8.4.1", "7.1.3", "9.3.0"):
+        with pytest.raises(BackendError, match="not supported"):
+            check_version(bad)
+    with pytest.raises(ConfigError, match="not like"):
+        check_version("ten")
+
+
+def test_calibrated_int8_is_planned_only_with_a_calibrator_and_not_on_trt11():
+    int8 = BuildOptions.for_precision("int8")
+    plan = select_flags(int8, ORIN, has_calibrator=True)
+    assert plan.calibrate and "INT8" in plan.flags
+    assert not select_flags(int8, ORIN, has_qdq=True).calibrate
+    with pytest.raises(ConfigError, match="no implicit INT8 calibration"):
+        select_flags(int8, DeviceInfo("11.0.0", "Thor", (11, 0)), has_calibrator=True)
 
 
 def test_error_translation_names_the_fix():
