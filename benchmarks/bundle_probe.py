@@ -16,6 +16,10 @@ Two measurements on a small exported bundle (a conv4 backbone with a random drif
    passed to the API. Each must end in success or one EdgeflowError; any other exception is a
    *traceback*. Target: 0.
 
+3. **kill -9 during writes.** A process rewriting the bundle and saving a task in a loop is
+   killed at random moments; the bundle and the task must still load, and once the leftovers are
+   an hour old the next write removes them and nothing else (a user's ``.NAME.backup-2024``).
+
     OMP_NUM_THREADS=1 python benchmarks/bundle_probe.py            # ~600 flips, all cases
     OMP_NUM_THREADS=1 python benchmarks/bundle_probe.py --quick    # seconds: proves it runs
 
@@ -312,6 +316,15 @@ def task_files(probe: Probe, tmp: Path, rng: random.Random, n_flips: int) -> dic
         for name in ("theta.npy", "prototypes.npy", "classes.npy", "meta.npy"):
             z.writestr(name, b"\0" * ((200 << 20) if name == "meta.npy" else 10))
     blobs["zip bomb"] = bomb.getvalue()
+    header = io.BytesIO()  # a .npy header declaring 10**12 values in a 2 KB member
+    with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(header, "w") as z:
+        for name in src.namelist():
+            data = src.read(name)
+            if name == "theta.npy":
+                shape = repr(probe.task.theta.shape).encode()
+                data = data.replace(shape, f"({10**12},)".encode(), 1)
+            z.writestr(name, data)
+    blobs["npy header bomb"] = header.getvalue()
     counts, bad = Counter(), []
     with Session(probe.bundle, backend="onnxruntime", threads=1) as s:
         for name, items in blobs.items():
@@ -408,6 +421,71 @@ def arrays(probe: Probe) -> dict[str, Any]:
             "tracebacks": [f"{k}: {v}" for k, v in results.items() if v.startswith("traceback")]}
 
 
+_WRITER = """
+import sys
+import numpy as np
+from edgeflow.runtime import Task
+from edgeflow.runtime.bundle import update_bundle
+bundle, task, i = sys.argv[1], sys.argv[2], 0
+t = Task(theta=np.zeros(4, np.float32), prototypes=np.ones((2, 3), np.float32),
+         classes=np.arange(2), bundle="sha256:" + "0" * 64)
+print("ready", flush=True)
+while True:
+    update_bundle(bundle, manifest={"metrics": {"probe_iteration": i}})
+    t.save(task)
+    i += 1
+"""
+
+
+def kill_trials(bundle: Path, tmp: Path, n: int, rng: random.Random) -> dict[str, Any]:
+    """SIGKILL a process that rewrites the bundle and saves a task in a loop, at random moments;
+    after each kill the bundle must load and verify and the task file must load (old or new).
+    Then the leftovers are aged past an hour and one more write must remove exactly them."""
+    import signal
+    import subprocess
+
+    from edgeflow.runtime import Task, load_bundle
+
+    work = shutil.copytree(bundle, tmp / "killed.bundle")
+    task = tmp / "killed.npz"
+    user = tmp / ".killed.bundle.backup-2024"  # a user's folder matching the old cleanup pattern
+    user.mkdir()
+    (tmp / ".killed.npz.backup.npz").write_bytes(b"mine")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    broken, loads = [], Counter()
+    for _ in range(n):
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(work), str(task)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc.stdout.readline()  # "ready": imports done, the loop starts
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        try:
+            load_bundle(work)
+            loads["bundle ok"] += 1
+            if task.exists():
+                Task.load(task)
+                loads["task ok"] += 1
+        except Exception as exc:
+            broken.append(f"{type(exc).__name__}: {str(exc)[:160]}")
+    mine = {user.name, ".killed.npz.backup.npz"}
+    leftovers = sorted(p.name for p in tmp.iterdir() if p.name.startswith(".killed.")
+                       and p.name not in mine)
+    old = time.time() - 7200
+    for name in leftovers:
+        os.utime(tmp / name, (old, old))
+    from edgeflow.runtime.bundle import update_bundle
+
+    update_bundle(work, manifest={"metrics": {"probe_iteration": -1}})
+    Task.load(task).save(task) if task.exists() else None
+    after = sorted(p.name for p in tmp.iterdir() if p.name.startswith(".killed.")
+                   and p.name not in mine)
+    return {"trials": n, **dict(loads), "broken": broken,
+            "leftovers_after_kills": len(leftovers), "left_after_cleanup": after,
+            "user_files_kept": user.is_dir() and (tmp / ".killed.npz.backup.npz").exists()}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     t0 = time.time()
@@ -422,6 +500,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         malformed = {"manifests": malformed_manifests(probe, work, original, rng, args.manifest_cases),
                      "task_files": task_files(probe, tmp, rng, args.input_flips),
                      "images": images(probe, rng, args.input_flips), "arrays": arrays(probe)}
+        kills = kill_trials(bundle, tmp, args.kills, rng)
     import onnxruntime
 
     meta = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -429,7 +508,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "onnxruntime": onnxruntime.__version__, "seconds": round(time.time() - t0, 1),
             "command": "OMP_NUM_THREADS=1 python benchmarks/bundle_probe.py"
                        + (" --quick" if args.quick else "")}
-    return {"meta": meta, "damage": damage, "malformed": malformed,
+    return {"meta": meta, "damage": damage, "malformed": malformed, "kill_trials": kills,
             "summary": summarize(damage, malformed)}
 
 
@@ -447,7 +526,7 @@ def summarize(damage: dict, malformed: dict) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> str:
-    s, m = res["summary"], res["meta"]
+    s, m, k = res["summary"], res["meta"], res["kill_trials"]
     rs = res["damage"]["numeric_edits"]["resealed"]
     lines = [f"# Bundle probe ({m['mode']}, {m['date']}, onnxruntime {m['onnxruntime']})", "",
              f"`{m['command']}` ({m['seconds']} s)", "",
@@ -461,7 +540,13 @@ def table(res: dict[str, Any]) -> str:
              f"| ... rejected (digest) | {s['numeric_edits_rejected']} |",
              f"| ... predictions **changed** (target 0) | {s['numeric_edits_changed']} |",
              f"| malformed inputs (manifests, task files, images, arrays) | {s['malformed_cases']} |",
-             f"| ... **tracebacks** (target 0) | {s['tracebacks']} |", "",
+             f"| ... **tracebacks** (target 0) | {s['tracebacks']} |",
+             f"| kill -9 during bundle rewrite + task save | {k['trials']} |",
+             f"| ... bundle or task unreadable after the kill (target 0) | {len(k['broken'])} |",
+             f"| ... temp leftovers after the kills / after an aged cleanup | "
+             f"{k['leftovers_after_kills']} / {len(k['left_after_cleanup'])} |",
+             f"| ... user folders/files matching the temp patterns kept | {k['user_files_kept']} |",
+             "",
              "Re-sealed numeric edits (digest recomputed: a deliberate edit, or a version-1 bundle "
              f"without digest; only `expect=` or a signature refuses these): {rs['fields']} fields, "
              f"{rs.get('rejected', 0)} rejected by the schema's bounds, {rs.get('identical', 0)} "
@@ -484,6 +569,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.flips = args.flips or (60 if args.quick else 600)
     args.manifest_cases = 150 if args.quick else None
     args.input_flips = 5 if args.quick else 40
+    args.kills = 3 if args.quick else 30
     res = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")

@@ -154,6 +154,10 @@ def print_inspect(path: Path, man: dict, res: dict) -> None:
                   f"[{color}]{escape(f['status'])}[/]")
     console.print(t)
     console.print(f"fingerprint: {res['fingerprint']}", highlight=False, markup=False)
+    if not res["manifest_digest"]:
+        console.print("manifest: schema version 1, no manifest_digest: an edited value would go "
+                      "unnoticed; re-export the bundle, or pin it with --expect", highlight=False,
+                      markup=False)
     sig = res["signature"]
     console.print("signature: " + ("none" if sig is None else
                                    f"key {sig['key_id']}, " + ("verified" if sig["verified"] else

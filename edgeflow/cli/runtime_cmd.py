@@ -59,6 +59,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
     files = verify_files(path, man)
     sig = read_signature(path)
     res = {"bundle": str(path), "fingerprint": digest, "schema_version": man["schema_version"],
+           "manifest_digest": "manifest_digest" in man,
            "files": files, "ok": all(f["status"] == "ok" for f in files),
            "unlisted": unlisted_files(path, man),
            "signature": None if sig is None else {"key_id": sig.get("key_id"),

@@ -136,6 +136,15 @@ class _Source:
         return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_dir())
 
     def read(self, member: str) -> bytes:
+        # sizes as stored (zip directory / stat) are checked before reading, so a member that
+        # inflates to gigabytes is refused unread; decode_image then bounds the pixels
+        if self.zip is not None:
+            size = self.zip.getinfo(member).file_size
+        else:
+            size = (self.path / member).stat().st_size
+        if size > MAX_IMAGE_FILE_BYTES:
+            raise DataError(f"{self.path}:{member} is {size} bytes (at most {MAX_IMAGE_FILE_BYTES} "
+                            "per image); give camera-sized images")
         if self.zip is not None:
             return self.zip.read(member)
         return (self.path / member).read_bytes()

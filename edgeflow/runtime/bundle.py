@@ -15,7 +15,6 @@ bundle (:mod:`edgeflow.runtime.trust`).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -28,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from edgeflow.data.transforms import Preprocess
-from edgeflow.errors import BundleError
+from edgeflow.errors import BundleError, DataError
 from edgeflow.runtime.manifest import MAX_MANIFEST_BYTES, SCHEMA, SCHEMA_VERSION, file_name, validate
+from edgeflow.runtime.npy import read_npy
 from edgeflow.runtime.trust import SIGNATURE, check_expected, fingerprint_of, verify_signature
 from edgeflow.runtime.writer import WRITER_MARKER, BundleWriter, sha256_file
 
@@ -157,9 +157,9 @@ class Bundle:
             raise BundleError(f"{p} changed after the bundle was verified (sha256 mismatch); copy "
                               "the bundle again")
         try:
-            theta = np.load(io.BytesIO(data), allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise BundleError(f"{p} is not a readable .npy file ({exc}); re-export the bundle") from exc
+            theta = read_npy(data, what=str(p))
+        except DataError as exc:
+            raise BundleError(f"{exc}; re-export the bundle") from None
         if theta.shape != (self.theta_size,) or theta.dtype != np.float32:
             raise BundleError(f"{p}: expected float32 ({self.theta_size},), got "
                               f"{theta.dtype} {theta.shape}")

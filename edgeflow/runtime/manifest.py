@@ -48,11 +48,12 @@ GRAPH_NAMES = ("backbone", "task_encoder", "drift", "backbone_prefix", "backbone
 METHODS = ("euler", "heun", "rk4")  # edgeflow.integrate.STEPPERS (test_manifest checks they agree)
 METRICS = ("cosine", "euclidean")
 MODES = ("hyperflow", "recenter", "prototypes-at-theta0")
-DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 # A bundle file name: a plain name, no directory part, no leading dot (hidden and "." / ".."),
 # printable ASCII only, short enough for any filesystem and any terminal
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,127}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+RESERVED = ("manifest.json", "manifest.sig", "engines")  # the manifest, signature, engine cache
 
 Check = Callable[[Any, str], Any]
 
@@ -119,9 +120,10 @@ def file_name(v: Any, field: str) -> str:
     """A plain file name inside the bundle: no directories, no "..", no absolute path, no dot file."""
     if not isinstance(v, str):
         raise fail(field, f"expected a file name, got {_show(v)}")
-    if not _NAME.fullmatch(v) or v == "manifest.json":
+    if not _NAME.fullmatch(v) or v in RESERVED:
         raise fail(field, f"{_show(v)} is not a plain file name inside the bundle (letters, digits, "
-                   "'_.+-', at most 128 characters, no '/', no leading '.')")
+                   "'_.+-', at most 128 characters, no '/', no leading '.', not "
+                   f"{', '.join(RESERVED)})")
     return v
 
 
@@ -137,7 +139,7 @@ def dict_of(fields: dict[str, Check], *, required: tuple[str, ...] = (),
         if strict:
             extra = sorted(set(v) - set(fields))
             if extra:
-                raise fail(_join(field, _show(extra[0])[1:-1][:40]), "unknown field (this EdgeFlow "
+                raise fail(_join(field, str(extra[0])[:40]), "unknown field (this EdgeFlow "
                            f"knows {', '.join(fields)})", "re-export the bundle with this EdgeFlow")
         return {k: fields[k](x, _join(field, k)) if k in fields else x for k, x in v.items()}
     return check
@@ -259,7 +261,7 @@ def _validate(m: Any) -> dict[str, Any]:
         raise BundleError(f"not an EdgeFlow bundle manifest (schema {_show(got)}); pass the "
                           "directory `edgeflow export` wrote")
     version = m.get("schema_version")
-    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+    if type(version) is not int or version not in READABLE_VERSIONS:  # not True, not 2.0
         raise BundleError(f"schema version {_show(version)}; this runtime reads versions "
                           f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the bundle with this "
                           "EdgeFlow")

@@ -10,6 +10,7 @@ task fits a given bundle (theta length, feature width, fingerprint) is :meth:`Ta
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeflow.errors import DataError
+from edgeflow.runtime.npy import read_npy
 from edgeflow.runtime.openset import OpenSetStats
 from edgeflow.runtime.support import Support
 
@@ -184,14 +186,14 @@ def _read_members(path: Path) -> dict[str, np.ndarray]:
                 if i.file_size > MAX_MEMBER_BYTES:
                     raise DataError(f"{bad}: member {i.filename} inflates to {i.file_size} bytes "
                                     f"(at most {MAX_MEMBER_BYTES})")
-            out = {}
-            for name in infos:
-                with z.open(name) as f:  # zipfile stops at the stated size and checks the CRC
-                    out[name[:-4]] = np.lib.format.read_array(f, allow_pickle=False)
-            return out
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, RuntimeError) as exc:
+            # zipfile stops at the stated size and checks the CRC; read_npy checks each header
+            return {name[:-4]: read_npy(z.read(name), what=f"{path}:{name}") for name in infos}
+    except DataError as exc:
+        if str(exc).startswith(bad):
+            raise
+        raise DataError(f"{bad}: {exc}") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, RuntimeError,
+            NotImplementedError) as exc:  # NotImplementedError: a compression zipfile lacks
         raise DataError(f"{bad} ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
@@ -219,7 +221,7 @@ def _remove_stale(path: Path) -> None:
     Only names this module makes are touched: ``.NAME.edgeflow-tmp-*.npz``, and the older
     ``.NAME.XXXXXXXX.npz`` of earlier versions only when the file is a task archive."""
     legacy = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.npz")
-    for p in path.parent.glob(f".{path.name}.*.npz"):
+    for p in path.parent.glob(f"{glob.escape('.' + path.name)}.*.npz"):
         with contextlib.suppress(OSError):
             if p.is_symlink() or not p.is_file() or time.time() - p.stat().st_mtime < STALE_AFTER_S:
                 continue

@@ -188,6 +188,7 @@ def read_signature(path: Path) -> dict[str, Any] | None:
 
 def verify_signature(path: Path, fingerprint: str, trusted_keys: Iterable[KeyLike]) -> str:
     """The key id of the trusted key that signed this fingerprint; raise when none did."""
+    _crypto()  # the install hint, before anything imports from cryptography
     from cryptography.exceptions import InvalidSignature
 
     keys = [load_public_key(k) for k in trusted_keys]

@@ -22,4 +22,7 @@ def test_bundle_probe_quick(tmp_path):
     assert s["numeric_edits_rejected"] == s["numeric_fields"] > 20
     assert s["tracebacks"] == 0, [m["tracebacks"] for m in res["malformed"].values()]
     assert s["malformed_cases"] > 200
+    k = res["kill_trials"]
+    assert k["trials"] == 3 and k["broken"] == [] and k["user_files_kept"]
+    assert k["left_after_cleanup"] == []
     assert (tmp_path / "probe.md").read_text().startswith("# Bundle probe (quick")

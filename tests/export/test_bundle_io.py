@@ -164,18 +164,22 @@ def test_writer_removes_only_its_own_stale_temp_dirs(tmp_path):
     (user / "inside").mkdir(parents=True)
     lookalike = tmp_path / ".b.tmp-mine"  # the writer's own pattern, but not made by it
     lookalike.mkdir()
+    (lookalike / "notes.txt").write_text("mine")
+    empty = tmp_path / ".b.tmp-k1ll3d00"  # a writer killed between mkdtemp and its marker
+    empty.mkdir()
     stale = tmp_path / ".b.tmp-dead1234"  # what a killed writer leaves
     stale.mkdir()
     (stale / ".edgeflow-writer").write_bytes(b"")
     fresh = tmp_path / ".b.tmp-alive"  # another writer, still running
     fresh.mkdir()
     (fresh / ".edgeflow-writer").write_bytes(b"")
-    for p in (user, lookalike, stale):
+    for p in (user, lookalike, stale, empty):
         os.utime(p, (old, old))
     with BundleWriter(tmp_path / "b") as w:
         w.commit(tiny_manifest(w, np.zeros(3, np.float32)))
     assert user.is_dir() and (user / "inside").is_dir() and lookalike.is_dir() and fresh.is_dir()
-    assert not stale.exists()
+    assert (lookalike / "notes.txt").read_text() == "mine"
+    assert not stale.exists() and not empty.exists()
     assert ".edgeflow-writer" not in {p.name for p in (tmp_path / "b").iterdir()}
     assert load_bundle(tmp_path / "b").manifest["files"].keys() == {"theta0.npy", "backbone.onnx"}
 

@@ -88,6 +88,21 @@ def test_task_files_are_checked(adapted, tmp_path):
         np.savez(path, **{**arrays, **change})
         with pytest.raises(DataError, match=msg):
             Task.load(path)
+    # a member whose .npy header declares 10**12 floats: refused from the header, not allocated
+    header_bomb = tmp_path / "header.npz"
+    np.savez(header_bomb, **arrays)
+    raw = header_bomb.read_bytes()
+    shape = repr(task.theta.shape).encode()
+    declared = f"({10**12},)".encode().ljust(len(shape))
+    with zipfile.ZipFile(header_bomb) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["theta.npy"] = members["theta.npy"].replace(shape, declared, 1)
+    with zipfile.ZipFile(header_bomb, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    assert raw != header_bomb.read_bytes()
+    with pytest.raises(DataError, match="header declares"):
+        Task.load(header_bomb)
     np.savez(tmp_path / "t.npz", **arrays, extra=np.zeros(1))
     with pytest.raises(DataError, match="expected"):
         Task.load(tmp_path / "t.npz")
@@ -138,20 +153,35 @@ def test_arrays_passed_to_the_api(drift_bundle):
             s.adapt(sx, sy, ways=5.5)
 
 
-def test_killed_save_leftovers_are_cleaned_but_not_user_files(adapted, tmp_path):
+@pytest.mark.parametrize("name", ["task.npz", "run[1].npz"])
+def test_killed_save_leftovers_are_cleaned_but_not_user_files(adapted, tmp_path, name):
     task, _ = adapted
-    target = tmp_path / "task.npz"
+    target = tmp_path / name
     old = time.time() - 7200
-    ours = tmp_path / ".task.npz.edgeflow-tmp-abc123.npz"
+    ours = tmp_path / f".{name}.edgeflow-tmp-abc123.npz"
     ours.write_bytes(b"PK\x03\x04 half written")
-    legacy = tmp_path / ".task.npz.k2j4h5g6.npz"  # what an older Task.save's mkstemp made
+    legacy = tmp_path / f".{name}.k2j4h5g6.npz"  # what an older Task.save's mkstemp made
     legacy.write_bytes(b"PK\x03\x04" + b"\0" * 26 + b"theta.npy" + b"...")
-    user = tmp_path / ".task.npz.backup.npz"
+    user = tmp_path / f".{name}.backup.npz"
     user.write_bytes(b"mine")
-    fresh = tmp_path / ".task.npz.edgeflow-tmp-now.npz"  # a save running right now
+    fresh = tmp_path / f".{name}.edgeflow-tmp-now.npz"  # a save running right now
     fresh.write_bytes(b"")
     for p in (ours, legacy, user):
         os.utime(p, (old, old))
     task.save(target)
     assert not ours.exists() and not legacy.exists()
     assert user.exists() and fresh.exists() and Task.load(target).ways == 5
+
+
+def test_support_archive_member_size_refused_before_inflating(tmp_path):
+    from edgeflow.data import load_image_folder
+    from edgeflow.data.imagefolder import MAX_IMAGE_FILE_BYTES
+
+    archive = tmp_path / "support.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a/ok.png", _png(4, 4))
+        with z.open("b/huge.png", "w", force_zip64=True) as f:  # ~65 KB compressed
+            for _ in range(MAX_IMAGE_FILE_BYTES // (1 << 20) + 1):
+                f.write(b"\0" * (1 << 20))
+    with pytest.raises(DataError, match=r"huge\.png is \d+ bytes"):
+        load_image_folder(archive, cache=False)

@@ -96,7 +96,9 @@ BAD = [  # (edit, the field the error must name)
     (_set("theta", "file", value="../x/theta0.npy"), "theta.file: .* is not a plain file name"),
     (_set("precisions", "fp32", value="/etc/passwd"), "precisions.fp32: .* is not a plain file name"),
     (_set("graphs", "backbone", "file", value="sub/backbone.onnx"), "graphs.backbone.file"),
+    (_set("theta", "file", value="manifest.sig"), "theta.file: .* not manifest.json"),
     (_set("adaptation", "surprise", value=1), "adaptation.surprise: unknown field"),
+    (_set("schema_version", value=2.0), "schema version 2.0"),
     (_set("adaptation", "drift", value=True), "adaptation.drift: true but graphs has no"),
     (_set("tensorrt", value={"int8": "../x.onnx"}), "tensorrt.int8: .* is not a plain file name"),
     (_set("tensorrt", value={"int8": "backbone.int8.trt.onnx"}), "uses files it does not hash"),
@@ -126,6 +128,12 @@ def test_legacy_v1_bundle_loads_and_is_still_validated(plain_bundle, tmp_path):
     edit_manifest(b, to_v1)
     with Session(b, backend="onnxruntime") as s:
         assert s.bundle.manifest["schema_version"] == 1 and s.steps == 5
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    res = CliRunner().invoke(app, ["inspect", str(b)])
+    assert res.exit_code == 0 and "no manifest_digest" in res.output, res.output
     edit_manifest(b, _set("preprocess", "std", value=[0.2, 0.0, 0.2]))
     with pytest.raises(BundleError, match=r"preprocess.std\[1\]"):
         Session(b, backend="onnxruntime")

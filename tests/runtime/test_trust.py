@@ -113,3 +113,16 @@ def test_cli_inspect_sign_expect(plain_bundle, tmp_path):
                 ["adapt", b, "--support", tmp_path, "--output", tmp_path / "t.npz"]):
         res = run(*cmd, "--expect", "sha256:" + "3" * 64)
         assert res.exit_code == 1 and "not the expected" in res.output, res.output
+
+
+def test_without_cryptography_only_signatures_need_it(plain_bundle, tmp_path, monkeypatch):
+    """The device may lack the optional package: bundles still load; trusted_keys says what to
+    install instead of an ImportError traceback."""
+    import sys
+
+    _, pub = generate_key(tmp_path / "k")
+    for mod in [m for m in sys.modules if m.split(".")[0] == "cryptography"]:
+        monkeypatch.setitem(sys.modules, mod, None)  # `import` of it now raises ImportError
+    assert load_bundle(plain_bundle[0], expect=load_bundle(plain_bundle[0]).fingerprint)
+    with pytest.raises(ConfigError, match=r"pip install \"edgeflow\[sign\]\""):
+        load_bundle(plain_bundle[0], trusted_keys=[pub])
