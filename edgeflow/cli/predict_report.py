@@ -23,6 +23,8 @@ JSON_HELP = (
     "and score); with known truth also true_class_name, and an evaluation object: images, correct, "
     "accuracy, "
     "per_class (recall), confusion (rows: true class, columns: predicted class), unknown_classes. "
+    "With --reject each prediction has rejected (true: class_name 'unknown', class_index -1) and "
+    "the evaluation counts unknown_class_images_rejected. "
     "skipped lists unreadable files left out by --skip-corrupt.")
 MAX_CONFUSION_COLUMNS = 12
 
@@ -106,9 +108,14 @@ def read_queries(q: Queries, *, mode: str, skip_corrupt: bool) -> tuple[list[np.
     return arrays, kept, skipped
 
 
+UNKNOWN_NAME = "unknown"  # what `predict --reject` answers for "none of the task's classes"
+
+
 def prediction_rows(files: list[Path], scores: np.ndarray, *, names: list[str], ids: np.ndarray,
-                    top_k: int, truth: list[str | None] | None) -> list[dict[str, Any]]:
-    """One JSON-ready row per image: the top class and the top-k (see ``JSON_HELP``)."""
+                    top_k: int, truth: list[str | None] | None,
+                    rejected: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One JSON-ready row per image: the top class and the top-k (see ``JSON_HELP``); with
+    rejection, a rejected image's class is ``unknown`` (index -1) and its top-k stays."""
     k = min(top_k, len(names))
     rows = []
     for n, (f, sc) in enumerate(zip(files, scores, strict=True)):
@@ -116,6 +123,10 @@ def prediction_rows(files: list[Path], scores: np.ndarray, *, names: list[str], 
         top = [{"class_name": names[i], "class_index": int(ids[i]), "score": float(sc[i])}
                for i in order]
         row = {"image": str(f), **top[0], "top": top}
+        if rejected is not None:
+            row["rejected"] = bool(rejected[n])
+            if rejected[n]:
+                row.update(class_name=UNKNOWN_NAME, class_index=-1)
         if truth is not None:
             row["true_class_name"] = truth[n]
         rows.append(row)
@@ -130,13 +141,17 @@ def evaluate(truth: list[str], predicted: list[str], *, names: list[str],
     ``unknown_classes`` and left out of every other number.
     """
     index = {c: i for i, c in enumerate(names)}
-    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    rejecting = UNKNOWN_NAME in predicted and UNKNOWN_NAME not in index
+    cols = [*names, UNKNOWN_NAME] if rejecting else names  # a rejected known image: its own column
+    confusion = np.zeros((len(names), len(cols)), dtype=np.int64)
     unknown: dict[str, int] = {}
+    unknown_rejected = 0
     for t, p in zip(truth, predicted, strict=True):
         if t in index:
-            confusion[index[t], index[p]] += 1
+            confusion[index[t], cols.index(p)] += 1
         else:
             unknown[t] = unknown.get(t, 0) + 1
+            unknown_rejected += p == UNKNOWN_NAME
     per_row = confusion.sum(1)
     correct = int(np.trace(confusion))
     total = int(per_row.sum())
@@ -147,9 +162,11 @@ def evaluate(truth: list[str], predicted: list[str], *, names: list[str],
     return {"images": total, "correct": correct, "accuracy": correct / total if total else None,
             "per_class": per_class,
             "confusion": {"rows": "true class", "columns": "predicted class", "classes": names,
-                          "matrix": confusion.tolist()},
+                          "predicted_classes": cols, "matrix": confusion.tolist()},
             "unknown_classes": dict(sorted(unknown.items())),
-            "unknown_class_images": int(sum(unknown.values()))}
+            "unknown_class_images": int(sum(unknown.values())),
+            # with --reject: images of classes the task does not know that it called "unknown"
+            "unknown_class_images_rejected": int(unknown_rejected) if rejecting else None}
 
 
 def print_evaluation(ev: dict[str, Any], *, source: str) -> None:
@@ -170,7 +187,7 @@ def print_evaluation(ev: dict[str, Any], *, source: str) -> None:
     t.add_column("class")
     t.add_column("images", justify="right")
     t.add_column("recall", justify="right")
-    for c in [] if wide else names:
+    for c in [] if wide else ev["confusion"].get("predicted_classes", names):
         t.add_column(escape(c[:12]), justify="right")
     for row, pc in zip(ev["confusion"]["matrix"], ev["per_class"], strict=True):
         recall = "n/a" if pc["recall"] is None else f"{pc['recall']:.2%}"
@@ -179,6 +196,9 @@ def print_evaluation(ev: dict[str, Any], *, source: str) -> None:
     console.print(t)
     if ev["unknown_class_images"]:
         shown = ", ".join(f"{c} {n}" for c, n in list(ev["unknown_classes"].items())[:10])
+        rejected = ev.get("unknown_class_images_rejected")
         console.print(f"not counted: {ev['unknown_class_images']} images of classes the task does "
-                      f"not know ({shown})", highlight=False, markup=False)
+                      f"not know ({shown})" + ("" if rejected is None else
+                                               f"; {rejected} of them rejected as unknown"),
+                      highlight=False, markup=False)
     console.print("per-image predictions: --json", highlight=False, markup=False)

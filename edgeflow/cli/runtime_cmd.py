@@ -169,8 +169,18 @@ def adapt(
                                  "with --labels, the folder its paths are relative to."),
     output: Path = typer.Option(..., "--output", "-o", help="Task file to write (.npz)."),
     labels: Path = typer.Option(None, "--labels", help="CSV of file,label rows (header optional) "
-                                "for images in a flat folder; paths relative to --support, else "
-                                "to the CSV's folder."),
+                                "for images in a flat folder; paths relative to --support (or "
+                                "--add), else to the CSV's folder."),
+    task_in: Path = typer.Option(None, "--task", help="A task to grow (--add) or shrink (--remove) "
+                                 "without its old images: it keeps what it needs (its support "
+                                 "images' backbone-prefix activations)."),
+    add: Path = typer.Option(None, "--add", help="With --task: images to add, as for --support "
+                             "(new classes, or more shots of known ones: class folders named as "
+                             "the task's classes)."),
+    remove: str = typer.Option(None, "--remove", help="With --task: comma-separated class names to "
+                               "drop."),
+    one_class: bool = typer.Option(False, "--one-class", help="Accept a single class (\"is this my "
+                                   "mug?\"); predict then needs --reject to say \"unknown\"."),
     skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
@@ -182,42 +192,100 @@ def adapt(
 ) -> None:
     """Adapt the bundle to new classes from a few labelled images (no gradients) -> TASK.npz.
 
+    With --task, adapt an existing task again: --add images (the result equals adapting on the
+    old and new images together) or --remove classes, without the old images.
+
     Example: edgeflow adapt runs/r20.bundle --support my_classes/ --output task.npz
 
     Example: edgeflow adapt runs/r20.bundle --support captures/ --labels captures/labels.csv -o task.npz
+
+    Example: edgeflow adapt runs/r20.bundle --task task.npz --add new_objects/ -o task.npz
     """
-    from edgeflow.data import load_image_folder
-    from edgeflow.data.labelfile import load_labelled_files, read_label_csv
     from edgeflow.errors import DataError
-    from edgeflow.runtime import Session
+    from edgeflow.runtime import Session, Task
     from edgeflow.runtime.inputs import check_class_count
 
     b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
-    pre = b.preprocess
-    mode, size = "L" if pre.channels == 1 else "RGB", pre.size if b.allow_resize else None
-    if labels is not None:
-        ds = load_labelled_files(read_label_csv(labels, root=support), source=str(labels),
-                                 mode=mode, size=size, skip_corrupt=skip_corrupt)
-    elif support is not None:
-        ds = load_image_folder(support, mode=mode, size=size, cache=False, skip_corrupt=skip_corrupt)
-    else:
-        raise DataError("give the support images: --support FOLDER (one folder per class) or "
-                        "--labels FILE.csv (file,label rows)")
-    check_class_count(ds.classes, what=f"the support set {ds.source}")
+    if task_in is None and (add is not None or remove is not None):
+        raise DataError("--add and --remove change an existing task: give it with --task task.npz")
+    if task_in is not None and support is not None:
+        raise DataError("--support makes a new task; to grow the --task one, give the images with "
+                        "--add")
+    if task_in is not None and add is None and remove is None:
+        raise DataError("with --task, say what changes: --add FOLDER and/or --remove CLASSES")
+    ds = None
+    if task_in is None or add is not None:
+        ds = _support_images(b, add if task_in is not None else support, labels, skip_corrupt)
+        if task_in is None:
+            check_class_count(ds.classes, what=f"the support set {ds.source}",
+                              min_classes=1 if one_class else 2)
     with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        task = s.adapt(ds.images, ds.labels, class_names=ds.classes, steps=steps)
+        if task_in is None:
+            task = s.adapt(ds.images, ds.labels, class_names=ds.classes, steps=steps,
+                           one_class=one_class)
+        else:
+            task = _change_task(s, Task.load(task_in), ds, remove, steps)
         path = task.save(output)
         res = {"task": str(path), "classes": list(task.class_names or ()), "shots": task.info["shots"],
                "mode": task.info["mode"], "backend": s.backend, "precision": s.precision,
                "theta_change_max": float(abs(task.theta - s.theta0).max()),
-               "fallback_reason": s.fallback_reason, "skipped": list(ds.skipped)}
-    skipped = (f"\nskipped {len(ds.skipped)} unreadable file(s): "
-               f"{escape(', '.join(ds.skipped[:10]))}{' ...' if len(ds.skipped) > 10 else ''}"
-               if ds.skipped else "")
+               "support_bytes_per_image": task.info.get("support_bytes_per_image"),
+               "fallback_reason": s.fallback_reason, "skipped": list(ds.skipped) if ds else []}
+    skipped = (f"\nskipped {len(res['skipped'])} unreadable file(s): "
+               f"{escape(', '.join(res['skipped'][:10]))}{' ...' if len(res['skipped']) > 10 else ''}"
+               if res["skipped"] else "")
     emit(res, as_json=as_json,
          human=f"wrote [bold]{escape(str(path))}[/]: {len(res['classes'])} classes "
                f"({escape(', '.join(res['classes'][:6]))}{'...' if len(res['classes']) > 6 else ''}), "
                f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}{skipped}")
+
+
+def _support_images(b, folder: Path | None, labels: Path | None, skip_corrupt: bool):
+    """Labelled images from class folders, or a flat folder with a label CSV."""
+    from edgeflow.data import load_image_folder
+    from edgeflow.data.labelfile import load_labelled_files, read_label_csv
+    from edgeflow.errors import DataError
+
+    pre = b.preprocess
+    mode, size = "L" if pre.channels == 1 else "RGB", pre.size if b.allow_resize else None
+    if labels is not None:
+        return load_labelled_files(read_label_csv(labels, root=folder), source=str(labels),
+                                   mode=mode, size=size, skip_corrupt=skip_corrupt)
+    if folder is not None:
+        return load_image_folder(folder, mode=mode, size=size, cache=False, skip_corrupt=skip_corrupt)
+    raise DataError("give the support images: --support FOLDER (one folder per class) or "
+                    "--labels FILE.csv (file,label rows)")
+
+
+def _change_task(s, task, ds, remove: str | None, steps: int | None):
+    """``task`` with the images of ``ds`` added (by class name) and the ``remove`` classes dropped."""
+    from edgeflow.errors import DataError
+
+    if task.class_names is None:
+        raise DataError("this task has no class names (made through the Python API); grow it with "
+                        "Session.update there")
+    import numpy as np
+
+    names = list(task.class_names)
+    if ds is not None:
+        # the task's ids keep their names; a new class gets the next free id
+        by_name = {n: int(c) for n, c in zip(names, task.classes, strict=True)}
+        for c in ds.classes:
+            by_name.setdefault(c, max(by_name.values()) + 1)
+        table = [""] * (max(by_name.values()) + 1)  # class_names by id (gaps: removed classes)
+        for n, c in by_name.items():
+            table[c] = n
+        ids = np.array([by_name[ds.classes[i]] for i in ds.labels], np.int64)
+        task = s.update(task, ds.images, ids, class_names=table, steps=steps)
+        names = list(task.class_names)
+    if remove:
+        drop = [c.strip() for c in remove.split(",") if c.strip()]
+        unknown = [c for c in drop if c not in names]
+        if unknown:
+            raise DataError(f"--remove names classes the task does not have: {unknown}; it has "
+                            f"{', '.join(names[:20])}")
+        task = s.remove(task, [int(task.classes[names.index(c)]) for c in drop], steps=steps)
+    return task
 
 
 def predict(
@@ -230,6 +298,10 @@ def predict(
                                 "classes (accuracy report); paths relative to the one folder "
                                 "given, else to the CSV's folder."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Classes to show per image."),
+    reject: float = typer.Option(None, "--reject", min=0.0, max=1.0, help="Say \"unknown\" (class "
+                                 "index -1) for images of none of the task's classes, keeping "
+                                 "about this share of known-class images (e.g. 0.95); the "
+                                 "threshold comes from the task's own support images."),
     skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
@@ -257,11 +329,12 @@ def predict(
     arrays, kept, skipped = predict_report.read_queries(
         q, mode="L" if b.preprocess.channels == 1 else "RGB", skip_corrupt=skip_corrupt)
     with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        _, scores = s.predict(arrays, t)
+        labels_out, scores = s.predict(arrays, t, reject=reject)
     files = [q.files[i] for i in kept]
     truth = None if q.truth is None else [q.truth[i] for i in kept]
     rows = predict_report.prediction_rows(files, scores, names=names, ids=t.classes, top_k=top_k,
-                                          truth=truth)
+                                          truth=truth,
+                                          rejected=None if reject is None else labels_out == -1)
     res = {"task": str(task), "predictions": rows, "skipped": skipped}
     if truth is not None:
         res["evaluation"] = predict_report.evaluate(truth, [r["class_name"] for r in rows],
@@ -274,7 +347,8 @@ def predict(
     else:
         for r in rows:
             tops = ", ".join(f"{x['class_name']} {x['score']:.3f}" for x in r["top"])
-            console.print(f"{r['image']}: {tops}", highlight=False, markup=False)
+            head = "unknown; nearest: " if r.get("rejected") else ""
+            console.print(f"{r['image']}: {head}{tops}", highlight=False, markup=False)
     if skipped:
         console.print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:10])}"
                       f"{' ...' if len(skipped) > 10 else ''}", highlight=False, markup=False)

@@ -179,3 +179,70 @@ def test_skip_corrupt_on_adapt_and_predict(folders, task, plain_bundle, tmp_path
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["skipped"] == [str(support / "cat" / "broken.png")] and len(out["predictions"]) == 5
+
+
+def test_adapt_grows_and_shrinks_a_task_without_its_old_images(folders, task, plain_bundle,
+                                                                tmp_path):
+    """`adapt --task --add` equals adapting on the union; `--remove` drops classes by name."""
+    from edgeflow.runtime import Task
+
+    extra = tmp_path / "extra"
+    ds = cifar_test()
+    idx = np.nonzero(ds.labels == ds.classes.index("horse"))[0]
+    for i in range(5):
+        _save(extra / "horse" / f"h{i}.png", ds.images[idx[i]])
+    for i in range(2):  # two more shots of a known class
+        _save(extra / "cat" / f"c{i}.png", ds.images[np.nonzero(ds.labels == 3)[0][40 + i]])
+    grown_path = tmp_path / "grown.npz"
+    res = run("adapt", plain_bundle[0], "--task", task, "--add", extra, "-o", grown_path, "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["classes"] == [*CLASSES, "horse"] and out["shots"] == [5, 7, 5, 5]
+    assert out["support_bytes_per_image"] > 0
+    # the same images adapted from scratch (union in the task's order: old rows, then new)
+    union = tmp_path / "union"
+    for d in (folders / "support", extra):
+        for f in sorted(d.glob("*/*.png")):
+            (union / f.parent.name).mkdir(parents=True, exist_ok=True)
+            (union / f.parent.name / f"{d.name}-{f.name}").write_bytes(f.read_bytes())
+    res = run("adapt", plain_bundle[0], "--support", union, "-o", tmp_path / "u.npz")
+    assert res.exit_code == 0, res.output
+    grown, scratch = Task.load(grown_path), Task.load(tmp_path / "u.npz")
+    by_name = dict(zip(scratch.class_names, scratch.prototypes, strict=True))
+    for name, proto in zip(grown.class_names, grown.prototypes, strict=True):
+        np.testing.assert_allclose(proto, by_name[name], atol=1e-5)
+    res = run("adapt", plain_bundle[0], "--task", grown_path, "--remove", "cat,horse", "-o",
+              tmp_path / "small.npz", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["classes"] == ["airplane", "ship"]
+    bad = run("adapt", plain_bundle[0], "--task", grown_path, "--remove", "dog", "-o", tmp_path / "x")
+    assert bad.exit_code == 1 and "does not have: ['dog']" in _text(bad)
+    bad = run("adapt", plain_bundle[0], "--add", extra, "-o", tmp_path / "x")
+    assert bad.exit_code == 1 and "give it with --task" in _text(bad)
+
+
+def test_one_class_task_and_rejection_from_the_cli(folders, task, plain_bundle, tmp_path):
+    one = tmp_path / "one"
+    for f in (folders / "support" / "cat").glob("*.png"):
+        (one / "cat").mkdir(parents=True, exist_ok=True)
+        (one / "cat" / f.name).write_bytes(f.read_bytes())
+    bad = run("adapt", plain_bundle[0], "--support", one, "-o", tmp_path / "t.npz")
+    assert bad.exit_code == 1 and "only one class" in _text(bad)
+    res = run("adapt", plain_bundle[0], "--support", one, "--one-class", "-o", tmp_path / "t.npz")
+    assert res.exit_code == 0, res.output
+    bad = run("predict", plain_bundle[0], "--task", tmp_path / "t.npz", folders / "held_out")
+    assert bad.exit_code == 1 and "reject=" in _text(bad)
+    res = run("predict", plain_bundle[0], "--task", task, folders / "held_out", "--reject", "0.95",
+              "--json")
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    ev = out["evaluation"]
+    assert ev["confusion"]["predicted_classes"] == [*CLASSES, "unknown"]
+    assert ev["unknown_class_images"] == 4 and 0 <= ev["unknown_class_images_rejected"] <= 4
+    rejected = [p for p in out["predictions"] if p["rejected"]]
+    assert all(p["class_name"] == "unknown" and p["class_index"] == -1 for p in rejected)
+    assert sum(row[-1] for row in ev["confusion"]["matrix"]) == sum(
+        p["true_class_name"] in CLASSES for p in rejected)
+    res = run("predict", plain_bundle[0], "--task", task, folders / "held_out" / "horse",
+              "--reject", "0.95")
+    assert res.exit_code == 0 and "unknown; nearest:" in _text(res)
