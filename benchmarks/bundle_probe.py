@@ -325,16 +325,55 @@ def task_files(probe: Probe, tmp: Path, rng: random.Random, n_flips: int) -> dic
                 data = data.replace(shape, f"({10**12},)".encode(), 1)
             z.writestr(name, data)
     blobs["npy header bomb"] = header.getvalue()
+    blobs["structured"] = _structured_tasks(good)
     counts, bad = Counter(), []
     with Session(probe.bundle, backend="onnxruntime", threads=1) as s:
         for name, items in blobs.items():
             for data in items if isinstance(items, list) else [items]:
                 (tmp / "t.npz").write_bytes(data)
-                r = _run(lambda: s.predict(probe.query, Task.load(tmp / "t.npz")))
-                counts[r.split(":")[0]] += 1
-                if r.startswith("traceback"):
-                    bad.append(f"{name}: {r}")
+                for verb in ("predict", "update", "remove"):  # update/remove use the support cache
+                    r = _run(lambda v=verb: _use(s, v, Task.load(tmp / "t.npz"), probe))
+                    counts[r.split(":")[0]] += 1
+                    if r.startswith("traceback"):
+                        bad.append(f"{name} ({verb}): {r}")
     return {"cases": sum(counts.values()), **dict(counts), "tracebacks": bad[:10]}
+
+
+def _use(s: Any, verb: str, task: Any, probe: Probe) -> None:
+    if verb == "predict":
+        s.predict(probe.query, task)
+    elif verb == "update" and hasattr(s, "update"):
+        s.update(task, probe.query[:2], [0, 1])
+    elif verb == "remove" and hasattr(s, "remove"):
+        s.remove(task, [int(task.classes[0])])
+
+
+def _structured_tasks(good: bytes) -> list[bytes]:
+    """Well-formed archives with wrong values: each member (the support cache and open-set
+    statistics included) NaN, negative, reshaped, retyped or emptied, and the metadata edited."""
+    with np.load(io.BytesIO(good), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    variants = []
+    for key, a in arrays.items():
+        if key == "meta":
+            continue
+        alts = [a[:0], a.reshape(-1)[:1], a.astype(np.float64), a.astype(np.int32)]
+        if a.dtype.kind == "f":
+            alts += [np.full_like(a, np.nan), -np.abs(a), np.zeros_like(a)]
+        if a.ndim >= 2:
+            alts.append(a[:, :1])
+        variants += [{**arrays, key: alt} for alt in alts]
+        variants.append({k: v for k, v in arrays.items() if k != key})  # member missing
+    for k, v in [("support_names", ["x"]), ("support_names", []), ("support_names", None),
+                 ("class_names", ["a"]), ("info", []), ("bundle", 5), ("format", "edgeflow-task/9")]:
+        variants.append({**arrays, "meta": np.asarray(json.dumps({**meta, k: v}))})
+    out = []
+    for v in variants:
+        buf = io.BytesIO()
+        np.savez(buf, **v)
+        out.append(buf.getvalue())
+    return out
 
 
 def _flip(data: bytes, rng: random.Random) -> bytes:

@@ -43,7 +43,9 @@ class Support:
         return int(sum(v[0].nbytes for v in self.cache.values()))
 
     def concat(self, other: Support) -> Support:
-        if set(other.cache) != set(self.cache):
+        if set(other.cache) != set(self.cache) or any(
+                other.cache[k].shape[1:] != v.shape[1:] for k, v in self.cache.items()):
+            # names or per-image shapes differ (a task file from another bundle, or edited)
             raise DataError("the new images' cache has other tensors than the task's; adapt the "
                             "task again from its images with this bundle")
         return Support(cache={k: np.concatenate([self.cache[k], other.cache[k]]) for k in self.cache},

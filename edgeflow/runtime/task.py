@@ -155,7 +155,10 @@ class Task:
         if support is not None and set(support.labels.tolist()) != set(classes.tolist()):
             raise DataError(f"{path}: the support cache's labels are not the task's classes")
         openset = None
-        if "openset_mean" in arrays:
+        present = [m[:-4] in arrays for m in OPENSET_MEMBERS]
+        if any(present) and not all(present):  # all three or none (found by bundle_probe)
+            raise DataError(f"{path}: its open-set statistics are incomplete; adapt the task again")
+        if all(present):
             openset = OpenSetStats(mean=arrays["openset_mean"], std=arrays["openset_std"],
                                    loo_scores=arrays["openset_scores"])
             ok = all(a.dtype == np.float32 and a.ndim == 1 and np.isfinite(a).all()

@@ -185,3 +185,22 @@ def test_support_archive_member_size_refused_before_inflating(tmp_path):
                 f.write(b"\0" * (1 << 20))
     with pytest.raises(DataError, match=r"huge\.png is \d+ bytes"):
         load_image_folder(archive, cache=False)
+
+
+def test_task_support_and_openset_members_are_checked(adapted, drift_bundle, tmp_path):
+    """Found by benchmarks/bundle_probe.py: a task file with one open-set member missing ended in
+    KeyError, a support cache of another width in a numpy ValueError at Session.update."""
+    _, good = adapted
+    with np.load(good, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert {"openset_mean", "openset_std", "support_0", "support_labels"} <= set(arrays)
+    np.savez(tmp_path / "no_std.npz", **{k: v for k, v in arrays.items() if k != "openset_std"})
+    with pytest.raises(DataError, match="open-set statistics are incomplete"):
+        Task.load(tmp_path / "no_std.npz")
+    narrow = arrays["support_0"].reshape(len(arrays["support_0"]), -1)[:, :1]
+    np.savez(tmp_path / "narrow.npz", **{**arrays, "support_0": narrow})
+    task = Task.load(tmp_path / "narrow.npz")
+    sx, sy, _, _ = episode(1)
+    with Session(drift_bundle[0], backend="onnxruntime") as s, \
+            pytest.raises(DataError, match="other tensors than the task's"):
+        s.update(task, sx[:2], sy[:2])
