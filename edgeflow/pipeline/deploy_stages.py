@@ -37,10 +37,34 @@ def export_stage(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, dri
                 "edgeflow_compile": cfg.to_dict()},
         target=cfg.export.target,
         sparsity={"method": prune.get("method"), "granularity": prune.get("granularity"),
-                  "requested": prune.get("requested_sparsity")},
+                  "requested": prune.get("requested_sparsity"),
+                  **(unpruned_reference(meta, data, cfg) if prune else {})},
         metrics=metrics)
     return {"bundle": str(bundle), "parity": manifest["metrics"]["parity"],
             "sparsity": manifest["sparsity"].get("sparsity")}
+
+
+def unpruned_reference(meta: dict[str, Any], data: CompileData, cfg: CompileConfig) -> dict[str, Any]:
+    """Parameters, MACs and layer widths of the *unpruned* architecture's backbone graph, counted
+    exactly as ``edgeflow inspect`` counts the bundle's (the same export, the same graph reader),
+    so a channel-pruned bundle can say "X of Y"."""
+    import tempfile
+
+    from edgeflow.adapt import ThetaSpec
+    from edgeflow.export.onnx_graphs import export_backbone
+    from edgeflow.models import create_model
+    from edgeflow.runtime.graph_stats import graph_structure
+
+    dense = create_model(meta["model"], num_classes=meta["num_classes"],
+                         **meta.get("model_kwargs", {})).eval()
+    spec = ThetaSpec.from_model(dense, max_size=cfg.adapt.theta_max)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dense.onnx"
+        export_backbone(dense, spec, path, size=data.preprocess.size,
+                        channels=data.preprocess.channels)
+        st = graph_structure(path)
+    return {"dense_params": st["params"], "dense_macs": st["macs_per_image"],
+            "dense_widths": {x["layer"]: x["width"] for x in st["layers"]}}
 
 
 def wants_int8(cfg: CompileConfig) -> bool:

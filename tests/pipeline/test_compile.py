@@ -105,6 +105,15 @@ def test_default_compile_end_to_end(tmp_path):
         task = s.adapt(ds.images[:25], ds.labels[:25])
         labels, _ = s.predict(ds.images[25:], task)
     assert (labels == ds.labels[25:]).mean() > 0.5
+    # inspect tells what channel pruning did against the unpruned backbone, counted the same way
+    res = runner.invoke(app, ["inspect", str(out / "bundle"), "--json"])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)["structure"]
+    assert st["unpruned"]["params"] > st["params"] and st["unpruned"]["macs"] > st["macs_per_image"]
+    narrower = [x for x in st["layers"] if x["width"] < st["unpruned"]["widths"][x["layer"]]]
+    assert narrower, st["layers"]
+    text = " ".join(runner.invoke(app, ["inspect", str(out / "bundle")]).output.split())
+    assert "unpruned (" in text and "now/unpruned" in text
 
 
 def test_print_config_precedence_through_cli(tmp_path):
