@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from edgeflow.cli import inspect_report, predict_report
 from edgeflow.cli.common import JSON_OPT, command, console, emit
 
 BACKEND_OPT = typer.Option("auto", "--backend", "-b", help="auto (TensorRT when it works, else ONNX "
@@ -38,7 +39,11 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
             expect: str = EXPECT_OPT, trusted_key: list[Path] = TRUSTED_KEY_OPT,
             as_json: bool = JSON_OPT) -> None:
     """Show a bundle: fingerprint, files and whether their hashes check out, tensors, theta,
-    sparsity, metrics, signature, and files in the directory the manifest does not list.
+    pruning, metrics, signature, and files in the directory the manifest does not list.
+
+    Pruning: method and granularity; the backbone's parameters, multiply-accumulates per image
+    and (channel pruning) per-layer widths, against the unpruned backbone where the manifest
+    records it; the fraction of zero conv weights (unstructured and 2:4 pruning).
 
     Exits 1 when the manifest is invalid, a file is missing, truncated or altered, or the
     fingerprint / signature is not the expected one. The fingerprint (sha256 of manifest.json,
@@ -65,65 +70,17 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle directory."),
            "adaptation": man["adaptation"], "preprocess": man["preprocess"],
            "sparsity": {k: v for k, v in (man.get("sparsity") or {}).items() if k != "per_layer"},
            "target": man.get("target"), "source": man.get("source"), "metrics": man.get("metrics")}
+    # what pruning did (parameters, MACs, widths), from the backbone graph once its hash checked out
+    backbone = man["graphs"]["backbone"]["file"]
+    res["structure"] = (inspect_report.structure(path, man)
+                        if any(f["file"] == backbone and f["status"] == "ok" for f in files) else None)
     if as_json:
         emit(res, as_json=True)
     else:
-        _print_inspect(path, man, res)
+        inspect_report.print_inspect(path, man, res)
     if not res["ok"]:
         bad = [f"{f['file']} ({f['status']})" for f in files if f["status"] != "ok"]
         raise BundleError(f"bundle {path} failed verification: {', '.join(bad)}")
-
-
-def _print_inspect(path: Path, man: dict, res: dict) -> None:
-    from rich.table import Table
-
-    t = Table(title=escape(f"{path} (schema {man['schema_version']})"))
-    for col in ("file", "bytes", "sha256", "status"):
-        t.add_column(col)
-    for f in res["files"]:
-        color = "green" if f["status"] == "ok" else "red"
-        t.add_row(escape(f["file"]), str(f["bytes"]), f["sha256"][:16],
-                  f"[{color}]{escape(f['status'])}[/]")
-    console.print(t)
-    console.print(f"fingerprint: {res['fingerprint']}", highlight=False, markup=False)
-    if not res["manifest_digest"]:
-        console.print("manifest: schema version 1, no manifest_digest: an edited value would go "
-                      "unnoticed; re-export the bundle, or pin it with --expect", highlight=False,
-                      markup=False)
-    sig = res["signature"]
-    console.print("signature: " + ("none" if sig is None else
-                                   f"key {sig['key_id']}, " + ("verified" if sig["verified"] else
-                                   "for this manifest (not verified: give --trusted-key)"
-                                   if sig["for_this_manifest"] else "STALE (signs another manifest)")),
-                  highlight=False, markup=False)
-    if res["unlisted"]:
-        console.print(f"unlisted (not verified, never read): {', '.join(res['unlisted'][:20])}",
-                      highlight=False, markup=False)
-    for g, spec in man["graphs"].items():
-        ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in spec["inputs"])
-        outs = ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in spec["outputs"])
-        console.print(escape(f"{g}: {ins} -> {outs}"), highlight=False)
-    a, sp = man["adaptation"], res["sparsity"]
-    console.print(f"theta: {res['theta_size']} values over {res['theta_layers']} layers; "
-                  f"adaptation: {a.get('mode')} ({a['integrator']['method']}, "
-                  f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False,
-                  markup=False)
-    # sparsity and metrics are informational: the schema fixes only their outer type, so a value
-    # of another type is shown as it is instead of breaking the format
-    console.print(f"sparsity: {_fmt(sp.get('fraction', 0), '.2%')} of conv weights zero"
-                  f"{' (2:4 pattern)' if sp.get('two_four') is True else ''}; precisions: "
-                  f"{', '.join(man['precisions'])}; target: {man.get('target')}", highlight=False,
-                  markup=False)
-    parity = ((man.get("metrics") or {}).get("parity") or {})
-    parity = parity.get("backbone") if isinstance(parity, dict) else None
-    if isinstance(parity, dict) and parity:
-        console.print(f"export parity: max abs diff {_fmt(parity.get('max_abs_diff_theta0'), '.2e')} "
-                      f"at theta0 on {parity.get('images')} real images", highlight=False,
-                      markup=False)
-
-
-def _fmt(v: object, spec: str) -> str:
-    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:40]
 
 
 def build(
@@ -200,11 +157,31 @@ def _load_target(name: str):
     return Target.load(name)
 
 
+SKIP_CORRUPT_OPT = typer.Option(False, "--skip-corrupt", help="Leave out files that do not decode "
+                                "as images (listed in the output and under skipped in --json) "
+                                "instead of stopping at the first.")
+
+
 def adapt(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    support: Path = typer.Option(..., "--support", "-s", help="Labelled images: a directory or .zip "
-                                 "with one folder per class."),
+    support: Path = typer.Option(None, "--support", "-s", help="Labelled images: a directory or .zip "
+                                 "with one folder per class (at least two classes, none empty); "
+                                 "with --labels, the folder its paths are relative to."),
     output: Path = typer.Option(..., "--output", "-o", help="Task file to write (.npz)."),
+    labels: Path = typer.Option(None, "--labels", help="CSV of file,label rows (header optional) "
+                                "for images in a flat folder; paths relative to --support (or "
+                                "--add), else to the CSV's folder."),
+    task_in: Path = typer.Option(None, "--task", help="A task to grow (--add) or shrink (--remove) "
+                                 "without its old images: it keeps what it needs (its support "
+                                 "images' backbone-prefix activations)."),
+    add: Path = typer.Option(None, "--add", help="With --task: images to add, as for --support "
+                             "(new classes, or more shots of known ones: class folders named as "
+                             "the task's classes)."),
+    remove: str = typer.Option(None, "--remove", help="With --task: comma-separated class names to "
+                               "drop."),
+    one_class: bool = typer.Option(False, "--one-class", help="Accept a single class (\"is this my "
+                                   "mug?\"); predict then needs --reject to say \"unknown\"."),
+    skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
     steps: int = typer.Option(None, "--steps", min=0, help="Integration steps (default: manifest)."),
@@ -215,87 +192,166 @@ def adapt(
 ) -> None:
     """Adapt the bundle to new classes from a few labelled images (no gradients) -> TASK.npz.
 
-    Example: edgeflow adapt runs/r20.bundle --support my_classes/ --output task.npz
-    """
-    from edgeflow.data import load_image_folder
-    from edgeflow.runtime import Session
+    With --task, adapt an existing task again: --add images (the result equals adapting on the
+    old and new images together) or --remove classes, without the old images.
 
-    b = _open_bundle(bundle, expect, trusted_key)
+    Example: edgeflow adapt runs/r20.bundle --support my_classes/ --output task.npz
+
+    Example: edgeflow adapt runs/r20.bundle --support captures/ --labels captures/labels.csv -o task.npz
+
+    Example: edgeflow adapt runs/r20.bundle --task task.npz --add new_objects/ -o task.npz
+    """
+    from edgeflow.errors import DataError
+    from edgeflow.runtime import Session, Task
+    from edgeflow.runtime.inputs import check_class_count
+
+    b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
+    if task_in is None and (add is not None or remove is not None):
+        raise DataError("--add and --remove change an existing task: give it with --task task.npz")
+    if task_in is not None and support is not None:
+        raise DataError("--support makes a new task; to grow the --task one, give the images with "
+                        "--add")
+    if task_in is not None and add is None and remove is None:
+        raise DataError("with --task, say what changes: --add FOLDER and/or --remove CLASSES")
+    ds = None
+    if task_in is None or add is not None:
+        ds = _support_images(b, add if task_in is not None else support, labels, skip_corrupt)
+        if task_in is None:
+            check_class_count(ds.classes, what=f"the support set {ds.source}",
+                              min_classes=1 if one_class else 2)
     with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        pre = s.preprocess
-        ds = load_image_folder(support, mode="L" if pre.channels == 1 else "RGB",
-                               size=pre.size if s.bundle.allow_resize else None, cache=False)
-        task = s.adapt(ds.images, ds.labels, class_names=ds.classes, steps=steps)
+        if task_in is None:
+            task = s.adapt(ds.images, ds.labels, class_names=ds.classes, steps=steps,
+                           one_class=one_class)
+        else:
+            task = _change_task(s, Task.load(task_in), ds, remove, steps)
         path = task.save(output)
         res = {"task": str(path), "classes": list(task.class_names or ()), "shots": task.info["shots"],
                "mode": task.info["mode"], "backend": s.backend, "precision": s.precision,
                "theta_change_max": float(abs(task.theta - s.theta0).max()),
-               "fallback_reason": s.fallback_reason}
+               "support_bytes_per_image": task.info.get("support_bytes_per_image"),
+               "fallback_reason": s.fallback_reason, "skipped": list(ds.skipped) if ds else []}
+    skipped = (f"\nskipped {len(res['skipped'])} unreadable file(s): "
+               f"{escape(', '.join(res['skipped'][:10]))}{' ...' if len(res['skipped']) > 10 else ''}"
+               if res["skipped"] else "")
     emit(res, as_json=as_json,
          human=f"wrote [bold]{escape(str(path))}[/]: {len(res['classes'])} classes "
                f"({escape(', '.join(res['classes'][:6]))}{'...' if len(res['classes']) > 6 else ''}), "
-               f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}")
+               f"{sum(res['shots'])} images, {res['mode']} on {res['backend']}{skipped}")
 
 
-def _image_files(paths: list[Path]) -> list[Path]:
-    from edgeflow.data.imagefolder import IMAGE_SUFFIXES
+def _support_images(b, folder: Path | None, labels: Path | None, skip_corrupt: bool):
+    """Labelled images from class folders, or a flat folder with a label CSV."""
+    from edgeflow.data import load_image_folder
+    from edgeflow.data.labelfile import load_labelled_files, read_label_csv
     from edgeflow.errors import DataError
 
-    out = []
-    for p in paths:
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                raise DataError(f"{p} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise DataError(f"{p} does not exist; pass image files or directories")
-    return out
+    pre = b.preprocess
+    mode, size = "L" if pre.channels == 1 else "RGB", pre.size if b.allow_resize else None
+    if labels is not None:
+        return load_labelled_files(read_label_csv(labels, root=folder), source=str(labels),
+                                   mode=mode, size=size, skip_corrupt=skip_corrupt)
+    if folder is not None:
+        return load_image_folder(folder, mode=mode, size=size, cache=False, skip_corrupt=skip_corrupt)
+    raise DataError("give the support images: --support FOLDER (one folder per class) or "
+                    "--labels FILE.csv (file,label rows)")
+
+
+def _change_task(s, task, ds, remove: str | None, steps: int | None):
+    """``task`` with the images of ``ds`` added (by class name) and the ``remove`` classes dropped."""
+    from edgeflow.errors import DataError
+
+    if task.class_names is None:
+        raise DataError("this task has no class names (made through the Python API); grow it with "
+                        "Session.update there")
+    import numpy as np
+
+    names = list(task.class_names)
+    if ds is not None:
+        # the task's ids keep their names; a new class gets the next free id
+        by_name = {n: int(c) for n, c in zip(names, task.classes, strict=True)}
+        for c in ds.classes:
+            by_name.setdefault(c, max(by_name.values()) + 1)
+        table = [""] * (max(by_name.values()) + 1)  # class_names by id (gaps: removed classes)
+        for n, c in by_name.items():
+            table[c] = n
+        ids = np.array([by_name[ds.classes[i]] for i in ds.labels], np.int64)
+        task = s.update(task, ds.images, ids, class_names=table, steps=steps)
+        names = list(task.class_names)
+    if remove:
+        drop = [c.strip() for c in remove.split(",") if c.strip()]
+        unknown = [c for c in drop if c not in names]
+        if unknown:
+            raise DataError(f"--remove names classes the task does not have: {unknown}; it has "
+                            f"{', '.join(names[:20])}")
+        task = s.remove(task, [int(task.classes[names.index(c)]) for c in drop], steps=steps)
+    return task
 
 
 def predict(
     bundle: Path = typer.Argument(..., help="Bundle directory."),
-    images: list[Path] = typer.Argument(..., help="Image files and/or directories of images."),
+    images: list[Path] = typer.Argument(None, help="Image files and/or directories of images; or "
+                                        "one folder of class folders named like the task's "
+                                        "classes, to measure accuracy."),
     task: Path = typer.Option(..., "--task", help="Task file from `edgeflow adapt`."),
+    labels: Path = typer.Option(None, "--labels", help="CSV of file,label rows giving the true "
+                                "classes (accuracy report); paths relative to the one folder "
+                                "given, else to the CSV's folder."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Classes to show per image."),
+    reject: float = typer.Option(None, "--reject", min=0.0, max=1.0, help="Say \"unknown\" (class "
+                                 "index -1) for images of none of the task's classes, keeping "
+                                 "about this share of known-class images (e.g. 0.95); the "
+                                 "threshold comes from the task's own support images."),
+    skip_corrupt: bool = SKIP_CORRUPT_OPT,
     backend: str = BACKEND_OPT,
     precision: str = PRECISION_OPT,
     threads: int = THREADS_OPT,
     expect: str = EXPECT_OPT,
     trusted_key: list[Path] = TRUSTED_KEY_OPT,
-    as_json: bool = JSON_OPT,
+    as_json: bool = typer.Option(False, "--json", help=predict_report.JSON_HELP),
 ) -> None:
     """Classify images with an adapted task: top-k classes with scores (softmax over the task).
 
-    Example: edgeflow predict runs/r20.bundle --task task.npz photos/ --top-k 2 --json
-    """
-    import numpy as np
+    Given one folder of class folders (as for adapt) whose names match the task's classes, or a
+    --labels file, it reports accuracy, per-class recall and the confusion matrix instead of a
+    line per image (--json has both); images of classes the task does not know are counted apart.
 
-    from edgeflow.data.imagefolder import read_image_file
+    Example: edgeflow predict runs/r20.bundle --task task.npz photos/ --top-k 2 --json
+
+    Example: edgeflow predict runs/r20.bundle --task task.npz held_out/   (class folders)
+    """
     from edgeflow.runtime import Session, Task
 
     b = _open_bundle(bundle, expect, trusted_key)  # pinned/signed before anything else is read
     t = Task.load(task)
-    files = _image_files(images)
-    with Session(b, backend=backend, precision=precision, threads=threads) as s:
-        mode = "L" if s.preprocess.channels == 1 else "RGB"
-        arrays = [read_image_file(f, mode=mode) for f in files]
-        _, scores = s.predict(arrays, t)
     names = list(t.class_names) if t.class_names else [str(c) for c in t.classes]
-    k = min(top_k, len(names))
-    rows = []
-    for f, sc in zip(files, scores, strict=True):
-        order = np.argsort(-sc)[:k]
-        rows.append({"image": str(f), "top": [{"class": names[i], "label": int(t.classes[i]),
-                                               "score": float(sc[i])} for i in order]})
+    q = predict_report.find_queries(images, labels=labels, task_names=names)
+    arrays, kept, skipped = predict_report.read_queries(
+        q, mode="L" if b.preprocess.channels == 1 else "RGB", skip_corrupt=skip_corrupt)
+    with Session(b, backend=backend, precision=precision, threads=threads) as s:
+        labels_out, scores = s.predict(arrays, t, reject=reject)
+    files = [q.files[i] for i in kept]
+    truth = None if q.truth is None else [q.truth[i] for i in kept]
+    rows = predict_report.prediction_rows(files, scores, names=names, ids=t.classes, top_k=top_k,
+                                          truth=truth,
+                                          rejected=None if reject is None else labels_out == -1)
+    res = {"task": str(task), "predictions": rows, "skipped": skipped}
+    if truth is not None:
+        res["evaluation"] = predict_report.evaluate(truth, [r["class_name"] for r in rows],
+                                                    names=names, ids=t.classes)
     if as_json:
-        emit({"task": str(task), "predictions": rows}, as_json=True)
+        emit(res, as_json=True)
         return
-    for r in rows:
-        tops = ", ".join(f"{x['class']} {x['score']:.3f}" for x in r["top"])
-        console.print(f"{r['image']}: {tops}", highlight=False, markup=False)
+    if truth is not None:
+        predict_report.print_evaluation(res["evaluation"], source=q.source)
+    else:
+        for r in rows:
+            tops = ", ".join(f"{x['class_name']} {x['score']:.3f}" for x in r["top"])
+            head = "unknown; nearest: " if r.get("rejected") else ""
+            console.print(f"{r['image']}: {head}{tops}", highlight=False, markup=False)
+    if skipped:
+        console.print(f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped[:10])}"
+                      f"{' ...' if len(skipped) > 10 else ''}", highlight=False, markup=False)
 
 
 def bench(
@@ -308,7 +364,14 @@ def bench(
     trusted_key: list[Path] = TRUSTED_KEY_OPT,
     as_json: bool = JSON_OPT,
 ) -> None:
-    """B3 latency of a bundle on this machine: backbone batch 1/32, drift step, adapt, predict.
+    """How long the bundle takes on this machine: wall-clock milliseconds (median, p90, p99) over
+    --repeats runs after 5 warm-up runs, on random images of the bundle's input size.
+
+    Rows: backbone_b1 and backbone_b32 (one backbone call on 1 and on 32 images); drift_step (one
+    step of the drift network, bundles with one); adapt_5w5s (adapting to 5 classes from 5 images
+    each) and adapt_no_drift_5w5s (the same with prototypes only); predict_75 (classifying 75
+    images); adapt_predict_5w5s_75q (a new task end to end) and no_adaptation_5w5s_75q (the same
+    without moving theta, for comparison).
 
     Example: edgeflow bench runs/r20.bundle --threads 2 --repeats 100
     """

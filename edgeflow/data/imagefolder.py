@@ -126,6 +126,15 @@ class _Source:
         return [p.relative_to(self.path).as_posix() for p in sorted(self.path.rglob("*"))
                 if p.is_file()]
 
+    def folders(self) -> list[str]:
+        """Every folder (posix, relative), including empty ones, which ``members`` cannot show."""
+        if self.zip is not None:
+            names = self.zip.namelist()
+            out = {n.rstrip("/") for n in names if n.endswith("/")}
+            out |= {str(p) for n in names for p in PurePosixPath(n).parents if str(p) != "."}
+            return sorted(out)
+        return sorted(p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_dir())
+
     def read(self, member: str) -> bytes:
         # sizes as stored (zip directory / stat) are checked before reading, so a member that
         # inflates to gigabytes is refused unread; decode_image then bounds the pixels
@@ -157,6 +166,23 @@ class _Source:
 
 def _is_hidden(parts: tuple[str, ...]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def check_no_empty_folders(folders: list[str], members: list[str], source: str) -> None:
+    """Raise :class:`DataError` naming folders that hold no (visible) file at any depth.
+
+    A folder with nothing in it never appears among the files, so a class folder the user made but
+    left empty (or whose images were not copied) used to vanish from the task without a word.
+    """
+    full = {str(p) for m in members if not _is_hidden(PurePosixPath(m).parts)
+            for p in PurePosixPath(m).parents}
+    empty = [f for f in folders if f not in full and not _is_hidden(PurePosixPath(f).parts)]
+    # report the deepest ones: an empty folder's empty parent adds nothing
+    empty = [f for f in empty if not any(e.startswith(f + "/") for e in empty)]
+    if empty:
+        raise DataError(f"{source}: folder(s) with no images: {', '.join(empty[:5])}"
+                        f"{' ...' if len(empty) > 5 else ''}; add images of that class or remove "
+                        "the folder")
 
 
 def _layout(members: list[str], source: str, split: str | None) -> dict[str, list[str]]:
@@ -207,6 +233,26 @@ def _layout(members: list[str], source: str, split: str | None) -> dict[str, lis
 # Decoding
 
 
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in ``mode`` ("RGB" or "L") from any PIL mode, keeping what the pixels mean.
+
+    PIL's own ``convert`` is right for 1 (0/255), L, LA and RGBA (alpha dropped), P (through the
+    palette) and CMYK/YCbCr, but clips 16-bit and 32-bit greyscale at 255, so a 16-bit PNG (depth
+    or thermal camera) became almost all white; those are scaled from 0..65535 instead.
+    """
+    if img.mode == mode:
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        # 16-bit images use 0..65535; a float image in 0..1 is scaled to 0..255, else clipped
+        scale = 255.0 / 65535.0 if img.mode != "F" else (255.0 if arr.max(initial=0) <= 1.0 else 1.0)
+        grey = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert(mode)
+    if img.mode == "P":  # via RGBA: a palette with transparency would otherwise warn
+        img = img.convert("RGBA")
+    return img.convert(mode)
+
+
 def decode_image(data: bytes, *, name: str, mode: str = "RGB",
                  size: int | tuple[int, int] | None = None) -> np.ndarray:
     """Decode one image to (H, W, C) uint8 in ``mode`` ("RGB" or "L"), resized if asked."""
@@ -222,7 +268,7 @@ def decode_image(data: bytes, *, name: str, mode: str = "RGB",
                 raise DataError(f"image {name} is {w}x{h} pixels (at most {MAX_IMAGE_PIXELS} "
                                 "pixels are decoded); resize it first")
             img.load()
-            img = img.convert(mode)
+            img = convert_mode(img, mode)
             if size is not None:
                 hw = (size, size) if isinstance(size, int) else tuple(size)
                 if img.size != (hw[1], hw[0]):
@@ -297,10 +343,9 @@ def load_image_folder(path: str | Path, *, split: str | None = None, mode: str =
                         ".zip archive, or 'digits' for the built-in dataset")
     src = _Source(path)
     source = str(path)
-    layout = _layout(src.members(), source, split)
-    empty = [c for c, files in layout.items() if not files]
-    if empty:
-        raise DataError(f"{source}: class folders with no images: {empty[:5]}")
+    members = src.members()
+    layout = _layout(members, source, split)
+    check_no_empty_folders(src.folders(), members, source)
     key = hashlib.sha256(f"{CACHE_VERSION}|{src.fingerprint()}|{split}|{mode}|{size}|"
                          f"{skip_corrupt}".encode()).hexdigest()[:24]
     cache_file = _cache_dir() / f"{path.stem}-{key}.npz"
@@ -354,3 +399,23 @@ def _write_cache(cache_file: Path, ds: ImageDataset) -> None:
         os.replace(tmp, cache_file)
     except OSError:
         pass
+
+
+def class_image_files(path: str | Path, *, allow_empty: bool = False) -> dict[str, list[Path]]:
+    """Class name -> image files of a directory of class folders (the layouts above, no splits).
+
+    For reading query images with known classes at their own size (``edgeflow predict`` on a
+    labelled folder): files without an image extension are left out, as plain ``predict`` leaves
+    them out of a folder; an empty class folder is an error that names it unless ``allow_empty``.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise DataError(f"{path} is not a directory of class folders")
+    src = _Source(path)
+    members = [m for m in src.members() if m.lower().endswith(IMAGE_SUFFIXES)]
+    if not members:
+        raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...)")
+    layout = _layout(members, str(path), None)
+    if not allow_empty:
+        check_no_empty_folders(src.folders(), members, str(path))
+    return {name: [path / m for m in files] for name, files in layout.items()}

@@ -190,11 +190,13 @@ class Session:
     # -- the two verbs --------------------------------------------------------------------------
     def adapt(self, images: np.ndarray | Sequence[np.ndarray], labels: Sequence[int] | np.ndarray,
               *, ways: int | None = None, class_names: Sequence[str] | None = None,
-              steps: int | None = None) -> Task:
+              steps: int | None = None, one_class: bool = False) -> Task:
         """Adapt to the support set (``images``, integer ``labels``) and return a :class:`Task`.
 
         ``ways`` (or ``class_names``) declares the classes 0..W-1 so that one with no image is an
         error instead of silently dropped. ``steps`` overrides the manifest's integration steps.
+        A single class is an error unless ``one_class`` ("is this my mug?"): such a task can only
+        answer through rejection, ``predict(..., reject=recall)``.
         The task keeps the support set's cache (:mod:`edgeflow.runtime.support`), so it can grow
         (:meth:`update`) or shrink (:meth:`remove`) without the old images.
         """
@@ -205,7 +207,7 @@ class Session:
             ways = len(class_names)
         steps = None if steps is None else check_steps(steps)
         x = self.prepare(images, what="support images")
-        classes, _ = check_labels(labels, len(x), ways=ways)
+        classes, _ = check_labels(labels, len(x), ways=ways, min_classes=1 if one_class else 2)
         support = self._support(x, np.asarray(labels).astype(np.int64))
         names = None if class_names is None else {int(c): class_names[int(c)] for c in classes}
         return self._adapt(support, names=names, steps=steps)
@@ -221,7 +223,7 @@ class Session:
         """
         support = self._task_support(task)
         x = self.prepare(images, what="support images")
-        check_labels(labels, len(x))
+        check_labels(labels, len(x), min_classes=1)  # e.g. more shots of one known class
         new = np.asarray(labels).astype(np.int64)
         names = self._merged_names(task, new, class_names)
         merged = support.concat(self._support(x, new))
@@ -238,6 +240,10 @@ class Session:
         keep = ~np.isin(support.labels, list(drop))
         if not keep.any():
             raise DataError("removing every class leaves an empty task; adapt a new one instead")
+        left = np.unique(support.labels[keep])
+        if len(left) == 1 and task.ways > 1:
+            raise DataError(f"removing {sorted(drop)} leaves one class ({int(left[0])}); a one-class "
+                            "task needs Session.adapt(..., one_class=True) and predict(reject=...)")
         names = None if task.class_names is None else {
             int(c): n for c, n in zip(task.classes, task.class_names, strict=True) if int(c) not in drop}
         return self._adapt(support.select(keep), names=names, steps=steps)
@@ -356,6 +362,9 @@ class Session:
         """
         logits = self.logits(images, task)
         labels = task.classes[np.argmax(logits, axis=1)]
+        if reject is None and task.ways == 1:
+            raise DataError("a one-class task names every image as its class; predict with "
+                            "reject=RECALL (e.g. 0.95) to get 'unknown' for the others")
         if reject is not None:
             stats = self._stats(task)
             labels = np.where(stats.score(logits) < stats.threshold(float(reject)), UNKNOWN, labels)

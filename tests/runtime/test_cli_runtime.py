@@ -67,7 +67,7 @@ def test_export_inspect_adapt_predict_round_trip(tmp_path):
         api_task = s.adapt(sup.images, sup.labels, class_names=sup.classes)
         files = sorted(query.glob("*.png"))
         labels, _ = s.predict([np.asarray(Image.open(f).convert("RGB")) for f in files], api_task)
-    cli_top = {p["image"]: p["top"][0]["class"] for p in preds}
+    cli_top = {p["image"]: p["top"][0]["class_name"] for p in preds}
     assert [cli_top[str(f)] for f in files] == [classes[i] for i in labels]
     np.testing.assert_allclose(Task.load(task).prototypes, api_task.prototypes, atol=1e-6)
     accuracy = np.mean([cli_top[str(f)] == truth[f.stem] for f in files])

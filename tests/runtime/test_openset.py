@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeflow.errors import ConfigError
+from edgeflow.errors import ConfigError, DataError
 from edgeflow.runtime import Session
 from edgeflow.runtime.openset import fit
 from edgeflow.runtime.session import UNKNOWN
@@ -70,9 +70,13 @@ def test_a_one_class_task_can_reject(plain_bundle):
         for e in range(3):
             sx, sy, qx, qy = episode(e)
             for c in range(5):
-                task = s.adapt(sx[sy == c], sy[sy == c])
+                with pytest.raises(DataError, match="only one class"):
+                    s.adapt(sx[sy == c], sy[sy == c])
+                task = s.adapt(sx[sy == c], sy[sy == c], one_class=True)
+                with pytest.raises(DataError, match="one-class task"):
+                    s.predict(qx, task)
                 labels, scores = s.predict(qx, task, reject=0.95)
-                assert task.ways == 1 and np.allclose(scores, 1.0)  # alone: always "class c"
+                assert task.ways == 1 and np.allclose(scores, 1.0)
                 mine.append(np.mean(labels[qy == c] == c))
                 others.append(np.mean(labels[qy != c] == UNKNOWN))
     assert np.mean(mine) >= 0.65 and np.mean(others) >= 0.75, (np.mean(mine), np.mean(others))

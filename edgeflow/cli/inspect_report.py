@@ -1,0 +1,194 @@
+"""`edgeflow inspect` helpers: the human report, and what pruning did to the backbone.
+
+A channel-pruned backbone has no zero weights (its channels are gone), so "0.00% of conv weights
+zero" said nothing about it. What it has is fewer parameters, fewer multiply-accumulates and
+narrower layers: those are read from the exported graph itself (``onnx``, which ships with
+EdgeFlow; no torch), and set against the unpruned backbone where the manifest records it. The
+zero-weight fraction stays the measure for unstructured and 2:4 pruning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from edgeflow.cli.common import console
+
+# keys of the manifest's free-form sparsity section that describe the unpruned backbone, when
+# the exporter records them (compile knows them: its prune stage measures both)
+DENSE_KEYS = {"params": "dense_params", "macs": "dense_macs", "widths": "dense_widths"}
+
+
+def _num(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _layer_name(weight: str, node: str) -> str:
+    """The PyTorch module name of a layer: its weight's name (``net.layer1.0.conv1.weight`` ->
+    ``layer1.0.conv1``, as the manifest's per-layer entries name it), else the node's name."""
+    if weight.endswith(".weight"):
+        return weight.removesuffix(".weight").removeprefix("net.")
+    return node
+
+
+def graph_structure(path: Path) -> dict[str, Any]:
+    """Parameters, MACs per image and per-layer widths of an ONNX backbone.
+
+    Layers are the Conv / Gemm / MatMul nodes with a weight initializer, named as in PyTorch.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.load(str(path))
+    # shapes of every tensor, for the MACs; a graph it cannot infer still gives the widths
+    with contextlib.suppress(Exception):
+        model = shape_inference.infer_shapes(model)
+    init = {i.name: i for i in model.graph.initializer}
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                       for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.output)}
+    params = sum(int(np.prod(i.dims)) for i in init.values()
+                 if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+    layers, macs = [], 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        w = next((init[x] for x in node.input[1:2] if x in init), None)
+        if w is None:
+            continue
+        dims = list(w.dims)
+        name = _layer_name(w.name, node.name)
+        if node.op_type == "Conv":
+            out_ch, per_out = dims[0], int(np.prod(dims[1:]))
+        else:  # Gemm with transB=1 stores (out, in); MatMul's weight is (in, out)
+            trans = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+            out_ch, per_out = (dims[0], dims[1]) if trans else (dims[-1], dims[0])
+        out = shapes.get(node.output[0])
+        spatial = out[2:] if out and node.op_type == "Conv" else []
+        if macs is not None and all(isinstance(d, int) and d > 0 for d in spatial):
+            macs += int(out_ch) * per_out * int(np.prod(spatial)) if spatial else int(out_ch) * per_out
+        else:
+            macs = None
+        layers.append({"layer": name, "op": node.op_type, "width": int(out_ch),
+                       "weights": int(np.prod(dims)),
+                       "zeros": int((numpy_helper.to_array(w) == 0).sum())})
+    return {"params": params, "macs_per_image": macs, "layers": layers}
+
+
+def structure(path: Path, man: dict[str, Any]) -> dict[str, Any]:
+    """What pruning did: method, the backbone graph's size, and the unpruned reference if recorded."""
+    sp = man.get("sparsity") or {}
+    metrics = man.get("metrics") or {}
+    res: dict[str, Any] = {"method": sp.get("method"), "granularity": sp.get("granularity"),
+                           "requested": sp.get("requested"),
+                           "zero_weight_fraction": sp.get("fraction"),
+                           "two_four": sp.get("two_four") is True,
+                           # compile's headline: share of the unpruned backbone's conv+linear
+                           # weights gone (removed channels count, unlike zero_weight_fraction)
+                           "removed_fraction": _num(metrics.get("sparsity")),
+                           "unpruned": {k: sp[v] for k, v in DENSE_KEYS.items() if v in sp} or None}
+    try:
+        res.update(graph_structure(path / man["graphs"]["backbone"]["file"]))
+    except Exception as exc:  # a report line, never a failed inspect
+        res["graph_error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+    return res
+
+
+def _ratio(now: object, before: object) -> str:
+    n, b = _num(now), _num(before)
+    if n is None:
+        return str(now)
+    return f"{n:,.0f} of {b:,.0f} unpruned ({n / b:.1%})" if b else f"{n:,.0f}"
+
+
+def structure_lines(st: dict[str, Any]) -> list[str]:
+    """Human lines for :func:`structure`."""
+    lines = []
+    zero = _num(st.get("zero_weight_fraction"))
+    channel = st.get("granularity") == "channel"
+    pruned = bool(st.get("method") or st.get("granularity"))
+    if pruned:
+        req = _num(st.get("requested"))
+        line = (f"pruning: {st.get('method')}, {st.get('granularity')} granularity"
+                + (f", requested {req:.1%}" if req is not None else ""))
+        if st.get("removed_fraction") is not None:
+            line += f"; {st['removed_fraction']:.1%} of the unpruned backbone's weights removed"
+        lines.append(line)
+    dense = st.get("unpruned") or {}
+    if "params" in st:
+        macs = st.get("macs_per_image")
+        lines.append(f"backbone: parameters {_ratio(st['params'], dense.get('params'))}; MACs per "
+                     f"image {_ratio(macs, dense.get('macs')) if macs is not None else 'unknown'}"
+                     + ("" if dense or not pruned else
+                        " (the unpruned backbone is not recorded in this manifest)"))
+        if channel:
+            before = dense.get("widths") if isinstance(dense.get("widths"), dict) else {}
+            widths = ", ".join(f"{x['layer']} {x['width']}"
+                               + (f"/{before[x['layer']]}" if x["layer"] in before else "")
+                               for x in st["layers"])
+            lines.append(f"layer widths (output channels{', now/unpruned' if before else ''}): "
+                         f"{widths}")
+    elif st.get("graph_error"):
+        lines.append(f"backbone structure unavailable: {st['graph_error']}")
+    raw = st.get("zero_weight_fraction")
+    if raw is not None and not (channel and zero == 0):
+        lines.append(f"zero weights: {_fmt(raw, '.2%')} of conv weights"
+                     f"{' (2:4 pattern)' if st.get('two_four') else ''}")
+    return lines
+
+
+def print_inspect(path: Path, man: dict, res: dict) -> None:
+    """The human form of ``edgeflow inspect``."""
+    from rich.table import Table
+
+    t = Table(title=escape(f"{path} (schema {man['schema_version']})"))
+    for col in ("file", "bytes", "sha256", "status"):
+        t.add_column(col)
+    for f in res["files"]:
+        color = "green" if f["status"] == "ok" else "red"
+        t.add_row(escape(f["file"]), str(f["bytes"]), f["sha256"][:16],
+                  f"[{color}]{escape(f['status'])}[/]")
+    console.print(t)
+    console.print(f"fingerprint: {res['fingerprint']}", highlight=False, markup=False)
+    if not res["manifest_digest"]:
+        console.print("manifest: schema version 1, no manifest_digest: an edited value would go "
+                      "unnoticed; re-export the bundle, or pin it with --expect", highlight=False,
+                      markup=False)
+    sig = res["signature"]
+    console.print("signature: " + ("none" if sig is None else
+                                   f"key {sig['key_id']}, " + ("verified" if sig["verified"] else
+                                   "for this manifest (not verified: give --trusted-key)"
+                                   if sig["for_this_manifest"] else "STALE (signs another manifest)")),
+                  highlight=False, markup=False)
+    if res["unlisted"]:
+        console.print(f"unlisted (not verified, never read): {', '.join(res['unlisted'][:20])}",
+                      highlight=False, markup=False)
+    for g, spec in man["graphs"].items():
+        ins = ", ".join(f"{i['name']} {i['dtype']}{i['shape']}" for i in spec["inputs"])
+        outs = ", ".join(f"{o['name']} {o['dtype']}{o['shape']}" for o in spec["outputs"])
+        console.print(escape(f"{g}: {ins} -> {outs}"), highlight=False)
+    a = man["adaptation"]
+    console.print(f"theta: {res['theta_size']} values over {res['theta_layers']} layers; "
+                  f"adaptation: {a.get('mode')} ({a['integrator']['method']}, "
+                  f"{a['integrator']['steps']} steps), metric {a['metric']}", highlight=False,
+                  markup=False)
+    # sparsity and metrics are informational: the schema fixes only their outer type, so a value
+    # of another type is shown as it is (_fmt) instead of breaking the format
+    for x in structure_lines(res["structure"]):
+        console.print(x, highlight=False, markup=False)
+    console.print(f"precisions: {', '.join(man['precisions'])}; target: {man.get('target')}",
+                  highlight=False, markup=False)
+    parity = ((man.get("metrics") or {}).get("parity") or {})
+    parity = parity.get("backbone") if isinstance(parity, dict) else None
+    if isinstance(parity, dict) and parity:
+        console.print(f"export parity: max abs diff {_fmt(parity.get('max_abs_diff_theta0'), '.2e')} "
+                      f"at theta0 on {parity.get('images')} real images", highlight=False,
+                      markup=False)
+
+
+def _fmt(v: object, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)[:40]
