@@ -125,7 +125,8 @@ def print_inspect(path: Path, man: dict, res: dict) -> None:
                   markup=False)
     # sparsity and metrics are informational: the schema fixes only their outer type, so a value
     # of another type is shown as it is (_fmt) instead of breaking the format
-    for x in structure_lines(res["structure"]):
+    # no structure when the backbone's hash did not check out (the table shows why)
+    for x in structure_lines(res["structure"]) if res["structure"] is not None else []:
         console.print(x, highlight=False, markup=False)
     console.print(f"precisions: {', '.join(man['precisions'])}; target: {man.get('target')}",
                   highlight=False, markup=False)

@@ -226,3 +226,20 @@ def test_graph_swapped_after_verification_is_refused(plain_bundle, tmp_path):
     os.symlink(tmp_path / "real.onnx", b / "backbone.onnx")
     with pytest.raises(BundleError, match="symbolic link"):
         Session(bundle, backend="onnxruntime")
+
+
+def test_inspect_of_a_damaged_backbone_is_a_report_not_a_traceback(plain_bundle, tmp_path):
+    """Found by bundle_probe: the human report read the pruning structure of a backbone whose
+    hash had failed (so no structure was read) and raised AttributeError."""
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+
+    b = copy_bundle(plain_bundle[0], tmp_path / "b")
+    data = bytearray((b / "backbone.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (b / "backbone.onnx").write_bytes(bytes(data))
+    for args in (["inspect", str(b)], ["inspect", str(b), "--json"]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.exception
+        assert "sha256 mismatch" in res.output
