@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeflow.errors import BackendError, ConfigError, EdgeflowError, unknown_name
-from edgeflow.runtime.bundle import Bundle
+from edgeflow.errors import BackendError, BundleError, ConfigError, EdgeflowError, unknown_name
+from edgeflow.runtime.bundle import Bundle, sha256_file
 from edgeflow.runtime.runners import OrtRunner, Runner
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -153,6 +153,11 @@ def open_trt(bundle: Bundle, *, precision: str | None, engine_cache: str | Path 
                 calibrator = _calibrator(bundle, cache.root)
                 builder = functools.partial(build_engine, calibrator=calibrator)
             inputs, _ = bundle.tensors(g)
+            # the graph TensorRT builds from must still be the one the manifest hashed (the engine
+            # key is taken from the file as it is now)
+            if sha256_file(path) != bundle.file_sha256(path.name):
+                raise BundleError(f"{path} changed after the bundle was verified (sha256 mismatch); "
+                                  "copy the bundle again")
             t0 = time.perf_counter()
             engine, how = cache.get(g, path, inputs, opts, device, builder=builder,
                                     loader=loader, plan=plan, force=force)

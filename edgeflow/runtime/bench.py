@@ -1,6 +1,6 @@
-"""B3 latency of a bundle on its runtime (torch-free): backbone, drift step, adapt, predict.
+"""How long a bundle takes on its runtime (torch-free): backbone, drift step, adapt, predict.
 
-Used by ``edgeflow bench`` and ``benchmarks/runtime.py``. Images are random uint8 arrays of the
+Used by ``edgeflow bench`` and ``benchmarks/runtime.py`` (benchmark B3). Images are random uint8 arrays of the
 bundle's input size: latency does not depend on pixel values. Numbers are wall-clock medians and
 tails over ``repeats`` runs after ``warmup`` runs, in milliseconds.
 """

@@ -550,3 +550,21 @@ def test_build_says_what_it_built_where_and_whether_it_was_cached(api, drift_bun
     assert "backbone: cached" in text and "on DLA core 1" in text
     assert "profile images static 4x3x32x32" in text
     assert "drift: cached" in text and "(cleared TF32)" in text and "-> " in text
+
+
+def test_tensorrt_refuses_a_graph_changed_after_the_bundle_was_verified(api, drift_bundle, tmp_path):
+    import shutil
+
+    from edgeflow.errors import BundleError
+    from edgeflow.runtime import Session, load_bundle
+
+    trt, cuda = api
+    _script_engines(trt, cuda)
+    bundle = tmp_path / "b"
+    shutil.copytree(drift_bundle[0], bundle)
+    loaded = load_bundle(bundle)  # verified now
+    (bundle / "drift.onnx").write_bytes((bundle / "drift.onnx").read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError, match="changed after the bundle was verified"):
+        Session(loaded, backend="tensorrt")
+    assert not trt.called("OnnxParser.parse") or all(
+        a[0] != (bundle / "drift.onnx").read_bytes() for a, _ in trt.called("OnnxParser.parse"))
