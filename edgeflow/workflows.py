@@ -14,13 +14,17 @@ from edgeflow.models import MODELS, Backbone, create_model
 
 
 def preprocess_for(model: Backbone, meta: dict[str, Any] | None, size: int | None) -> Preprocess:
-    """The checkpoint's preprocessing if it recorded one, else ImageNet statistics at ``size``."""
+    """The checkpoint's preprocessing if it recorded one, else the model's own normalisation
+    (``preprocess_mean``/``preprocess_std`` attributes) or ImageNet statistics, at ``size``."""
     if meta and "preprocess" in meta:
         spec = Preprocess.from_dict(meta["preprocess"])
         if size is not None and size != spec.size:
             spec = Preprocess(size=size, channels=spec.channels, mean=spec.mean, std=spec.std)
         return spec
-    return Preprocess(size=size or model.input_size, channels=model.in_channels)
+    # a model trained with its own normalisation says so (EfficientNet-Lite: (x - 127) / 128)
+    norm = {k: getattr(model, f"preprocess_{k}") for k in ("mean", "std")
+            if getattr(model, f"preprocess_{k}", None) is not None}
+    return Preprocess(size=size or model.input_size, channels=model.in_channels, **norm)
 
 
 def checkpoint_meta(model_name: str, model: Backbone, classes: tuple[str, ...],

@@ -9,11 +9,13 @@ from pathlib import Path
 from edgeflow.errors import ConfigError, unknown_name
 from edgeflow.models.base import Backbone
 from edgeflow.models.cifar_resnet import CifarResNet
+from edgeflow.models.efficientnet_lite import EfficientNetLite
 from edgeflow.models.resnet import ResNet12, ResNet18
 from edgeflow.models.small import VGG, Conv4
 
 MODELS: dict[str, Callable[..., Backbone]] = {
     "conv4": Conv4,
+    "efficientnet_lite0": EfficientNetLite,
     "resnet12": ResNet12,
     "resnet18": ResNet18,
     "resnet20": partial(CifarResNet, 20),

