@@ -30,6 +30,10 @@ def test_leave_one_out_scores_match_a_hand_computation():
         other = sim(feats[i:i + 1], protos[1 - own:2 - own])[0, 0]
         assert stats.loo_scores[i] == pytest.approx(max(loo, other), rel=1e-5)
     assert stats.threshold(1.0) == pytest.approx(stats.loo_scores.min())
+    from edgeflow.runtime.openset import LOO_MISS_FACTOR
+
+    want = np.quantile(stats.loo_scores, LOO_MISS_FACTOR * 0.1)
+    assert stats.threshold(0.9) == pytest.approx(want)
     with pytest.raises(ConfigError, match="recall"):
         stats.threshold(1.5)
 
