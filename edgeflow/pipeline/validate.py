@@ -96,19 +96,23 @@ def typed(value: Any, typ: type, key: str) -> Any:
           isinstance(value, str) if typ is str else True)
     if not ok:
         got = f"{value!r} ({type(value).__name__})"
-        hint = ""
-        if isinstance(value, str) and typ is not str:
-            hint = ", without quotes"
-        elif typ is str:
-            hint = ", in quotes"
-        raise ConfigError(f"{key} must be {_TYPE_WORDS.get(typ, typ.__name__)}, got {got}; set "
-                          f"{where(key)}{hint}")
+        hint = " (without quotes)" if isinstance(value, str) and typ is not str else ""
+        raise ConfigError(f"{key} must be {_TYPE_WORDS.get(typ, typ.__name__)}, got {got}; write "
+                          f"e.g. {_toml_example(key)}{hint}, or pass {flag(key)}")
     if typ is float and isinstance(value, int):
         try:
             return float(value)
         except OverflowError:
             raise ConfigError(f"{key} is {value}, too large for a float; set {where(key)}") from None
     return value
+
+
+def _toml_example(key: str) -> str:
+    """``[backbone] epochs = 12``: ``key`` with its default as a TOML line (a type error's fix)."""
+    from edgeflow.pipeline.config import _toml_value
+
+    section, _, name = key.rpartition(".")
+    return f"{f'[{section}] ' if section else ''}{name} = {_toml_value(_default(key))}"
 
 
 def _items(cfg: CompileConfig) -> list[tuple[str, Any, type]]:
@@ -214,7 +218,15 @@ def _check_data(cfg: CompileConfig) -> None:
 def _check_output(output: str) -> None:
     """``output`` must be a folder or creatable as one: not an existing file or device, nor under
     one, and its nearest existing folder writable."""
-    path = Path(output).expanduser()
+    try:
+        _check_folder(output, Path(output).expanduser())
+    except OSError as exc:  # a name too long, a loop of links: the OS says why
+        raise ConfigError(f"output {output[:80]!r}: {exc.strerror or exc}; set --output (or output "
+                          "= ...) to a usable folder path") from None
+
+
+def _check_folder(output: str, path: Path) -> None:
+    """The nearest existing one of ``path`` and its parents must be a folder this user can write."""
     for p in (path, *path.parents):
         if p.exists() or p.is_symlink():
             if not p.is_dir():
