@@ -1,9 +1,10 @@
 """Every compile option's type and range, checked in one place when the configuration is built.
 
 ``CompileConfig.__post_init__`` calls :func:`check`, so a configuration that exists is a valid one:
-``--print-config`` refuses what ``compile`` would refuse, and nothing reaches a stage (or
-``OUTPUT/config.toml``, which ``--resume`` reads back) unchecked. Names that need the model, pruning
-or target registries (and so torch) are checked by ``run_compile`` before its first stage instead.
+``--print-config`` refuses every value checked here, and nothing reaches a stage (or
+``OUTPUT/config.toml``, which ``--resume`` reads back) unchecked. Names that need the model, pruning,
+integrator or target registries (and so torch, a second on import) are checked by ``run_compile``
+before it creates OUTPUT or runs a stage, not here: ``--print-config`` stays instant and prints them.
 
 Each error names the option as ``section.key``, says what it must be, and gives the flag to fix it.
 Upper bounds are far above any real run; they exist so that a typo (an extra ``000``) is an error
