@@ -61,7 +61,7 @@ EXAMPLES: dict[str, str] = {  # a valid value for the fix, where the default is 
 }
 CHOICES: dict[str, tuple[str, ...]] = {"export.int8": ("auto", "yes", "no")}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
-# These models end with four unpadded 2x2 max-pools: below 16 px the last one has nothing to pool
+# These models halve the image with four 2x2 max-pools: below 16 px the last one has nothing to pool
 # and torch fails mid-training (measured: 12 px fails, 16 px runs). The others run down to 1 px.
 MIN_SIZE = {"resnet12": 16, "vgg11": 16, "vgg19": 16}
 # Largest class index or shot count in a list; a range up to it is expanded into a Python list.
