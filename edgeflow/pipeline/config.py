@@ -6,7 +6,8 @@ written by every compile), so defaults < that file < ``--config FILE`` < flags; 
 the same run unless something is said again. Every field of every section is a
 flag, generated from the dataclasses below (``--prune-sparsity 0.5`` sets ``[prune] sparsity``), so
 the TOML file and the command line can never disagree about what exists. Unknown sections or keys
-are errors that list the valid ones.
+are errors that list the valid ones; every value's type (strictly: ``"3"`` is not an int) and range
+is checked when the configuration is made (:mod:`edgeflow.pipeline.validate`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeflow.errors import ConfigError
+from edgeflow.pipeline.validate import typed
 
 try:  # Python 3.11+; JetPack 6 ships 3.10, where the tomli backport is a dependency
     import tomllib
@@ -114,12 +116,10 @@ class CompileConfig:
     eval: EvalSection = EvalSection()
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.prune.sparsity < 1.0:
-            raise ConfigError(f"prune.sparsity must be in (0, 1), got {self.prune.sparsity}; e.g. "
-                              "--prune-sparsity 0.5 removes half the weights")
-        if self.eval.ways < 2:
-            raise ConfigError(f"eval.ways must be at least 2, got {self.eval.ways}")
-        parse_int_list(self.eval.shots, name="eval.shots")
+        # here, not in build_config, so that no way of making a CompileConfig skips the checks
+        from edgeflow.pipeline.validate import check
+
+        check(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -152,19 +152,29 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def parse_int_list(text: str, *, name: str) -> list[int]:
-    """'1,5' -> [1, 5]; '0-4' -> [0, 1, 2, 3, 4]; '' -> []."""
+def parse_int_list(text: str, *, name: str, maximum: int | None = None) -> list[int]:
+    """'1,5' -> [1, 5]; '0-4' -> [0, 1, 2, 3, 4]; '' -> [].
+
+    A reversed range ('4-0') or a non-blank text that lists nothing (',') is an error, not an empty
+    list: an empty class list means *all* classes, so either would silently select every class.
+    With ``maximum``, larger numbers are refused before a range is expanded.
+    """
     out: list[int] = []
     try:
         for part in filter(None, (p.strip() for p in str(text).split(","))):
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
+            lo, hi = (int(x) for x in part.split("-", 1)) if "-" in part else (int(part),) * 2
+            if lo > hi:
+                raise ConfigError(f"{name}: the range {part!r} is reversed, so it would select "
+                                  f"nothing; write it as '{hi}-{lo}'")
+            if maximum is not None and hi > maximum:
+                raise ConfigError(f"{name}: {hi} is above {maximum} (in {text!r}); check the value")
+            out.extend(range(lo, hi + 1))
     except ValueError as exc:
         raise ConfigError(f"{name}: cannot read {text!r} as a list of integers like '1,5' or "
                           "'0-4'") from exc
+    if not out and str(text).strip():
+        raise ConfigError(f"{name}: {text!r} lists no numbers; write e.g. '1,5' or '0-4' (or leave "
+                          "it empty)")
     return out
 
 
@@ -179,27 +189,21 @@ def _check_keys(kind: str, given: dict, valid: list[str]) -> None:
         raise ConfigError(f"unknown {kind} {unknown}; valid: {', '.join(valid)}")
 
 
-def _coerce(value: Any, typ: type, where: str) -> Any:
-    try:
-        if typ is bool and isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1", "yes")
-        if typ in (int, float) and isinstance(value, bool):
-            raise ValueError(value)
-        return typ(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where} must be {typ.__name__}, got {value!r}") from exc
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; `edgeflow compile --print-config "
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {path} {what}; `edgeflow compile --print-config "
                           "> edgeflow.toml` writes one to start from")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}); TOML files "
+                          "must be UTF-8: save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror}); check it and its "
+                          "permissions") from None
 
 
 def _layer(data: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +223,9 @@ def saved_config(*, file: str | Path | None = None, overrides: dict[str, Any] | 
     output = (overrides or {}).get("output")
     if output is None and file is not None:
         output = _read_toml(Path(file)).get("output")
-    return Path(output if output is not None else CompileConfig.output) / SAVED_CONFIG
+    if output is None:
+        return Path(CompileConfig.output) / SAVED_CONFIG
+    return Path(typed(output, str, "output")) / SAVED_CONFIG  # checked: `output = 3` is no path
 
 
 def build_config(*, file: str | Path | None = None, overrides: dict[str, Any] | None = None,
@@ -248,9 +254,9 @@ def build_config(*, file: str | Path | None = None, overrides: dict[str, Any] | 
             cls = classes[key]
             hints = typing.get_type_hints(cls)
             _check_keys(f"[{key}] keys", value, list(hints))
-            kwargs[key] = cls(**{k: _coerce(v, hints[k], f"{key}.{k}") for k, v in value.items()})
+            kwargs[key] = cls(**{k: typed(v, hints[k], f"{key}.{k}") for k, v in value.items()})
         else:
-            kwargs[key] = _coerce(value, top_types[key], key)
+            kwargs[key] = typed(value, top_types[key], key)
     return CompileConfig(**kwargs)
 
 
