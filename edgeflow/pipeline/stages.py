@@ -90,7 +90,7 @@ class StageRunner:
         made = recorded.record_paths(self.work, products(outputs)) if products else {}
         record = {"key": key, "after": self.upstream(after), "outputs": outputs, "seconds": seconds,
                   "files": own, "products": made}
-        record = json.loads(json.dumps(record, default=str))  # what is read back on resume
+        record = json.loads(json.dumps(record, default=str))  # as it is read back on resume
         _write_record(tmp / DONE, record)
         old = self.work / "stages" / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -98,7 +98,7 @@ class StageRunner:
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-        res = StageResult(name, key, final, record["outputs"], seconds, False,
+        res = StageResult(name, key, final, outputs, seconds, False,
                           recorded.digest(own, made), made)
         self.results[name] = res
         return res
