@@ -7,6 +7,10 @@ Layout of ``cfg.output``::
     bundle/            the deployable bundle (written atomically by the exporter)
     report/            report.md, PNG plots, metrics.json
     stages/<name>/     each stage's outputs + done.json (what --resume reuses)
+
+``done.json`` records the sha256 and size of every file a stage produced, the bundle files that
+export and calibrate wrote included; ``--resume`` reuses a stage only while they are intact and
+says which file made it run a stage again (see :mod:`edgeflow.pipeline.stages`).
 """
 
 from __future__ import annotations
