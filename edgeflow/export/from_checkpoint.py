@@ -26,6 +26,12 @@ def load_backbone(weights: str | Path, *, model: str | None = None) -> tuple[nn.
     name = model or meta.get("model")
     if name is None:
         raise ConfigError(f"{weights} does not record its model; pass --model (e.g. resnet20)")
+    if (meta.get("prune") or {}).get("channels") and name == meta.get("model"):
+        # channel pruning made the layers narrower than the model's defaults; the checkpoint
+        # records the widths (edgeflow compile's stages/recover/recovered.pt, edgeflow prune's)
+        from edgeflow.prune.finalize import load_pruned
+
+        return load_pruned(weights), name, meta
     head = next((v for k, v in sd.items() if k.split(".")[0] in ("linear", "classifier")
                  and k.endswith("weight")), None)
     num_classes = int(head.shape[0]) if head is not None else int(meta.get("num_classes", 10))
@@ -82,9 +88,14 @@ def export_from_checkpoint(*, weights: str | Path, output: str | Path, model: st
     mode = "L" if spec_pre.channels == 1 else "RGB"
     ds = load_dataset(data, limit=parity_images, mode=mode, size=spec_pre.size)
     metrics = {k: meta[k] for k in ("val_top1", "top1", "metrics") if k in meta}
+    prune = meta.get("prune") or {}
+    sparsity = meta.get("sparsity") or ({"method": prune.get("method"),
+                                         "granularity": prune.get("granularity"),
+                                         "requested": prune.get("requested_sparsity")}
+                                        if prune else None)
     manifest = export_bundle(net, output=output, preprocess_spec=spec_pre, parity_images=ds.images,
                              max_theta=max_theta, allow_resize=allow_resize, source=source,
-                             target=target, sparsity=meta.get("sparsity"), metrics=metrics,
+                             target=target, sparsity=sparsity, metrics=metrics,
                              **kwargs)
     parity = manifest["metrics"]["parity"]
     return {"output": str(Path(output)), "model": name, "drift": drift is not None,

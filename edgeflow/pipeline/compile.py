@@ -7,6 +7,10 @@ Layout of ``cfg.output``::
     bundle/            the deployable bundle (written atomically by the exporter)
     report/            report.md, PNG plots, metrics.json
     stages/<name>/     each stage's outputs + done.json (what --resume reuses)
+
+``done.json`` records the sha256 and size of every file a stage produced, the bundle files that
+export and calibrate wrote included; ``--resume`` reuses a stage only while they are intact and
+says which file made it run a stage again (see :mod:`edgeflow.pipeline.stages`).
 """
 
 from __future__ import annotations
@@ -133,7 +137,7 @@ def save_config(cfg: CompileConfig, out: Path) -> Path:
 def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = False,
                 log: Callable[[str], None] = print) -> CompileResult:
     """Run every stage of the compile for ``cfg``; see the module docstring for the layout."""
-    from edgeflow.pipeline import adapt_stages, deploy_stages, eval_stage, model_stages
+    from edgeflow.pipeline import adapt_stages, bundle_state, deploy_stages, eval_stage, model_stages
     from edgeflow.pipeline.report import render_report
 
     _validate(cfg)
@@ -149,10 +153,10 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
     base = {"data": cfg.digest("data"), "seed": cfg.seed}
 
     def stage(name: str, fn, sections: tuple[str, ...], after: tuple[str, ...] = (),
-              extra: dict[str, Any] | None = None):
+              extra: dict[str, Any] | None = None, **verify: Any):
         log(clock.line(name))
         return runner.run(name, fn, parts={**base, "config": cfg.digest(*sections), **(extra or {})},
-                          after=after)
+                          after=after, **verify)
 
     bb = stage("backbone", lambda d: model_stages.train_backbone(cfg, data, d, progress=progress),
                ("backbone",), extra=model_stages.resolved(model_stages.backbone_train_config(cfg)))
@@ -189,19 +193,38 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
         drift_ckpt, adapt_out = mt.dir / mt.outputs["drift"], mt.outputs
         chain = (*chain, "meta-train")
     bundle = out / "bundle"
-    if not (bundle / "manifest.json").exists():  # deleted by hand: a reused export would lie
-        (out / "stages" / "export" / "done.json").unlink(missing_ok=True)
+    # export and calibrate write into the bundle: what each put there is recorded with the stage,
+    # and reusing the stage needs those bytes, and a manifest listing them, still in place
+    listed = {"check": lambda record: bundle_state.lists(bundle, record["products"], out)}
+
+    def export_check(record: dict[str, Any]) -> str | None:
+        if bundle_state.EXPORT_MANIFEST not in record["files"]:  # needed to restore the bundle
+            return f"{bundle_state.EXPORT_MANIFEST} not recorded"
+        return listed["check"](record)
     headline = {"backbone_top1": bb.outputs["top1"], **({"sparsity": prune_metrics["sparsity"]}
                                                          if prune_metrics else {})}
-    ex = stage("export", lambda d: deploy_stages.export_stage(cfg, data, current, drift_ckpt, bundle,
-                                                              metrics=headline),
-               ("export", "adapt"), chain)
+    def export(d: Path) -> dict[str, Any]:
+        res = deploy_stages.export_stage(cfg, data, current, drift_ckpt, bundle, metrics=headline)
+        bundle_state.keep_export_manifest(bundle, d)
+        return res
+
+    ex = stage("export", export, ("export", "adapt"), chain,
+               products=lambda _: bundle_state.members(bundle), check=export_check)
     chain = ("export",)
     int8: dict[str, Any] = {}
     if deploy_stages.wants_int8(cfg):
-        cal = stage("calibrate", lambda d: deploy_stages.calibrate_stage(cfg, data, bundle, d),
-                    ("export",), chain)
+        exported = {(out / name).absolute() for name in ex.products}
+
+        def calibrate(d: Path) -> dict[str, Any]:
+            if bundle_state.restore_export(bundle, ex.dir):
+                log("bundle: files calibrate added are damaged; restored the bundle export wrote")
+            return deploy_stages.calibrate_stage(cfg, data, bundle, d)
+
+        cal = stage("calibrate", calibrate, ("export",), chain,
+                    products=lambda _: [p for p in bundle_state.members(bundle)
+                                        if p.absolute() not in exported], **listed)
         int8, chain = cal.outputs, ("calibrate",)
+    bundle_state.verified(bundle)
     eng = stage("engines", lambda d: deploy_stages.engines_stage(cfg, bundle), ("export",), chain)
     def evaluate(d: Path) -> dict[str, Any]:
         with _torch_threads(1):
