@@ -29,7 +29,7 @@ def test_every_model_builds_and_exposes_features_and_biases(name):
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(ConfigError, match="valid models: conv4, resnet12"):
+    with pytest.raises(ConfigError, match="valid models: conv4, efficientnet_lite0, resnet12"):
         create_model("resnet99")
 
 
