@@ -20,6 +20,7 @@ from edgeflow.errors import BundleError, DataError
 from edgeflow.integrate import integrate
 from edgeflow.runtime.backends import open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
+from edgeflow.runtime.guard import run_guard
 from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
 from edgeflow.runtime.openset import fit as openset_fit
@@ -190,13 +191,16 @@ class Session:
     # -- the two verbs --------------------------------------------------------------------------
     def adapt(self, images: np.ndarray | Sequence[np.ndarray], labels: Sequence[int] | np.ndarray,
               *, ways: int | None = None, class_names: Sequence[str] | None = None,
-              steps: int | None = None, one_class: bool = False) -> Task:
+              steps: int | None = None, one_class: bool = False,
+              guard: bool | Sequence[int] = False) -> Task:
         """Adapt to the support set (``images``, integer ``labels``) and return a :class:`Task`.
 
         ``ways`` (or ``class_names``) declares the classes 0..W-1 so that one with no image is an
         error instead of silently dropped. ``steps`` overrides the manifest's integration steps.
         A single class is an error unless ``one_class`` ("is this my mug?"): such a task can only
-        answer through rejection, ``predict(..., reject=recall)``.
+        answer through rejection, ``predict(..., reject=recall)``. ``guard`` (True, or the drift
+        step counts to try) keeps the candidate theta the support set scores best leave-one-out,
+        theta0 unless beaten (:mod:`edgeflow.runtime.guard`).
         The task keeps the support set's cache (:mod:`edgeflow.runtime.support`), so it can grow
         (:meth:`update`) or shrink (:meth:`remove`) without the old images.
         """
@@ -210,11 +214,11 @@ class Session:
         classes, _ = check_labels(labels, len(x), ways=ways, min_classes=1 if one_class else 2)
         support = self._support(x, np.asarray(labels).astype(np.int64))
         names = None if class_names is None else {int(c): class_names[int(c)] for c in classes}
-        return self._adapt(support, names=names, steps=steps)
+        return self._adapt(support, names=names, steps=steps, guard=guard)
 
     def update(self, task: Task, images: np.ndarray | Sequence[np.ndarray],
                labels: Sequence[int] | np.ndarray, *, class_names: Sequence[str] | None = None,
-               steps: int | None = None) -> Task:
+               steps: int | None = None, guard: bool | Sequence[int] = False) -> Task:
         """``task`` adapted again with more support images: new classes or more shots of known
         ones, without the old images (the task's cache). Equals :meth:`adapt` on the union.
 
@@ -227,7 +231,7 @@ class Session:
         new = np.asarray(labels).astype(np.int64)
         names = self._merged_names(task, new, class_names)
         merged = support.concat(self._support(x, new))
-        return self._adapt(merged, names=names, steps=steps)
+        return self._adapt(merged, names=names, steps=steps, guard=guard)
 
     def remove(self, task: Task, classes: Iterable[int], *, steps: int | None = None) -> Task:
         """``task`` adapted again without the support images of ``classes`` (caller's ids)."""
@@ -250,10 +254,10 @@ class Session:
 
     # -- adaptation from a support cache --------------------------------------------------------
     def adapt_support(self, support: Support, *, class_names: dict[int, str] | None = None,
-                      steps: int | None = None) -> Task:
+                      steps: int | None = None, guard: bool | Sequence[int] = False) -> Task:
         """Adapt from a support cache (:meth:`support_cache` of preprocessed images, with the
         caller's labels): for an app that keeps the prefix activations of images it has seen."""
-        return self._adapt(support, names=class_names, steps=steps)
+        return self._adapt(support, names=class_names, steps=steps, guard=guard)
 
     def cached_features(self, cache: dict[str, np.ndarray], theta: np.ndarray) -> np.ndarray:
         """Features (N, D) at ``theta`` of images known by their :meth:`support_cache`."""
@@ -263,7 +267,7 @@ class Session:
         return Support(cache=self.support_cache(x), labels=labels)
 
     def _adapt(self, support: Support, *, names: dict[int, str] | None,
-               steps: int | None) -> Task:
+               steps: int | None, guard: bool | Sequence[int] = False) -> Task:
         steps = None if steps is None else check_steps(steps)
         classes, ep = np.unique(support.labels, return_inverse=True)
         ep = ep.astype(np.int64)
@@ -275,23 +279,30 @@ class Session:
         else:
             (feats,), means = self._suffix(cache, self.theta0, "features"), None
         protos = prototypes(feats, ep, w)
-        theta, mode = self.theta0, "prototypes-at-theta0"
-        if self.bundle.has_drift and (self.steps if steps is None else steps) > 0:
-            theta, mode = self.integrate_theta(self.embed_task(protos), steps=steps), "hyperflow"
-        if means is not None:  # the re-centring move adds to the drift's (IntegratorSettings)
-            theta = theta - self.recenter * (means.mean(0) - self.theta0)
-            mode = mode if mode == "hyperflow" else "recenter"
-        if theta is not self.theta0:
-            theta = theta.astype(np.float32)
-            (feats,) = self._suffix(cache, theta, "features")
-            protos = prototypes(feats, ep, w)
-        protos = protos.astype(np.float32)
+        theta, mode, guarded = self.theta0, "prototypes-at-theta0", None
+        if guard and np.bincount(ep, minlength=w).min() >= 2:
+            theta, feats, guarded = run_guard(self, cache, ep, w, feats, protos, means, steps, guard)
+            mode = f"guard:{guarded['chosen']}"
+        else:
+            if guard:
+                guarded = {"chosen": None, "why": "needs 2 shots per class; the bundle's own move"}
+            if self.bundle.has_drift and (self.steps if steps is None else steps) > 0:
+                theta, mode = self.integrate_theta(self.embed_task(protos), steps=steps), "hyperflow"
+            if means is not None:  # the re-centring move adds to the drift's (IntegratorSettings)
+                theta = theta - self.recenter * (means.mean(0) - self.theta0)
+                mode = mode if mode == "hyperflow" else "recenter"
+            if theta is not self.theta0:
+                theta = theta.astype(np.float32)
+                (feats,) = self._suffix(cache, theta, "features")
+        protos = prototypes(feats, ep, w).astype(np.float32)
         stats = openset_fit(feats, ep, protos, self._similarity)
         info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
                 "steps": self.steps if steps is None else steps, "method": self.method,
                 "recenter": self.recenter,
                 "backend": self.backend, "precision": self.precision,
                 "support_bytes_per_image": support.bytes_per_image()}
+        if guarded is not None:
+            info["guard"] = guarded
         class_names = None if names is None else tuple(names[int(c)] for c in classes)
         return Task(theta=_frozen(theta), prototypes=_frozen(protos), classes=_frozen(classes),
                     bundle=self.bundle.fingerprint, class_names=class_names, info=info,
