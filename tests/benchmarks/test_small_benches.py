@@ -60,3 +60,16 @@ def test_pretrained_features_quick(tmp_path):
     by = {r["weights"]: r["accuracy"] for r in res["rows"]}
     assert set(by) == {"ImageNet", "random init"} and 0.2 <= by["random init"] <= 1.0
     assert (tmp_path / "pf.md").read_text().startswith("# EfficientNet-Lite0 weights")
+
+
+@pytest.mark.slow
+def test_guard_bench_quick(tmp_path):
+    from benchmarks.guard import main
+    from tests.conftest import shared_file
+
+    shared_file("weights/cifar10-resnet20-12fca82f.th")
+    res = main(["--quick", "--out", str(tmp_path / "g")])
+    (r,) = res["domains"].values()
+    assert {"none", "bundle", "guard"} <= set(r) and 0 <= r["guard"]["mean"] <= 1
+    assert r["adapt_ms_median"]["guard"] > 0
+    assert (tmp_path / "g.md").read_text().startswith("# The forward-only guard")
