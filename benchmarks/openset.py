@@ -110,7 +110,7 @@ def run_domain(session, cache: dict, labels: np.ndarray, *, episodes: int, recal
             if mode == "none":
                 sf, kf, uf = feats0[sup], feats0[qk], feats0[qu]
                 protos = prototypes(sf, ep, WAYS).astype(np.float32)
-                stats = fit(sf, ep, protos, sim)
+                stats = fit(sf, ep, WAYS, sim)
             else:
                 task = session.adapt_support(Support(cache={k: v[sup] for k, v in cache.items()},
                                                      labels=ep.astype(np.int64)))

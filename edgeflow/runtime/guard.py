@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeflow.runtime.protos import loo_logits
+
 Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -35,13 +37,7 @@ class Candidate:
 def loo_score(features: np.ndarray, labels: np.ndarray, ways: int,
               similarity: Similarity) -> tuple[float, float]:
     """(leave-one-out accuracy, mean log-probability of the true class) of a support set."""
-    onehot = np.eye(ways, dtype=np.float64)[labels]
-    sums, counts = onehot.T @ features.astype(np.float64), onehot.sum(0)
-    protos = sums / counts[:, None]
-    logits = similarity(features, protos.astype(np.float32)).astype(np.float64)
-    own = (sums[labels] - features) / (counts[labels] - 1)[:, None]
-    for i, c in enumerate(labels):
-        logits[i, c] = similarity(features[i:i + 1], own[i:i + 1].astype(np.float32))[0, 0]
+    logits = loo_logits(features, labels, ways, similarity)
     z = logits - logits.max(1, keepdims=True)
     logp = z[np.arange(len(labels)), labels] - np.log(np.exp(z).sum(1))
     return float(np.mean(logits.argmax(1) == labels)), float(np.mean(logp))

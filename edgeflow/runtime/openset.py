@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeflow.errors import ConfigError, DataError
+from edgeflow.runtime.protos import loo_logits
 
 SHRINK = 4.0  # pseudo-count of the pooled spread in each class's spread
 # A leave-one-out prototype has one shot fewer than the real one, so support images score a
@@ -60,20 +61,15 @@ class OpenSetStats:
         return np.asarray(logits, np.float32).max(axis=1)
 
 
-def fit(features: np.ndarray, labels: np.ndarray, protos: np.ndarray,
+def fit(features: np.ndarray, labels: np.ndarray, ways: int,
         similarity: Similarity) -> OpenSetStats:
-    """Statistics of a task's support set (features at the task's theta, episode labels 0..W-1,
-    the task's prototypes)."""
-    ways = len(protos)
+    """Statistics of a task's support set (features at the task's theta, episode labels 0..W-1)."""
     counts = np.bincount(labels, minlength=ways)
     if (counts < 2).any():  # no leave-one-out for a one-shot class: rejection will refuse
         return OpenSetStats(mean=np.zeros(ways, np.float32), std=np.ones(ways, np.float32),
                             loo_scores=np.zeros(0, np.float32))
-    sims = np.empty(len(labels), np.float32)
-    for i, c in enumerate(labels):
-        rest = np.flatnonzero(labels == c)
-        rest = rest[rest != i]
-        sims[i] = similarity(features[i:i + 1], features[rest].mean(0, keepdims=True))[0, 0]
+    logits = loo_logits(features, labels, ways, similarity).astype(np.float32)
+    sims = logits[np.arange(len(labels)), labels]
     class_mean = np.array([sims[labels == c].mean() for c in range(ways)], np.float32)
     pooled_var = max(float(np.mean((sims - class_mean[labels]) ** 2)), 1e-12)
     std = np.empty(ways, np.float32)
@@ -82,6 +78,4 @@ def fit(features: np.ndarray, labels: np.ndarray, protos: np.ndarray,
         std[c] = np.sqrt((np.sum((s - s.mean()) ** 2) + SHRINK * pooled_var) / (len(s) - 1 + SHRINK))
     # the in-class score distribution: each support image scored like a query, against its own
     # class's leave-one-out prototype and the other classes' full prototypes
-    logits = similarity(features, protos).astype(np.float32)
-    logits[np.arange(len(labels)), labels] = sims
     return OpenSetStats(mean=class_mean, std=std, loo_scores=logits.max(axis=1))

@@ -295,7 +295,7 @@ class Session:
                 theta = theta.astype(np.float32)
                 (feats,) = self._suffix(cache, theta, "features")
         protos = prototypes(feats, ep, w).astype(np.float32)
-        stats = openset_fit(feats, ep, protos, self._similarity)
+        stats = openset_fit(feats, ep, w, self._similarity)
         info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
                 "steps": self.steps if steps is None else steps, "method": self.method,
                 "recenter": self.recenter,

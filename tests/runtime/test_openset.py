@@ -22,7 +22,7 @@ def test_leave_one_out_scores_match_a_hand_computation():
     def sim(q, p):  # negative squared distance, as the euclidean metric
         return -((q[:, None] - p[None]) ** 2).sum(-1)
 
-    stats = fit(feats, labels, protos, sim)
+    stats = fit(feats, labels, 2, sim)
     for i in range(6):
         own = labels[i]
         rest = [j for j in range(6) if labels[j] == own and j != i]
