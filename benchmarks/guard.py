@@ -66,23 +66,16 @@ def load(spec: str, session):
 
 
 def run(session, images, labels, *, episodes: int, shots: int, seed: int) -> dict:
+    from edgeflow.data import EpisodeSampler
     from edgeflow.runtime.protos import prototype_logits, prototypes
 
-    rng = np.random.default_rng(seed)
     x = session.prepare(images)
     cache = session.support_cache(x)
-    classes = [c for c in np.unique(labels) if (labels == c).sum() >= shots + 15]
     acc: dict[str, list[float]] = {"none": [], "bundle": [], "guard": [], "oracle": []}
     match, times = [], {"bundle": [], "guard": []}
-    for _ in range(episodes):
-        pick = rng.choice(classes, 5, replace=False)
-        sup, qry = [], []
-        for c in pick:
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            sup.append(idx[:shots])
-            qry.append(idx[shots:shots + 15])
-        sup, qry = np.concatenate(sup), np.concatenate(qry)
-        ep, qy = np.repeat(np.arange(5), shots), np.repeat(np.arange(5), 15)
+    for episode in EpisodeSampler(labels, ways=5, shots=shots, queries=15, seed=seed)(episodes):
+        sup, qry = episode.support, episode.query
+        ep, qy = episode.support_labels, episode.query_labels
         s_cache = {k: v[sup] for k, v in cache.items()}
         q_cache = {k: v[qry] for k, v in cache.items()}
 

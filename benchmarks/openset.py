@@ -90,22 +90,20 @@ def run_domain(session, cache: dict, labels: np.ndarray, *, episodes: int, recal
     def sim(q, p):
         return prototype_logits(q, p, metric=session.metric, scale=session.scale)
 
-    rng = np.random.default_rng(seed)
-    classes = [c for c in np.unique(labels) if (labels == c).sum() >= SHOTS + QUERIES]
+    from edgeflow.data import EpisodeSampler
+
     feats0 = session.cached_features(cache, session.theta0)
     rows: dict[str, dict[str, list]] = {m: {} for m in ("none", "adapted")}
-    for _ in range(episodes):
-        pick = rng.choice(classes, 2 * WAYS, replace=False)
-        known, unknown = pick[:WAYS], pick[WAYS:]
-        sup, qk = [], []
-        for c in known:
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            sup.append(idx[:SHOTS])
-            qk.append(idx[SHOTS:SHOTS + QUERIES])
-        qu = [rng.permutation(np.flatnonzero(labels == c))[:QUERIES] for c in unknown]
-        sup, qk, qu = np.concatenate(sup), np.concatenate(qk), np.concatenate(qu)
-        ep = np.repeat(np.arange(WAYS), SHOTS)
-        q_true = np.repeat(np.arange(WAYS), QUERIES)
+    # 2W-way episodes; a seeded half of each episode's classes is known, the other half unknown
+    sampler = EpisodeSampler(labels, ways=2 * WAYS, shots=SHOTS, queries=QUERIES, seed=seed)
+    for i, episode in enumerate(sampler(episodes)):
+        known = np.random.default_rng([seed, i]).permutation(2 * WAYS)[:WAYS]
+        order = {int(c): k for k, c in enumerate(known)}  # known class -> label 0..W-1
+        s_known = np.isin(episode.support_labels, known)
+        q_known = np.isin(episode.query_labels, known)
+        sup, qk, qu = episode.support[s_known], episode.query[q_known], episode.query[~q_known]
+        ep = np.array([order[int(c)] for c in episode.support_labels[s_known]])
+        q_true = np.array([order[int(c)] for c in episode.query_labels[q_known]])
         for mode in ("none", "adapted"):
             if mode == "none":
                 sf, kf, uf = feats0[sup], feats0[qk], feats0[qu]

@@ -26,22 +26,18 @@ sys.path.insert(0, str(ROOT))
 SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared"))
 
 
-def episodes_accuracy(feats: np.ndarray, labels: np.ndarray, *, episodes: int,
-                      seed: int) -> tuple[float, float]:
-    """(mean, 95% CI) of 5-way 5-shot 15-query nearest-cosine-prototype accuracy."""
+def episodes_accuracy(feats: np.ndarray, labels: np.ndarray, *, episodes: int, seed: int,
+                      queries: int = 15) -> tuple[float, float]:
+    """(mean, 95% CI) of 5-way 5-shot nearest-cosine-prototype accuracy on seeded episodes."""
+    from edgeflow.data import EpisodeSampler
+
     feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    rng = np.random.default_rng(seed)
+    sampler = EpisodeSampler(labels, ways=5, shots=5, queries=queries, seed=seed)
     acc = []
-    for _ in range(episodes):
-        classes = rng.choice(np.unique(labels), 5, replace=False)
-        sup, qry = [], []
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            sup.append(idx[:5])
-            qry.append(idx[5:20])
-        protos = np.stack([feats[s].mean(0) for s in sup])
-        q = np.concatenate([feats[i] for i in qry])
-        acc.append(np.mean((q @ protos.T).argmax(1) == np.repeat(np.arange(5), 15)))
+    for ep in sampler(episodes):
+        protos = np.stack([feats[ep.support[ep.support_labels == c]].mean(0) for c in range(5)])
+        pred = (feats[ep.query] @ protos.T).argmax(1)
+        acc.append(np.mean(pred == ep.query_labels))
     return float(np.mean(acc)), float(1.96 * np.std(acc, ddof=1) / np.sqrt(len(acc)))
 
 

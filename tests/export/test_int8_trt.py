@@ -59,20 +59,15 @@ def test_the_tensorrt_graph_is_within_a_point_of_fp32_on_5way_5shot(calibrated):
                                    for i in range(0, len(x), 100)])
 
     f32, f8 = features(calibrated / "backbone.onnx"), features(calibrated / TENSORRT_INT8_FILE)
-    rng = np.random.default_rng(0)
+    from edgeflow.data import EpisodeSampler
+
     acc = {"fp32": [], "int8": []}
-    for _ in range(300):  # the same episodes for both graphs
-        classes = rng.choice(np.unique(ds.labels), 5, replace=False)
-        sup, qry = [], []
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(ds.labels == c))
-            sup.append(idx[:5])
-            qry.append(idx[5:20])
+    for ep in EpisodeSampler(ds.labels, ways=5, shots=5, queries=15, seed=0)(300):  # both graphs
         for name, f in (("fp32", f32), ("int8", f8)):
-            protos = np.stack([f[s].mean(0) for s in sup])
-            q = np.concatenate([f[i] for i in qry])
+            protos = np.stack([f[ep.support[ep.support_labels == c]].mean(0) for c in range(5)])
+            q = f[ep.query]
             pred = np.argmin(((q[:, None] - protos[None]) ** 2).sum(-1), 1)
-            acc[name].append(np.mean(pred == np.repeat(np.arange(5), 15)))
+            acc[name].append(np.mean(pred == ep.query_labels))
     fp32, int8 = 100 * np.mean(acc["fp32"]), 100 * np.mean(acc["int8"])
     assert fp32 > 50  # a real few-shot problem, not chance (20%)
     print(f"5-way 5-shot over 300 episodes: fp32 {fp32:.2f}%, TensorRT int8 graph {int8:.2f}%")

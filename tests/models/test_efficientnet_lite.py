@@ -24,21 +24,10 @@ def images():
     return ds.images[keep], ds.labels[keep]
 
 
-def _proto_accuracy(feats: np.ndarray, labels: np.ndarray, episodes: int = 100) -> float:
-    feats = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    rng = np.random.default_rng(0)
-    acc = []
-    for _ in range(episodes):
-        classes = rng.choice(np.unique(labels), 5, replace=False)
-        sup, qry = [], []
-        for c in classes:
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            sup.append(idx[:5])
-            qry.append(idx[5:10])
-        protos = np.stack([feats[s].mean(0) for s in sup])
-        q = np.concatenate([feats[i] for i in qry])
-        acc.append(np.mean((q @ protos.T).argmax(1) == np.repeat(np.arange(5), 5)))
-    return float(np.mean(acc))
+def _proto_accuracy(feats: np.ndarray, labels: np.ndarray) -> float:
+    from benchmarks.pretrained_features import episodes_accuracy
+
+    return episodes_accuracy(feats, labels, episodes=100, seed=0, queries=5)[0]
 
 
 def test_weights_map_completely_and_the_normalisation_is_the_models_own():
