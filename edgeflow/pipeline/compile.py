@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeflow.errors import ConfigError
 from edgeflow.pipeline.clock import StageClock, previous_times
 from edgeflow.pipeline.config import SAVED_CONFIG, CompileConfig
 from edgeflow.pipeline.stages import StageRunner
@@ -111,9 +110,8 @@ def _validate(cfg: CompileConfig) -> None:
     parse_granularity(cfg.prune.granularity)
     IntegratorSettings(method=cfg.adapt.method)
     Target.load(cfg.export.target)
-    if cfg.backbone.epochs == 0 and not cfg.backbone.weights:
-        raise ConfigError("backbone.epochs is 0 and no backbone.weights given: nothing to start from;"
-                          " pass --backbone-weights or --backbone-epochs N")
+    # types, bounds and cross-field rules (class overlap, epochs without weights) are checked
+    # when the CompileConfig is built (edgeflow.pipeline.validate)
 
 
 def planned_stages(cfg: CompileConfig) -> list[str]:

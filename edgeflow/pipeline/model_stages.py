@@ -44,10 +44,6 @@ def prepare_data(cfg: CompileConfig, *, progress: bool) -> CompileData:
                     "data.base_classes")
     novel = _classes(load_dataset(d.novel, size=d.size, progress=progress), d.novel_classes,
                      "data.novel_classes")
-    if d.base == d.novel and set(parse_int_list(d.base_classes, name="b")) & \
-            set(parse_int_list(d.novel_classes, name="n")):
-        raise ConfigError("data.base_classes and data.novel_classes overlap; novel classes must be "
-                          "unseen in training")
     if cfg.eval.ways > novel.num_classes:
         raise ConfigError(f"eval.ways is {cfg.eval.ways} but the novel data has only "
                           f"{novel.num_classes} classes; lower --eval-ways or add novel classes")
