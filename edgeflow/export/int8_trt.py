@@ -68,7 +68,7 @@ def tensorrt_qdq_problems(path: str | Path, *, float_inputs: tuple[str, ...] = (
         problems.append(f"opset {opset} < {MIN_OPSET}")
     inits = {i.name: i for i in g.initializer}
     consts = {n.output[0]: n.attribute[0].t for n in g.node if n.op_type == "Constant"}
-    tensors = {**{k: v for k, v in consts.items()}, **inits}
+    tensors = {**consts, **inits}
     qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if not qdq:
         problems.append("no QuantizeLinear/DequantizeLinear nodes (not an INT8 graph)")

@@ -35,13 +35,11 @@ def theta_frontier(model, *, theta: str = "theta") -> tuple[list[str], set[str]]
         if any(i in dependent for i in node.input if i):
             dependent.update(o for o in node.output if o)
     frontier: list[str] = []
-    inputs = {i.name for i in g.input}
     for node in g.node:
         if not any(o in dependent for o in node.output):
             continue
         for name in node.input:
-            if (name and name not in dependent and name not in constants and name not in frontier
-                    and (name not in inputs or name != theta)):
+            if name and name not in dependent and name not in constants and name not in frontier:
                 frontier.append(name)
     return frontier, dependent
 
