@@ -114,16 +114,15 @@ def run(session, images, labels, *, episodes: int, shots: int, seed: int) -> dic
 def candidate_thetas(session, support, report) -> dict[str, np.ndarray]:
     """The guard's candidates as thetas (the same construction the guard uses)."""
     from edgeflow.runtime.guard import candidates
-    from edgeflow.runtime.protos import prototypes
 
-    ep = support.labels
-    if session.recenter:
+    _, ep = np.unique(support.labels, return_inverse=True)
+    if session.recenter or session.drift_stats:
         feats, means = session._suffix(support.cache, session.theta0, "features", "theta_means")
     else:
         feats, means = session.cached_features(support.cache, session.theta0), None
-    protos = prototypes(feats, ep, int(ep.max()) + 1)
     steps = [int(n.split("-")[1]) for n in report["scores"] if n.startswith("drift-")]
-    return {c.name: c.theta for c in candidates(session, protos, means, None, steps or [0])}
+    return {c.name: c.theta for c in candidates(session, support.cache, ep, int(ep.max()) + 1,
+                                                feats, means, None, steps or [0])}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.theta import ThetaSpec, features_with_theta, prototypes
 from edgeflow.errors import ConfigError, unknown_name
-from edgeflow.integrate import STEPPERS, integrate
+from edgeflow.integrate import STEPPERS
 from edgeflow.models import Backbone
 
 METRICS = ("cosine", "euclidean")
@@ -36,12 +36,17 @@ class IntegratorSettings:
     steps: int = 10
     dt: float | None = None
     recenter: float = 0.0
+    # closed loop: every ``loop_every`` steps the support set is seen again at the current theta
+    # (prototypes, and statistics for a drift that reads them); 0 = open loop (the paper's)
+    loop_every: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in STEPPERS:
             raise unknown_name("integrator", self.method, list(STEPPERS))
         if not 0.0 <= self.recenter <= 2.0:
             raise ConfigError(f"recenter (alpha) must be in [0, 2], got {self.recenter}")
+        if self.loop_every < 0:
+            raise ConfigError(f"loop_every must be >= 0 (0: open loop), got {self.loop_every}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,21 +66,15 @@ def prototype_logits(query: torch.Tensor, protos: torch.Tensor, *, metric: str =
 def hyperflow_adapt(model: Backbone, spec: ThetaSpec, drift: DriftNet, support_x: torch.Tensor,
                     support_y: torch.Tensor, ways: int, *, settings: IntegratorSettings,
                     theta0: torch.Tensor | None = None) -> torch.Tensor:
-    """theta after integrating the drift conditioned on the support set, plus the re-centring move
-    when ``settings.recenter`` > 0 (no gradients anywhere)."""
-    from edgeflow.adapt.recenter import recenter_move, support_pass
+    """theta after integrating the drift conditioned on the support set (open or closed loop),
+    plus the re-centring move when ``settings.recenter`` > 0 (no gradients anywhere)."""
+    from edgeflow.adapt.loop import drift_theta
     from edgeflow.adapt.split import SplitFeatures
 
     theta0 = spec.get(model) if theta0 is None else theta0
     split = SplitFeatures(model, spec)
-    feats, means = support_pass(split, split.prefix(support_x), theta0,
-                                means=settings.recenter > 0)
-    z = drift.embed_task(prototypes(feats, support_y, ways)[None])
-    f = lambda t, th: drift.velocity(th[None], t, z)[0]  # noqa: E731
-    theta = integrate(f, theta0, steps=settings.steps, dt=settings.dt, method=settings.method)
-    if means is not None:  # the re-centring move adds to the drift's
-        theta = theta + recenter_move(theta0, means.mean(0), alpha=settings.recenter)
-    return theta
+    return drift_theta(split, drift, split.prefix(support_x), support_y, ways, theta0,
+                       settings=settings)
 
 
 @torch.no_grad()

@@ -6,9 +6,17 @@ only runs the velocity part at every integration step:
 - ``TaskEncoder``: class prototypes (B, W, D) + a validity mask (B, W) -> z (B, E). A learnable task
   token attends over the prototypes through pre-norm transformer blocks; the padding mask makes any
   number of ways (up to the padded W) work. z is the token's output.
-- ``VelocityNet``: theta (B, P), t (B, 1), z (B, E) -> velocity (B, P). Each input is linearly
-  embedded to H and summed, then residual blocks (RMSNorm -> Linear(H, 2H) -> SwiGLU ->
-  Linear(H, H)); the output layer is zero-initialised so an untrained drift adapts nothing.
+- ``VelocityNet``: theta (B, P), t (B, 1), z (B, E) [, stats (B, S)] -> velocity (B, P). Each
+  input is linearly embedded to H and summed, then residual blocks (RMSNorm -> Linear(H, 2H) ->
+  SwiGLU -> Linear(H, H)); the output layer is zero-initialised so an untrained drift adapts
+  nothing.
+
+A drift with ``stats_dim`` > 0 (the outcome-trained drift, :mod:`edgeflow.adapt.outcome`) also
+reads the support statistics of :mod:`edgeflow.adapt.signals` at the current theta, and adds a
+learned per-layer re-centring term ``gain[layer] * (support mean - theta)`` to its velocity: with
+the statistics fixed (open loop) its integral over t in [0, 1] is re-centring with a learned
+strength per layer; re-read every few steps (closed loop) it re-centres against what the previous
+steps did. ``stats_dim`` = 0 is the paper's drift (and every drift checkpoint before it).
 
 Attention and RMSNorm are written out with plain ops so that the ONNX export is a handful of
 MatMul/Softmax nodes that ONNX Runtime and TensorRT both run.
@@ -35,9 +43,19 @@ class DriftConfig:
     heads: int = 4
     encoder_layers: int = 2
     blocks: int = 3
+    stats_dim: int = 0  # 0: no support statistics input (the trajectory-regressed drift)
+    layer_sizes: tuple[int, ...] = ()  # theta entries per layer (for the per-layer gain)
+
+    def __post_init__(self) -> None:
+        if self.stats_dim and sum(self.layer_sizes) != self.theta_dim:
+            raise ValueError(f"layer_sizes {self.layer_sizes} do not add up to theta_dim "
+                             f"{self.theta_dim}")
+        object.__setattr__(self, "layer_sizes", tuple(int(n) for n in self.layer_sizes))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["layer_sizes"] = list(self.layer_sizes)
+        return d
 
 
 class RMSNorm(nn.Module):
@@ -109,10 +127,11 @@ class _ResBlock(nn.Module):
 
 
 class VelocityNet(nn.Module):
-    """(theta (B, P), t (B, 1), z (B, E)) -> d theta / dt (B, P).
+    """(theta (B, P), t (B, 1), z (B, E)[, stats (B, S)]) -> d theta / dt (B, P).
 
     ``theta_center``/``theta_scale`` normalise theta and ``velocity_scale`` rescales the output;
     they are buffers set by meta-training from trajectory statistics and travel with the weights.
+    ``stats_center``/``stats_scale`` do the same for the support statistics.
     """
 
     def __init__(self, config: DriftConfig) -> None:
@@ -129,11 +148,29 @@ class VelocityNet(nn.Module):
         self.register_buffer("theta_center", torch.zeros(p))
         self.register_buffer("theta_scale", torch.ones(p))
         self.register_buffer("velocity_scale", torch.ones(p))
+        self.stats_dim = config.stats_dim
+        if config.stats_dim:
+            self.stats_in = nn.Linear(config.stats_dim, hdim)
+            nn.init.zeros_(self.stats_in.weight)  # a warm start from a stats-free drift is exact
+            nn.init.zeros_(self.stats_in.bias)
+            self.register_buffer("stats_center", torch.zeros(config.stats_dim))
+            self.register_buffer("stats_scale", torch.ones(config.stats_dim))
+            self.layer_gain = nn.Parameter(torch.zeros(len(config.layer_sizes)))
+            self.register_buffer("layer_of", torch.repeat_interleave(
+                torch.arange(len(config.layer_sizes)), torch.tensor(config.layer_sizes)))
 
-    def forward(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
         x = self.theta_in((theta - self.theta_center) / self.theta_scale)
         x = x + self.task_in(z) + self.time_in(t - 0.5)
-        return self.out(self.norm(self.blocks(x))) * self.velocity_scale
+        if not self.stats_dim:
+            return self.out(self.norm(self.blocks(x))) * self.velocity_scale
+        if stats is None:
+            raise ValueError("this drift reads support statistics; pass stats")
+        x = x + self.stats_in((stats - self.stats_center) / self.stats_scale)
+        # stats[:, :P] is (support mean - theta) per entry (edgeflow.adapt.signals)
+        recentre = self.layer_gain[self.layer_of] * stats[:, :theta.shape[1]]
+        return self.out(self.norm(self.blocks(x))) * self.velocity_scale + recentre
 
 
 class DriftNet(nn.Module):
@@ -151,11 +188,17 @@ class DriftNet(nn.Module):
             mask = torch.ones(prototypes.shape[:2], dtype=prototypes.dtype, device=prototypes.device)
         return self.task_encoder(prototypes, mask)
 
-    def velocity(self, theta: torch.Tensor, t: torch.Tensor | float, z: torch.Tensor) -> torch.Tensor:
+    @property
+    def uses_stats(self) -> bool:
+        """Whether the velocity reads support statistics (:mod:`edgeflow.adapt.signals`)."""
+        return self.config.stats_dim > 0
+
+    def velocity(self, theta: torch.Tensor, t: torch.Tensor | float, z: torch.Tensor,
+                 stats: torch.Tensor | None = None) -> torch.Tensor:
         if not torch.is_tensor(t):
             t = torch.full((theta.shape[0], 1), float(t), dtype=theta.dtype, device=theta.device)
-        return self.velocity_net(theta, t.reshape(-1, 1).expand(theta.shape[0], 1), z)
+        return self.velocity_net(theta, t.reshape(-1, 1).expand(theta.shape[0], 1), z, stats)
 
     def forward(self, theta: torch.Tensor, t: torch.Tensor | float, prototypes: torch.Tensor,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.velocity(theta, t, self.embed_task(prototypes, mask))
+                mask: torch.Tensor | None = None, stats: torch.Tensor | None = None) -> torch.Tensor:
+        return self.velocity(theta, t, self.embed_task(prototypes, mask), stats)

@@ -2,7 +2,8 @@
 
 Methods (:data:`METHODS`): ``none`` (prototypes at theta0), ``teacher`` (Adam on theta by backprop,
 the recipe chosen on val), ``hyperflow-euler`` / ``hyperflow-heun`` (integrate the drift, plus the
-re-centring move when the settings have one; no gradients), ``recenter`` (the re-centring move
+re-centring move when the settings have one; no gradients), ``hyperflow-guard`` (the forward-only
+guard of :mod:`edgeflow.adapt.guard` over theta0, re-centring and the drift's path), ``recenter`` (the re-centring move
 alone, at the settings' alpha: what the drift adds is hyperflow minus this), ``full-finetune``
 (Adam on every backbone weight; only on the first ``full_episodes`` episodes of the largest shot
 count, it is expensive). The Euler step sweep also runs on the largest
@@ -46,19 +47,19 @@ import torch
 
 from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
 from edgeflow.adapt.drift import DriftNet
+from edgeflow.adapt.loop import drift_theta
 from edgeflow.adapt.meta_train import task_accuracy
-from edgeflow.adapt.recenter import recenter_move, support_pass
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import Task, make_task
 from edgeflow.adapt.teacher import TeacherConfig, finetune, resolve_loss, support_loss
 from edgeflow.adapt.theta import ThetaSpec, prototypes
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess
 from edgeflow.errors import ConfigError, unknown_name
-from edgeflow.integrate import integrate
 from edgeflow.models import Backbone
 from edgeflow.progress import ProgressBar
 
-METHODS = ("none", "teacher", "recenter", "hyperflow-euler", "hyperflow-heun", "full-finetune")
+METHODS = ("none", "teacher", "recenter", "hyperflow-euler", "hyperflow-heun", "hyperflow-guard",
+           "full-finetune")
 
 
 @dataclass(frozen=True)
@@ -165,17 +166,8 @@ class Adapter:
         if self.drift is None and settings.steps:
             raise ConfigError("HyperFlow needs a drift checkpoint (--drift)")
         with torch.no_grad():
-            # one support pass at theta0 gives both the prototypes (for z) and the means
-            feats, means = support_pass(self.split, tc.support_only, self.theta0,
-                                        means=settings.recenter > 0)
-            theta = self.theta0
-            if settings.steps:
-                z = self.drift.embed_task(prototypes(feats, tc.support_y, tc.ways)[None])
-                theta = integrate(lambda t, th: self.drift.velocity(th[None], t, z)[0], theta,
-                                  steps=settings.steps, dt=settings.dt, method=settings.method)
-            if means is not None:
-                theta = theta + recenter_move(self.theta0, means.mean(0), alpha=settings.recenter)
-            return theta
+            return drift_theta(self.split, self.drift, tc.support_only, tc.support_y, tc.ways,
+                               self.theta0, settings=settings)
 
     def adapt_theta(self, name: str, tc: TaskCache) -> torch.Tensor:
         """The adaptation step of a theta method: support set (prefix cache) -> adapted theta."""
@@ -186,6 +178,11 @@ class Adapter:
                             config=self.teacher).path[-1]
         if name == "recenter":
             return self.hyperflow_theta(tc, replace(self.settings, steps=0))
+        if name == "hyperflow-guard":  # the forward-only guard over the settings' candidates
+            from edgeflow.adapt.guard import guard_theta
+
+            return guard_theta(self.split, self.drift, tc.support_only, tc.support_y, tc.ways,
+                               self.theta0, settings=self.settings)[0]
         if name.startswith("hyperflow-"):
             return self.hyperflow_theta(tc, replace(self.settings,
                                                     method=name.removeprefix("hyperflow-")))

@@ -47,8 +47,9 @@ class _VelocityGraph(nn.Module):
         super().__init__()
         self.vel = drift.velocity_net
 
-    def forward(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        return self.vel(theta, t, z)
+    def forward(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
+        return self.vel(theta, t, z, stats)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, *, inputs: list[str], outputs: list[str],
@@ -106,8 +107,11 @@ def export_drift(drift: DriftNet, directory: str | Path) -> tuple[Path, Path]:
                   inputs=["prototypes", "mask"], outputs=["z"],
                   dynamic={"prototypes": {1: "W"}, "mask": {1: "W"}})
     theta, t, z = torch.zeros(1, cfg.theta_dim), torch.zeros(1, 1), torch.zeros(1, cfg.task_dim)
-    vel = _export(_VelocityGraph(drift), (theta, t, z), directory / "drift.onnx",
-                  inputs=["theta", "t", "z"], outputs=["velocity"], dynamic={})
+    args, names = (theta, t, z), ["theta", "t", "z"]
+    if cfg.stats_dim:  # the outcome drift also reads the support statistics (adapt.signals)
+        args, names = (*args, torch.zeros(1, cfg.stats_dim)), [*names, "stats"]
+    vel = _export(_VelocityGraph(drift), args, directory / "drift.onnx",
+                  inputs=names, outputs=["velocity"], dynamic={})
     return enc, vel
 
 
@@ -178,11 +182,18 @@ def drift_parity(drift: DriftNet, directory: str | Path, protos: np.ndarray, the
     mask = np.ones(p.shape[:2], np.float32)
     th = theta[None].astype(np.float32)
     t = np.full((1, 1), 0.3, np.float32)
+    feed = {"theta": th, "t": t}
+    stats = None
+    if drift.uses_stats:  # statistics around their training centre, one scale out
+        vn = drift.velocity_net
+        stats = (vn.stats_center + vn.stats_scale * torch.linspace(-1, 1, vn.stats_dim))[None]
+        feed["stats"] = stats.numpy().astype(np.float32)
     with torch.no_grad():
         z_ref = drift.embed_task(torch.from_numpy(p), torch.from_numpy(mask)).numpy()
-        v_ref = drift.velocity(torch.from_numpy(th), torch.from_numpy(t), torch.from_numpy(z_ref))
+        v_ref = drift.velocity(torch.from_numpy(th), torch.from_numpy(t), torch.from_numpy(z_ref),
+                               stats)
     z = enc.run(["z"], {"prototypes": p, "mask": mask})[0]
-    v = vel.run(["velocity"], {"theta": th, "t": t, "z": z_ref})[0]
+    v = vel.run(["velocity"], {**feed, "z": z_ref})[0]
     out = {"max_abs_diff_z": float(np.max(np.abs(z - z_ref))),
            "max_abs_diff_velocity": float(np.max(np.abs(v - v_ref.numpy()))),
            "max_abs_velocity": float(np.max(np.abs(v_ref.numpy())))}

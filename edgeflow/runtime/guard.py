@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeflow.runtime.drift_loop import drift_path
 from edgeflow.runtime.protos import loo_logits
 
 Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -52,33 +53,31 @@ def choose(scores: list[tuple[str, tuple[float, float]]]) -> str:
     return best_name
 
 
-def candidates(session: Any, protos0: np.ndarray, means: np.ndarray | None, steps: int | None,
+def candidates(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.ndarray,
+               means: np.ndarray | None, steps: int | None,
                guard: bool | Sequence[int]) -> list[Candidate]:
     """theta0, re-centring alone and the drift after k steps (+ the re-centring move), from the
-    support pass at theta0 (its prototypes, and its theta-layer means when the bundle re-centres)."""
-    from edgeflow.integrate import integrate
-
-    move = 0.0 if means is None else -session.recenter * (means.mean(0) - session.theta0)
+    support pass at theta0 (its features, and its theta-layer means when the bundle re-centres or
+    the drift reads statistics); the drift's path is the bundle's own, open or closed loop."""
+    move = 0.0 if not session.recenter else -session.recenter * (means.mean(0) - session.theta0)
     cands = [Candidate("theta0", session.theta0)]
-    if means is not None:
+    if session.recenter:
         cands.append(Candidate("recenter", session.theta0 + move))
     n = session.steps if steps is None else steps
     if session.bundle.has_drift and n > 0:
         ks = sorted({int(k) for k in ((1, max(1, n // 2), n) if guard is True else guard)
                      if 1 <= int(k) <= n})
-        z = session.embed_task(protos0)
-        path = integrate(lambda t, th: session.velocity(th, t, z), session.theta0, steps=n,
-                         dt=session.dt, method=session.method, return_path=True)
+        path = drift_path(session, cache, ep, w, feats0, means, n)
         cands += [Candidate(f"drift-{k}", path[k] + move) for k in ks]
     return [Candidate(c.name, np.asarray(c.theta, np.float32)) for c in cands]
 
 
 def run_guard(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.ndarray,
-              protos0: np.ndarray, means: np.ndarray | None, steps: int | None,
+              means: np.ndarray | None, steps: int | None,
               guard: bool | Sequence[int]) -> tuple[np.ndarray, np.ndarray, dict]:
     """(theta, its support features, report) of the candidate the support set scores best
     leave-one-out, theta0 unless beaten; ``session`` is the :class:`Session` adapting."""
-    cands = candidates(session, protos0, means, steps, guard)
+    cands = candidates(session, cache, ep, w, feats0, means, steps, guard)
     scores, feats_of = [], {}
     for c in cands:
         f = feats0 if c.name == "theta0" else session._suffix(cache, c.theta, "features")[0]

@@ -182,7 +182,8 @@ PREPROCESS = dict_of({"size": integer(1, MAX_IMAGE_SIZE), "channels": integer(1,
                      required=("size", "channels", "mean", "std"))
 INTEGRATOR = dict_of({"method": text(16, METHODS), "steps": integer(0, MAX_STEPS),
                       "dt": optional(number(0.0, 10.0, lo_open=True)),
-                      "recenter": number(0.0, MAX_RECENTER)},
+                      "recenter": number(0.0, MAX_RECENTER),
+                      "loop_every": integer(0, MAX_STEPS)},
                      required=("method", "steps"))
 ADAPTATION = dict_of({"drift": boolean, "mode": text(32, MODES), "integrator": INTEGRATOR,
                       "metric": text(16, METRICS), "scale": number(0.0, MAX_SCALE, lo_open=True),

@@ -20,6 +20,7 @@ from edgeflow.errors import BundleError, DataError
 from edgeflow.integrate import integrate
 from edgeflow.runtime.backends import open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
+from edgeflow.runtime.drift_loop import drift_inputs, drift_path
 from edgeflow.runtime.guard import run_guard
 from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
@@ -117,6 +118,14 @@ class Session:
         self.method, self.steps, self.dt = integ["method"], int(integ["steps"]), integ.get("dt")
         # re-centring strength (edgeflow.adapt.recenter); bundles from before it have none
         self.recenter = float(integ.get("recenter", 0.0))
+        # closed loop every r steps (0: open loop); bundles from before it have none
+        self.loop_every = int(integ.get("loop_every", 0))
+        # an outcome-trained drift also reads support statistics (edgeflow.runtime.signals)
+        self.drift_stats = self.bundle.has_drift and "stats" in drift_inputs(self)
+        if self.drift_stats and "theta_means" not in {
+                o.name for o in self.runners["backbone"].outputs}:
+            raise BundleError("drift.onnx reads support statistics but backbone.onnx has no "
+                              "theta_means output; export the bundle again with this EdgeFlow")
         if self.recenter and "theta_means" not in {o.name for o in self.runners["backbone"].outputs}:
             raise BundleError("the manifest asks for re-centring but backbone.onnx has no "
                               "theta_means output; export the bundle again with this EdgeFlow")
@@ -177,13 +186,22 @@ class Session:
         return self.runners["task_encoder"].infer({"prototypes": p,
                                                    "mask": np.ones(p.shape[:2], np.float32)})["z"]
 
-    def velocity(self, theta: np.ndarray, t: float, z: np.ndarray) -> np.ndarray:
-        feed = {"theta": theta[None], "t": np.full((1, 1), t, np.float32), "z": z}
+    def velocity(self, theta: np.ndarray, t: float, z: np.ndarray,
+                 stats: np.ndarray | None = None) -> np.ndarray:
+        """One drift evaluation; ``stats`` (1, S) for a drift that reads support statistics."""
+        feed = {"theta": np.asarray(theta, np.float32)[None], "t": np.full((1, 1), t, np.float32),
+                "z": z}
+        if self.drift_stats:
+            if stats is None:
+                raise BundleError("this bundle's drift reads support statistics; adapt through "
+                                  "Session.adapt, which computes them")
+            feed["stats"] = stats.astype(np.float32)
         return self.runners["drift"].infer(feed)["velocity"][0]
 
     def integrate_theta(self, z: np.ndarray, *, steps: int | None = None,
                         method: str | None = None) -> np.ndarray:
-        """theta0 moved by the drift: the same :func:`edgeflow.integrate.integrate` as training."""
+        """theta0 moved by an open-loop drift that reads no statistics, from z alone: the same
+        :func:`edgeflow.integrate.integrate` as training (:meth:`adapt` handles every drift)."""
         steps = self.steps if steps is None else steps
         return integrate(lambda t, th: self.velocity(th, t, z), self.theta0, steps=steps,
                          dt=self.dt, method=method or self.method)
@@ -274,21 +292,23 @@ class Session:
         w = len(classes)
         cache = support.cache
         # one support pass at theta0: the prototypes for z and the means re-centring reads
-        if self.recenter:
+        if self.recenter or self.drift_stats:
             feats, means = self._suffix(cache, self.theta0, "features", "theta_means")
         else:
             (feats,), means = self._suffix(cache, self.theta0, "features"), None
         protos = prototypes(feats, ep, w)
         theta, mode, guarded = self.theta0, "prototypes-at-theta0", None
         if guard and np.bincount(ep, minlength=w).min() >= 2:
-            theta, feats, guarded = run_guard(self, cache, ep, w, feats, protos, means, steps, guard)
+            theta, feats, guarded = run_guard(self, cache, ep, w, feats, means, steps, guard)
             mode = f"guard:{guarded['chosen']}"
         else:
             if guard:
                 guarded = {"chosen": None, "why": "needs 2 shots per class; the bundle's own move"}
-            if self.bundle.has_drift and (self.steps if steps is None else steps) > 0:
-                theta, mode = self.integrate_theta(self.embed_task(protos), steps=steps), "hyperflow"
-            if means is not None:  # the re-centring move adds to the drift's (IntegratorSettings)
+            n = self.steps if steps is None else steps
+            if self.bundle.has_drift and n > 0:
+                theta = drift_path(self, cache, ep, w, feats, means, n)[-1]
+                mode = "hyperflow"
+            if self.recenter:  # the re-centring move adds to the drift's (IntegratorSettings)
                 theta = theta - self.recenter * (means.mean(0) - self.theta0)
                 mode = mode if mode == "hyperflow" else "recenter"
             if theta is not self.theta0:
@@ -298,7 +318,7 @@ class Session:
         stats = openset_fit(feats, ep, w, self._similarity)
         info = {"mode": mode, "shots": np.bincount(ep, minlength=w).tolist(),
                 "steps": self.steps if steps is None else steps, "method": self.method,
-                "recenter": self.recenter,
+                "recenter": self.recenter, "loop_every": self.loop_every,
                 "backend": self.backend, "precision": self.precision,
                 "support_bytes_per_image": support.bytes_per_image()}
         if guarded is not None:

@@ -1,0 +1,49 @@
+"""The drift's adaptation path on the device, open or closed loop (numpy; the reference is
+:func:`edgeflow.adapt.loop.drift_path`, and a test holds the two together).
+
+From the support pass at theta0: prototypes -> z (task encoder), and for a drift whose graph reads
+them, the support statistics (:mod:`edgeflow.runtime.signals`); then Euler steps of ``drift.onnx``.
+Closed loop (the manifest's ``integrator.loop_every`` = r > 0): every r steps one suffix pass over
+the support set's cache at the current theta refreshes z and the statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edgeflow.integrate import integrate
+from edgeflow.runtime.protos import prototypes
+from edgeflow.runtime.signals import support_stats
+
+
+def drift_inputs(session: Any) -> set[str]:
+    """Input names of the bundle's ``drift.onnx`` (``stats`` for a drift reading statistics)."""
+    return {i.name for i in session.runners["drift"].inputs}
+
+
+def drift_path(session: Any, cache: dict[str, np.ndarray], ep: np.ndarray, w: int,
+               feats0: np.ndarray, means0: np.ndarray | None, steps: int) -> list[np.ndarray]:
+    """[theta0, theta_1, ..., theta_steps] of the bundle's drift on one support set (without the
+    re-centring move, which the caller adds); ``feats0``/``means0`` are the support pass at
+    theta0 (``means0`` is needed by a drift reading statistics)."""
+    uses_stats = session.drift_stats
+    every = session.loop_every or max(1, steps)
+    dt = session.dt if session.dt is not None else 1.0 / max(1, steps)
+    theta, feats, means = session.theta0, feats0, means0
+    path, k = [theta], 0
+    while k < steps:
+        if k:  # closed loop: see the support set again at the current theta
+            names = ("features", "theta_means") if uses_stats else ("features",)
+            got = session._suffix(cache, theta.astype(np.float32), *names)
+            feats, means = got[0], (got[1] if uses_stats else None)
+        z = session.embed_task(prototypes(feats, ep, w))
+        stats = (support_stats(feats, means, ep, w, theta, scale=10.0)[None]
+                 if uses_stats else None)
+        n = min(every, steps - k)
+        seg = integrate(lambda t, th, z=z, s=stats: session.velocity(th, t, z, s), theta,
+                        steps=n, dt=dt, t0=k * dt, method=session.method, return_path=True)
+        path += [np.asarray(p, np.float32) for p in seg[1:]]
+        theta, k = path[-1], k + n
+    return path
