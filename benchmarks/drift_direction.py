@@ -199,6 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     net, _, pre = load_backbone(args.model, args.backbone)
     drift, spec, theta0, settings, _ = load_drift(args.drift)
+    if drift.uses_stats:
+        raise SystemExit(f"{args.drift} is an outcome-trained drift; this analysis compares a "
+                         "trajectory-regressed drift with its teacher: pass "
+                         f"{args.drift.with_name(args.drift.stem + '.trajectory.pt')}")
     if not torch.allclose(spec.get(net), theta0):
         sys.exit(f"{args.drift} was not meta-trained on {args.backbone}; pass its own backbone")
     data = load_trajectories(args.trajectories)

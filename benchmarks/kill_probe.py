@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 # the tiny compile of tests/pipeline/test_compile.py: every stage real, seconds on a laptop core
 TINY = ["--data-size", "8", "--backbone-width", "8", "--backbone-epochs", "2", "--prune-epochs", "1",
         "--prune-regrowth-epochs", "0", "--prune-recovery-epochs", "1", "--adapt-tasks", "10",
-        "--adapt-val-tasks", "6", "--adapt-meta-steps", "20", "--eval-episodes", "4",
+        "--adapt-val-tasks", "6", "--adapt-meta-steps", "20", "--adapt-outcome-steps", "4",
+        "--adapt-selection-tasks", "6", "--eval-episodes", "4",
         "--eval-shots", "5", "--device", "cpu"]
 MODES = ("random", "tmp", "commit")
 OK = ("absent", "previous", "new")

@@ -16,9 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgeflow.adapt.apply import IntegratorSettings
+from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation, select_classes
 from edgeflow.adapt.io import load_drift, save_drift
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
+from edgeflow.adapt.outcome import OBJECTIVES, OutcomeConfig
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import draw_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune
@@ -124,16 +127,22 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                         val_seed: int = 1, teacher_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2),
                         teacher_steps: tuple[int, ...] = (5, 10, 20, 40), method: str = "euler",
                         steps: int = 0, progress: bool = False,
-                        extra_meta: dict | None = None) -> dict[str, Any]:
+                        extra_meta: dict | None = None, objective: str = "trajectory",
+                        outcome_config: OutcomeConfig | None = None,
+                        selection_tasks: int = 1000) -> dict[str, Any]:
     """The whole offline stage on loaded data: teacher recipe on ``val`` tasks -> trajectories on
     ``base`` tasks -> drift regression -> ``output`` (rank 0 writes it). Returns a JSON-able report.
+
+    ``objective="outcome"`` then trains the regressed drift further on the query loss after
+    adaptation (:mod:`edgeflow.adapt.outcome`), keeping the weights that score best on
+    ``selection_tasks`` fresh val tasks; the report compares it, on those same tasks, with no
+    adaptation and with the regressed drift, with the paired 95% interval of each difference.
 
     ``method``/``steps`` set the device integrator (``steps=0``: the Euler step count chosen on val).
     Under torchrun the trajectory chunks, the validation tasks and the drift's batches are shared
     across ranks; on CUDA (``train_config.device``) trajectories and regression run on the GPU.
     """
     from edgeflow import distributed
-    from edgeflow.adapt.apply import IntegratorSettings
     from edgeflow.train import resolve_device
 
     traj_config = traj_config or TrajectoryConfig()
@@ -164,6 +173,15 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
     chosen = IntegratorSettings(**report["integrator"])
     settings = IntegratorSettings(method=method, steps=steps or chosen.steps,
                                   recenter=chosen.recenter)
+    outcome_report = None
+    if objective not in OBJECTIVES:
+        raise unknown_name("objective", objective, OBJECTIVES)
+    regressed, regressed_settings = drift, settings
+    if objective == "outcome":
+        drift, settings, outcome_report = _train_outcome(
+            drift, settings, split, theta0, base=base, val=val, pre=pre,
+            config=outcome_config or OutcomeConfig(device=train_config.device),
+            count=selection_tasks, seed=val_seed + 7, progress=progress)
     stops = data_t.stop.float()
     gain = trajectory_gains(data_t)
     summary = {"output": str(output), "trajectories": str(trajectories), "theta_size": spec.size,
@@ -187,16 +205,50 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
                # tasks each rank generated in this call (chunks already on disk are not counted)
                "trajectory_tasks_by_rank": distributed.gather_to_main(stats["computed_tasks"]),
                "history": report["history"], "trajectory_config": traj_config.to_dict(),
-               "meta_train_config": train_config.to_dict()}
+               "meta_train_config": train_config.to_dict(), "objective": objective}
+    if outcome_report is not None:
+        summary["outcome"] = outcome_report
+        summary["seconds"]["outcome"] = outcome_report["seconds"]
     if distributed.info().enabled:
         summary["ranks_agree"] = distributed.replicas_agree(drift)
     if distributed.info().is_main:
+        if outcome_report is not None:  # the regressed drift it started from, to compare with
+            save_drift(output.with_name(output.stem + ".trajectory.pt"), drift=regressed,
+                       spec=spec, theta0=theta0, settings=regressed_settings, metric="cosine",
+                       backbone_meta=meta, teacher=teacher.to_dict(), model=meta.get("model"),
+                       report={"objective": "trajectory"})
         save_drift(output, drift=drift, spec=spec, theta0=theta0, settings=settings,
                    metric="cosine", backbone_meta=meta, teacher=teacher.to_dict(),
                    model=meta.get("model"),
                    report={k: v for k, v in summary.items() if k != "history"})
     distributed.barrier()
     return summary
+
+
+def _train_outcome(drift: DriftNet, settings: IntegratorSettings, split: SplitFeatures,
+                   theta0: torch.Tensor, *, base: ImageDataset, val: ImageDataset,
+                   pre: Preprocess, config: OutcomeConfig, count: int, seed: int,
+                   progress: bool) -> tuple[DriftNet, IntegratorSettings, dict]:
+    """Outcome training from the regressed ``drift`` (its re-centring alpha as the gain's start),
+    selected on ``count`` fresh val tasks; returns (drift, the device's settings, report)."""
+    from edgeflow.adapt.outcome import meta_train_outcome, per_task_accuracy
+
+    t0 = time.perf_counter()
+    sel = val_tasks(split, val, pre, count=count, seed=seed)
+    t_tasks = time.perf_counter() - t0
+    new, rep = meta_train_outcome(base, pre, sel, split, theta0, config=config, warm=drift,
+                                  recenter_init=settings.recenter, progress=progress)
+    accs = {"none": per_task_accuracy(None, split, sel, theta0,
+                                      settings=replace(settings, steps=0, recenter=0.0)),
+            "trajectory": per_task_accuracy(drift, split, sel, theta0, settings=settings),
+            "outcome": per_task_accuracy(new, split, sel, theta0, settings=config.settings)}
+    rep["selection"] = {name: {"mean": float(np.mean(a))} for name, a in accs.items()}
+    for a, b in (("outcome", "none"), ("outcome", "trajectory"), ("trajectory", "none")):
+        d = np.asarray(accs[a]) - np.asarray(accs[b])
+        rep["selection"][f"{a} - {b}"] = {"mean": float(d.mean()),
+                                          "ci95": float(1.96 * d.std(ddof=1) / np.sqrt(len(d)))}
+    rep["seconds"] += t_tasks
+    return new, config.settings, rep
 
 
 def run_meta_train(*, model: str, weights: Path, data: str, val_data: str, output: Path,

@@ -60,6 +60,18 @@ def meta_train(
     val_tasks: int = typer.Option(60, "--val-tasks", min=2, help="Val episodes for selection."),
     limit: int = typer.Option(None, "--limit", min=1, help="Use N base images (balanced)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the tasks and of the drift's training."),
+    objective: str = typer.Option("outcome", "--objective", help="trajectory: regress the "
+                                  "teacher's paths (the paper's HyperFlow); outcome: then train "
+                                  "the drift on the query loss after adaptation, reading support "
+                                  "statistics (writes OUTPUT.trajectory.pt too)."),
+    outcome_steps: int = typer.Option(300, "--outcome-steps", min=0,
+                                      help="Outcome training steps (8 tasks each)."),
+    euler_steps: int = typer.Option(4, "--euler-steps", min=1, help="Outcome drift: Euler steps "
+                                    "it is trained with and the device runs."),
+    loop_every: int = typer.Option(0, "--loop-every", min=0, help="Outcome drift: re-read the "
+                                   "support set every N Euler steps (closed loop; 0: open)."),
+    selection_tasks: int = typer.Option(1000, "--selection-tasks", min=2, help="Fresh val tasks "
+                                        "that choose the outcome drift's weights."),
     device: str = DEVICE_OPT,
     nproc: int = NPROC_OPT,
     as_json: bool = JSON_OPT,
@@ -76,10 +88,14 @@ def meta_train(
     """
     from edgeflow import distributed
     from edgeflow.adapt.meta_train import MetaTrainConfig
+    from edgeflow.adapt.outcome import OBJECTIVES, OutcomeConfig
     from edgeflow.adapt.teacher import TeacherConfig
     from edgeflow.adapt.trajectories import TrajectoryConfig
     from edgeflow.adapt.workflow import run_meta_train
+    from edgeflow.errors import unknown_name
 
+    if objective not in OBJECTIVES:
+        raise unknown_name("objective", objective, OBJECTIVES)
     maybe_relaunch(nproc)
     traj = TrajectoryConfig(tasks=tasks, starts=starts, seed=seed,
                             instance_fraction=instance_fraction, recenter=teacher_recenter,
@@ -88,7 +104,12 @@ def meta_train(
                          trajectories=trajectories, theta_size=theta_size, traj_config=traj,
                          train_config=MetaTrainConfig(steps=steps, target=target, hidden=hidden,
                                                       seed=seed, device=device),
-                         val_count=val_tasks, limit=limit, progress=not as_json)
+                         val_count=val_tasks, limit=limit, progress=not as_json,
+                         objective=objective, selection_tasks=selection_tasks,
+                         outcome_config=OutcomeConfig(steps=outcome_steps, euler_steps=euler_steps,
+                                                      loop_every=loop_every, seed=seed,
+                                                      eval_every=max(1, outcome_steps // 6),
+                                                      device=device))
     if not distributed.info().is_main:
         return
     emit(res, as_json=as_json,
@@ -97,7 +118,18 @@ def meta_train(
                f"-> {res['val_acc_hyperflow']:.4f} with {res['integrator']['steps']} Euler steps "
                f"and re-centring alpha {res['integrator']['recenter']} "
                f"(theta: {res['theta_size']} biases; the teacher trajectories gained "
-               f"{100 * res['trajectory_gain']['all']['at_stop']:+.1f} points at their stops)")
+               f"{100 * res['trajectory_gain']['all']['at_stop']:+.1f} points at their stops)"
+               + _outcome_line(res))
+
+
+def _outcome_line(res: dict) -> str:
+    if "outcome" not in res:
+        return ""
+    sel = res["outcome"]["selection"]
+    gain, vs = sel["outcome - none"], sel["outcome - trajectory"]
+    return (f"; outcome drift on {res['outcome']['val_tasks']} fresh val tasks: "
+            f"{100 * gain['mean']:+.2f} ± {100 * gain['ci95']:.2f} points over no adaptation, "
+            f"{100 * vs['mean']:+.2f} ± {100 * vs['ci95']:.2f} over the regressed drift")
 
 
 def evaluate(

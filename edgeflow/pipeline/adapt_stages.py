@@ -10,7 +10,18 @@ from edgeflow.pipeline.model_stages import CompileData
 
 if TYPE_CHECKING:
     from edgeflow.adapt.meta_train import MetaTrainConfig
+    from edgeflow.adapt.outcome import OutcomeConfig
     from edgeflow.adapt.trajectories import TrajectoryConfig
+
+
+def outcome_config(cfg: CompileConfig) -> OutcomeConfig:
+    """The outcome meta-training the ``[adapt]`` section resolves to."""
+    from edgeflow.adapt.outcome import OutcomeConfig
+
+    a = cfg.adapt
+    return OutcomeConfig(steps=a.outcome_steps, euler_steps=a.euler_steps,
+                         loop_every=a.loop_every, eval_every=max(1, a.outcome_steps // 6),
+                         seed=cfg.seed, device=cfg.device)
 
 
 def adapt_configs(cfg: CompileConfig) -> tuple[TrajectoryConfig, MetaTrainConfig]:
@@ -46,7 +57,9 @@ def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path,
                               output=out / "drift.pt", trajectories=out / "trajectories",
                               theta_size=a.theta_max, traj_config=traj, train_config=train,
                               val_count=a.val_tasks, val_seed=cfg.seed + 1, method=a.method,
-                              steps=a.steps, progress=progress)
+                              steps=a.steps, progress=progress, objective=a.objective,
+                              outcome_config=outcome_config(cfg),
+                              selection_tasks=a.selection_tasks)
     keep = ("theta_size", "theta_layers", "teacher", "teacher_selection", "integrator",
             "val_acc_no_adaptation", "trajectory_rows", "mean_stop_step", "fraction_stopped_at_0",
             "best_step")
@@ -54,4 +67,6 @@ def meta_train_drift(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path,
             "val_acc_by_euler_steps": {str(k): v for k, v in res["val_acc_by_euler_steps"].items()},
             "val_acc_by_recenter": res["val_acc_by_recenter"],
             "meta_train_seconds": res["seconds"]["meta_train"],
-            "offline_seconds": res["seconds"]}
+            "offline_seconds": res["seconds"], "objective": res["objective"],
+            **({"outcome": {k: v for k, v in res["outcome"].items() if k != "history"}}
+               if "outcome" in res else {})}

@@ -230,7 +230,8 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
         return {**shots,
                 "latency": eval_stage.latency(bundle, repeats=30,
                                               precisions=["fp32", *(["int8"] if int8 else [])]),
-                "checks": eval_stage.target_checks(cfg, bundle)}
+                "checks": [*eval_stage.target_checks(cfg, bundle),
+                           *eval_stage.adaptation_checks(shots["fewshot"])]}
 
     ev = stage("evaluate", evaluate, ("eval",), chain)
     metrics: dict[str, Any] = {

@@ -82,6 +82,17 @@ class AdaptSection:
     meta_steps: int = field(default=500, metadata={"help": "Drift meta-training steps."})
     steps: int = field(default=0, metadata={"help": "Euler steps on the device (0: chosen on val)."})
     method: str = field(default="euler", metadata={"help": "Integrator: euler, heun or rk4."})
+    objective: str = field(default="outcome", metadata={
+        "help": "trajectory (regress the teacher's paths, the paper's HyperFlow) or outcome (then "
+                "train on the query loss after adaptation)."})
+    outcome_steps: int = field(default=300, metadata={"help": "Outcome meta-training steps."})
+    euler_steps: int = field(default=4, metadata={"help": "Outcome drift: Euler steps on the "
+                                                  "device (trained with them)."})
+    loop_every: int = field(default=0, metadata={"help": "Outcome drift: re-read the support set "
+                                                 "every N Euler steps (0: open loop)."})
+    selection_tasks: int = field(default=1000, metadata={
+        "help": "Fresh val tasks that choose the outcome drift's weights and report its gain "
+                "(>= 1000 keeps selection noise near 1 point)."})
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,22 @@ def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ck
     return out
 
 
+def adaptation_checks(table: dict[str, dict]) -> list[dict[str, Any]]:
+    """A failing check per shot count where the bundle's adaptation scored below no adaptation on
+    the compile's own few-shot evaluation (issue 17: a loss must be visible, not a footnote)."""
+    out = []
+    for shots, row in sorted(table.items(), key=lambda kv: int(kv[0])):
+        if "hyperflow" not in row or "none" not in row:
+            continue
+        hf, none = row["hyperflow"]["acc"], row["none"]["acc"]
+        out.append({"name": f"adaptation helps ({shots}-shot)", "ok": bool(hf >= none),
+                    "message": f"HyperFlow {100 * hf:.2f}% vs no adaptation {100 * none:.2f}% "
+                               f"({100 * (hf - none):+.2f} points on the same episodes)"
+                               + ("" if hf >= none else "; deploy with Session.adapt(..., "
+                                  "guard=True) or adapt.enabled = false")})
+    return out
+
+
 def latency(bundle: Path, *, precisions: list[str], repeats: int) -> dict[str, dict]:
     """ONNX Runtime CPU latency of the bundle (median ms) per precision it carries."""
     from edgeflow.runtime.bench import bench_session

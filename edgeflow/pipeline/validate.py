@@ -43,6 +43,10 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "adapt.val_tasks": (1, 1_000_000),
     "adapt.meta_steps": (1, 10_000_000),  # no meta-training at all is --no-adapt-enabled
     "adapt.steps": (0, 10_000),  # 0: chosen on the validation tasks
+    "adapt.outcome_steps": (0, 10_000_000),  # 0: the regressed drift, re-selected and reported
+    "adapt.euler_steps": (1, 1_000),
+    "adapt.loop_every": (0, 1_000),  # 0: open loop
+    "adapt.selection_tasks": (2, 1_000_000),
     "export.calibration_samples": (1, 1_000_000),
     "eval.ways": (2, 100_000),  # one way is no classification
     "eval.queries": (1, 10_000),
@@ -59,7 +63,8 @@ EXAMPLES: dict[str, str] = {  # a valid value for the fix, where the default is 
     "data.size": "32",
     "eval.ways": "5",
 }
-CHOICES: dict[str, tuple[str, ...]] = {"export.int8": ("auto", "yes", "no")}
+CHOICES: dict[str, tuple[str, ...]] = {"export.int8": ("auto", "yes", "no"),
+                                       "adapt.objective": ("trajectory", "outcome")}
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # These models halve the image with four 2x2 max-pools: below 16 px the last one has nothing to pool
 # and torch fails mid-training (measured: 12 px fails, 16 px runs). The others run down to 1 px.

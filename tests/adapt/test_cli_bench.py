@@ -22,10 +22,16 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     drift = tmp_path / "drift.pt"
     res = run("meta-train", "--model", "conv4", "--weights", weights, "--data", "digits",
               "--val-data", "digits", "--output", drift, "--tasks", "3", "--teacher-steps", "4",
-              "--steps", "20", "--hidden", "32", "--theta-size", "32", "--val-tasks", "2", "--json")
+              "--steps", "20", "--hidden", "32", "--theta-size", "32", "--val-tasks", "2",
+              "--outcome-steps", "3", "--selection-tasks", "4", "--json")
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert Path(out["output"]).exists() and out["theta_size"] == 32
+    # the default objective: the outcome drift, with the regressed one it started from beside it
+    assert out["objective"] == "outcome" and drift.with_name("drift.trajectory.pt").exists()
+    sel = out["outcome"]["selection"]
+    assert {"none", "trajectory", "outcome", "outcome - none"} <= set(sel)
+    assert out["outcome"]["val_tasks"] == 4 and out["integrator"]["steps"] == 4
     assert out["integrator"]["method"] == "euler" and out["trajectory_rows"] == 6
     gain = out["trajectory_gain"]
     assert gain["all"]["rows"] == 6 == sum(gain[k]["rows"] for k in ("class", "instance") if k in gain)
@@ -48,7 +54,8 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
             assert {"accuracy", "ci95", "adapt_ms", "adapt_peak_mib", "median_ms"} <= set(r)
     # the drift-vs-teacher analysis on this drift and its trajectories
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "drift_direction.py"),
-                           "--model", "conv4", "--backbone", str(weights), "--drift", str(drift),
+                           "--model", "conv4", "--backbone", str(weights),
+                           "--drift", str(drift.with_name(drift.stem + ".trajectory.pt")),
                            "--trajectories", str(drift.with_suffix(".trajectories")),
                            "--base-data", "digits", "--val-data", "digits", "--seeds", "0,1",
                            "--val-tasks", "2", "--meta-steps", "10", "--out", str(tmp_path / "dd")],

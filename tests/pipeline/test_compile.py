@@ -16,7 +16,8 @@ runner = CliRunner()
 # Small enough for a unit test (about a minute on 2 cores), every stage still runs for real.
 TINY = {"data.size": 8, "backbone.width": 8, "backbone.epochs": 2, "prune.epochs": 1,
         "prune.regrowth_epochs": 0, "prune.recovery_epochs": 1, "adapt.tasks": 10,
-        "adapt.val_tasks": 6, "adapt.meta_steps": 20, "eval.episodes": 4, "eval.shots": "5",
+        "adapt.val_tasks": 6, "adapt.meta_steps": 20, "adapt.outcome_steps": 4,
+        "adapt.selection_tasks": 6, "eval.episodes": 4, "eval.shots": "5",
         "export.calibration_samples": 32, "device": "cpu"}
 
 

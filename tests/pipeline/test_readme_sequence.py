@@ -18,7 +18,8 @@ runner = CliRunner()
 # test_compile.TINY as flags: every stage runs for real, in about a minute on 2 cores
 TINY = ["--data-size", "8", "--backbone-width", "8", "--backbone-epochs", "2", "--prune-epochs",
         "1", "--prune-regrowth-epochs", "0", "--prune-recovery-epochs", "1", "--adapt-tasks", "10",
-        "--adapt-val-tasks", "6", "--adapt-meta-steps", "20", "--eval-episodes", "4",
+        "--adapt-val-tasks", "6", "--adapt-meta-steps", "20", "--adapt-outcome-steps", "4",
+        "--adapt-selection-tasks", "6", "--eval-episodes", "4",
         "--eval-shots", "5", "--export-calibration-samples", "32", "--device", "cpu"]
 
 

@@ -1,0 +1,275 @@
+"""Outcome meta-training of the drift: train it on what adaptation is for, the query loss after it.
+
+Trajectory regression (:mod:`edgeflow.adapt.meta_train`, the paper's HyperFlow) teaches the drift to
+imitate fine-tuning's path; on data nobody tuned for that imitation lowered accuracy (issue 17).
+Here the drift is trained end to end, as CNAPs-style generators are: for each sampled task,
+
+1. integrate the drift K Euler steps from theta0 (:func:`edgeflow.adapt.loop.drift_path`, open loop
+   or closed loop every r steps), reading the prototypes and the support statistics
+   (:mod:`edgeflow.adapt.signals`) - forward-only inputs the device has too;
+2. pass the support and query sets through the backbone suffix at the adapted theta, classify the
+   queries by their prototypes, and back-propagate the cross-entropy through the suffix and every
+   Euler step into the drift's weights and its per-layer re-centring gain.
+
+Tasks are drawn online from the base split with today's pixel shifts, and the cached prefix
+activations of half of them get a feature-statistics perturbation (DSU: each channel's mean and
+standard deviation moved by Gaussian noise scaled by their spread over the task's images, the same
+noise for support and queries, so a task looks like it came from another domain). The drift starts
+from the trajectory-regressed drift (warm start: its new inputs are zero-initialised and its gain
+is minus the val-chosen re-centring strength, so at step 0 its velocity is that drift's plus a
+re-centring term whose integral is that re-centring move), and the weights kept are those with the best
+accuracy on the validation tasks (step 0 included: training never makes val worse).
+
+Example::
+
+    drift, report = meta_train_outcome(base, pre, val_tasks, split, theta0, warm=drift0,
+                                       recenter_init=0.5, config=OutcomeConfig())
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
+from edgeflow.adapt.drift import DriftConfig, DriftNet
+from edgeflow.adapt.loop import drift_theta
+from edgeflow.adapt.recenter import support_pass
+from edgeflow.adapt.signals import stats_dim, support_stats
+from edgeflow.adapt.split import Cache, SplitFeatures, TaskCache
+from edgeflow.adapt.tasks import draw_task, sample_shift
+from edgeflow.adapt.theta import prototypes
+from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess
+from edgeflow.errors import ConfigError
+from edgeflow.progress import ProgressBar
+
+OBJECTIVES = ("trajectory", "outcome")
+
+
+@dataclass(frozen=True)
+class OutcomeConfig:
+    """Outcome meta-training: ``euler_steps`` K and ``loop_every`` r are also the device's."""
+
+    steps: int = 300
+    tasks_per_step: int = 8
+    euler_steps: int = 5
+    loop_every: int = 0  # 0: open loop; r: re-read the support set every r Euler steps
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    queries: int = 10
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    perturb: float = 1.0  # DSU noise scale on the cached activations (0: off)
+    perturb_fraction: float = 0.5
+    plain_fraction: float = 0.35  # tasks without a pixel shift
+    instance_fraction: float = 0.3
+    eval_every: int = 50
+    patience: int = 4
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.tasks_per_step < 1 or self.euler_steps < 1:
+            raise ConfigError("outcome meta-training needs steps >= 0, tasks_per_step >= 1 and "
+                              "euler_steps >= 1")
+        if self.loop_every < 0:
+            raise ConfigError(f"loop_every must be >= 0 (0: open loop), got {self.loop_every}")
+
+    @property
+    def settings(self) -> IntegratorSettings:
+        """What the device runs: K Euler steps, closed loop every r (the gain does re-centring)."""
+        return IntegratorSettings(method="euler", steps=self.euler_steps,
+                                  loop_every=self.loop_every)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shots"] = list(self.shots)
+        return d
+
+
+def perturb_statistics(cache: Cache, gen: torch.Generator, *, strength: float) -> Cache:
+    """DSU-style domain perturbation of 4-D cached activations (N, C, H, W): every channel's
+    per-image mean and std moved by ``strength`` x N(0, 1) x their spread over the images, the
+    noise shared by all images of the task (support and queries). Other tensors pass through."""
+    out = []
+    for c in cache:
+        if c.dim() != 4 or strength <= 0:
+            out.append(c)
+            continue
+        mu = c.mean((2, 3), keepdim=True)
+        sig = (c.var((2, 3), keepdim=True) + 1e-6).sqrt()
+        s_mu = mu.std(0, keepdim=True) if len(c) > 1 else mu.abs().mean(0, keepdim=True)
+        s_sig = sig.std(0, keepdim=True) if len(c) > 1 else sig.mean(0, keepdim=True)
+        e1 = torch.randn(1, c.shape[1], 1, 1, generator=gen).to(c)
+        e2 = torch.randn(1, c.shape[1], 1, 1, generator=gen).to(c)
+        new_mu = mu + strength * e1 * s_mu
+        new_sig = (sig + strength * e2 * s_sig).clamp_min(1e-3)
+        out.append((c - mu) / sig * new_sig + new_mu)
+    return tuple(out)
+
+
+def query_loss(split: SplitFeatures, drift: DriftNet, support: Cache, support_y: torch.Tensor,
+               query: Cache, query_y: torch.Tensor, ways: int, theta0: torch.Tensor, *,
+               settings: IntegratorSettings, metric: str = "cosine") -> tuple[torch.Tensor, float]:
+    """(cross-entropy of the queries after adaptation, their accuracy); differentiable in the
+    drift's weights through the suffix and the integration."""
+    theta = drift_theta(split, drift, support, support_y, ways, theta0, settings=settings)
+    protos = prototypes(split.suffix(support, theta), support_y, ways)
+    logits = prototype_logits(split.suffix(query, theta), protos, metric=metric)
+    return F.cross_entropy(logits, query_y), float((logits.argmax(1) == query_y).float().mean())
+
+
+def outcome_drift(warm: DriftNet | None, split: SplitFeatures, *, feature_dim: int,
+                  hidden: int = 256, task_dim: int = 128, blocks: int = 3,
+                  recenter_init: float = 0.0) -> DriftNet:
+    """A drift that reads support statistics, warm-started from ``warm`` (a stats-free drift of the
+    same theta) when given; its per-layer gain starts at ``-recenter_init`` (re-centring alpha)."""
+    spec = split.spec
+    base = warm.config if warm is not None else DriftConfig(theta_dim=spec.size,
+                                                             feature_dim=feature_dim,
+                                                             hidden=hidden, task_dim=task_dim,
+                                                             blocks=blocks)
+    if base.theta_dim != spec.size:
+        raise ConfigError(f"the warm-start drift has theta_dim {base.theta_dim}, the backbone's "
+                          f"theta has {spec.size}")
+    cfg = DriftConfig(**{**base.to_dict(), "stats_dim": stats_dim(spec.size),
+                         "layer_sizes": list(spec.sizes)})
+    drift = DriftNet(cfg)
+    if warm is not None:
+        missing, unexpected = drift.load_state_dict(warm.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("velocity_net.") for k in missing), missing
+    with torch.no_grad():
+        drift.velocity_net.layer_gain.fill_(-recenter_init)
+    return drift
+
+
+@torch.no_grad()
+def _set_stats_scales(drift: DriftNet, split: SplitFeatures, tasks: list[TaskCache],
+                      theta0: torch.Tensor) -> None:
+    rows = []
+    for t in tasks:
+        feats, means = support_pass(split, t.support_only, theta0)
+        rows.append(support_stats(feats, means, t.support_y, t.ways, theta0))
+    s = torch.stack(rows)
+    vn = drift.velocity_net
+    vn.stats_center.copy_(s.mean(0))
+    vn.stats_scale.copy_(s.std(0).nan_to_num(1.0).clamp_min(1e-3))
+
+
+def per_task_accuracy(drift: DriftNet | None, split: SplitFeatures, tasks: list[TaskCache],
+                      theta0: torch.Tensor, *, settings: IntegratorSettings,
+                      metric: str = "cosine") -> list[float]:
+    """Query accuracy of every task after adaptation with ``settings`` (no gradients)."""
+    from edgeflow.adapt.meta_train import task_accuracy
+
+    with torch.no_grad():
+        return [task_accuracy(split, t, drift_theta(split, drift, t.support_only, t.support_y,
+                                                    t.ways, theta0, settings=settings),
+                              metric=metric) for t in tasks]
+
+
+def val_outcome(drift: DriftNet, split: SplitFeatures, tasks: list[TaskCache], theta0: torch.Tensor,
+                *, settings: IntegratorSettings, metric: str = "cosine") -> float:
+    """Mean query accuracy of ``tasks`` after adaptation with ``settings`` (no gradients)."""
+    return float(np.mean(per_task_accuracy(drift, split, tasks, theta0, settings=settings,
+                                           metric=metric)))
+
+
+def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[TaskCache],
+                       split: SplitFeatures, theta0: torch.Tensor, *, config: OutcomeConfig,
+                       warm: DriftNet | None = None, recenter_init: float = 0.0,
+                       metric: str = "cosine", progress: bool = False) -> tuple[DriftNet, dict]:
+    """Train an outcome drift (see the module docstring); returns (drift in eval mode, report)."""
+    if not val_tasks:
+        raise ConfigError("outcome meta-training needs validation tasks to keep the best weights")
+    from edgeflow.train import resolve_device
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    rng = np.random.default_rng([config.seed, 17])
+    dim = split.suffix(val_tasks[0].support_only, theta0).shape[1]
+    drift = outcome_drift(warm, split, feature_dim=dim, recenter_init=recenter_init)
+    _set_stats_scales(drift, split, val_tasks[: min(64, len(val_tasks))], theta0)
+    settings = config.settings
+    samplers = {k: EpisodeSampler(base.labels, ways=config.ways, shots=k, queries=config.queries,
+                                  seed=config.seed + 31 * k) for k in config.shots}
+    drift.eval()
+    base_acc = val_outcome(drift, split, val_tasks, theta0, settings=replace_steps(settings, 0),
+                           metric=metric)
+    start_acc = val_outcome(drift, split, val_tasks, theta0, settings=settings, metric=metric)
+    best = (start_acc, 0, copy.deepcopy(drift.state_dict()))
+    history = [{"step": 0, "val_acc": start_acc}]
+    opt = torch.optim.AdamW(drift.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    bar = ProgressBar(progress, config.steps, "meta-train (outcome)")
+    t_start, bad, running = time.perf_counter(), 0, None
+    net, th0 = split.model.to(device), theta0.to(device)
+    frozen = [p for p in net.parameters() if p.requires_grad]
+    for p in frozen:  # gradients go to the drift only (theta enters the suffix as an input)
+        p.requires_grad_(False)
+    drift.to(device)
+    for step in range(1, config.steps + 1):
+        drift.train()
+        total, accs = 0.0, []
+        for j in range(config.tasks_per_step):
+            k = config.shots[(step * config.tasks_per_step + j) % len(config.shots)]
+            shift = sample_shift(rng, plain_fraction=config.plain_fraction)
+            task = draw_task(base, rng, pre, episode=samplers[k].episode(step * 1000 + j),
+                             instance_fraction=config.instance_fraction, shift=shift,
+                             seed=[config.seed, step, j])
+            x = torch.cat([task.support_x, task.query_x]).to(device)
+            cache = split.prefix(x)
+            if config.perturb and rng.random() < config.perturb_fraction:
+                cache = perturb_statistics(cache, gen, strength=config.perturb)
+            ns = len(task.support_y)
+            sup, qry = tuple(c[:ns] for c in cache), tuple(c[ns:] for c in cache)
+            loss, acc = query_loss(split, drift, sup, task.support_y.to(device), qry,
+                                   task.query_y.to(device), config.ways, th0, settings=settings,
+                                   metric=metric)
+            (loss / config.tasks_per_step).backward()
+            total += float(loss.detach()) / config.tasks_per_step
+            accs.append(acc)
+        torch.nn.utils.clip_grad_norm_(drift.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        running = total if running is None else 0.95 * running + 0.05 * total
+        bar.advance(f"loss {running:.3f} best val {best[0]:.4f}")
+        if step % config.eval_every == 0 or step == config.steps:
+            drift.eval()
+            net.cpu()
+            acc = val_outcome(drift.cpu(), split, val_tasks, theta0, settings=settings,
+                              metric=metric)
+            net.to(device)
+            drift.to(device)
+            history.append({"step": step, "loss": running, "train_acc": float(np.mean(accs)),
+                            "val_acc": acc, "seconds": time.perf_counter() - t_start})
+            if acc > best[0]:
+                best, bad = (acc, step, copy.deepcopy(drift.state_dict())), 0
+            else:
+                bad += 1
+                if bad >= config.patience:
+                    break
+    bar.close()
+    for p in frozen:
+        p.requires_grad_(True)
+    net.cpu()
+    drift.cpu().load_state_dict(best[2])
+    drift.eval()
+    report = {"objective": "outcome", "history": history, "best_step": best[1],
+              "val_acc_no_adaptation": base_acc, "val_acc_warm_start": start_acc,
+              "val_acc_chosen": best[0], "integrator": settings.to_dict(),
+              "layer_gain": drift.velocity_net.layer_gain.tolist(),
+              "seconds": time.perf_counter() - t_start, "config": config.to_dict(),
+              "drift_config": drift.config.to_dict(), "val_tasks": len(val_tasks)}
+    return drift, report
+
+
+def replace_steps(settings: IntegratorSettings, steps: int) -> IntegratorSettings:
+    from dataclasses import replace
+
+    return replace(settings, steps=steps)
