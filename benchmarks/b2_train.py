@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data", type=Path, default=SHARED / "data/tiny-imagenet",
                     help="folder with base.zip and val.zip")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--backbone", type=Path, help="use this backbone checkpoint (skip training)")
+    ap.add_argument("--trajectories", type=Path, help="trajectory folder (default OUT/trajectories)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--tasks", type=int, default=600)
     ap.add_argument("--val-tasks", type=int, default=300)
@@ -53,18 +55,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    limit = 600 if args.quick else None
-    trained = train_model(model="resnet20", data=str(args.data / "base.zip"), epochs=args.epochs,
-                          output=args.out / "backbone.pt", lr=0.1, size=32, limit=limit,
-                          device=args.device, model_kwargs=model_kwargs("resnet20", 32))
+    limit = 3000 if args.quick else None
+    trained: dict = {"train_acc": None}
+    backbone = args.backbone or args.out / "backbone.pt"
+    if args.backbone is None:
+        trained = train_model(model="resnet20", data=str(args.data / "base.zip"),
+                              epochs=args.epochs, output=backbone, lr=0.1, size=32, limit=limit,
+                              device=args.device, model_kwargs=model_kwargs("resnet20", 32))
     t_backbone = time.perf_counter() - t0
     print(f"backbone: {t_backbone:.0f} s, train acc {trained['train_acc']}", flush=True)
-    net, meta, pre = load_backbone("resnet20", args.out / "backbone.pt")
+    net, meta, pre = load_backbone("resnet20", backbone)
     base = load_dataset(args.data / "base.zip", size=32, limit=limit)
     val = load_dataset(args.data / "val.zip", size=32)
     res = meta_train_backbone(
         net, meta, base=base, val=val, pre=pre, output=args.out / "drift.pt",
-        trajectories=args.out / "trajectories", theta_size=256,
+        trajectories=args.trajectories or args.out / "trajectories", theta_size=256,
         traj_config=TrajectoryConfig(tasks=args.tasks, starts=2, seed=0,
                                      chunk=max(1, min(25, args.tasks))),
         train_config=MetaTrainConfig(steps=args.meta_steps, eval_every=max(1, args.meta_steps // 8),
