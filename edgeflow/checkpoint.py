@@ -68,6 +68,9 @@ def load_weights(model: nn.Module, path: str | Path, *, strict_head: bool = Fals
     (the model keeps its fresh head) unless ``strict_head``.
     """
     sd, meta = load_checkpoint(path)
+    translate = getattr(model, "translate_state_dict", None)  # a user model: its own names too
+    if translate is not None:
+        sd = translate(sd)
     own = model.state_dict()
     head = {k for k in own if k.split(".")[0] in ("linear", "classifier")}
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
