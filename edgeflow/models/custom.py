@@ -309,10 +309,14 @@ class CustomBackbone(Backbone):
         self.feature_dim = linear.in_features
         was = self.training
         self.eval()
-        with torch.no_grad():
-            again = self(x)
+        try:
+            with torch.no_grad():
+                again: torch.Tensor | None = self(x)
+        except Exception:  # the layers after the "head" got its input: it was not the last step
+            again = None
         self.train(was)
-        if not torch.allclose(again, p.output, atol=1e-5, rtol=1e-4):
+        if (again is None or again.shape != p.output.shape
+                or not torch.allclose(again, p.output, atol=1e-5, rtol=1e-4)):
             raise ConfigError(f"head {self.head_name!r} is not the last step of forward: the model "
                               "without it, then it, does not give the model's output; "
                               f"{HEAD_FIX} (the Linear that makes the logits)")

@@ -135,3 +135,24 @@ class Untraceable(nn.Module):
 
 def build_untraceable() -> nn.Module:
     return Untraceable()
+
+
+class Misordered(nn.Module):
+    """Defines both convs, then both BatchNorms: ``bn_a`` sits right after ``conv_b`` in
+    registration order but normalises ``conv_a``'s output (the export would fold it wrongly)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv_b = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(8)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn_b(self.conv_b(self.bn_a(self.conv_a(x)).relu())).relu()
+        return self.fc(h.mean((2, 3)))
+
+
+def build_misordered() -> nn.Module:
+    return Misordered()
