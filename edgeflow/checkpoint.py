@@ -76,8 +76,10 @@ def load_weights(model: nn.Module, path: str | Path, *, strict_head: bool = Fals
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
+        name = getattr(model, "user_name", lambda k: k)  # a user model: in its own names
         raise CheckpointError(f"{path} does not fit {type(model).__name__}: missing "
-                              f"{missing[:4]}, unexpected {unexpected[:4]}; is --model right?")
+                              f"{[name(k) for k in missing[:4]]}, unexpected "
+                              f"{[name(k) for k in unexpected[:4]]}; is --model right?")
     load = {}
     for k, v in sd.items():
         if own[k].shape != v.shape:

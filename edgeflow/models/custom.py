@@ -336,6 +336,12 @@ class CustomBackbone(Backbone):
         return {("classifier." + k[len(prefix):]) if k.startswith(prefix) else "body." + k: v
                 for k, v in sd.items()}
 
+    def user_name(self, key: str) -> str:
+        """A state-dict name of this wrapper in the user model's own terms (for messages)."""
+        if key.startswith("classifier."):
+            return self.head_name + key[len("classifier"):]
+        return key.removeprefix("body.")
+
     def summary(self) -> dict[str, Any]:
         """What EdgeFlow chose: head, feature size, BatchNorm layers, biases, input."""
         bns = dict(self.body.named_modules())

@@ -85,6 +85,11 @@ def test_create_model_from_spec_resets_the_head_and_loads_the_users_own_state_di
         torch.testing.assert_close(again(x), five(x), rtol=0, atol=0)
     with pytest.raises(ConfigError, match="zoo models only"):
         create_model(R18, num_classes=5, width=16)
+    from edgeflow.errors import CheckpointError
+
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match=r"missing \['bn1.weight'.*is --model right"):
+        create_model(R18, weights=tmp_path / "other.pt")  # named in the user's own terms
 
 
 def test_unusual_head_needs_head_and_then_splits_at_it():
