@@ -149,12 +149,19 @@ def test_model_inspect_says_what_it_chose_or_why_not():
 
 
 @pytest.mark.slow
-def test_train_and_validate_take_your_own_model(tmp_path):
-    ckpt = tmp_path / "r18.pt"
-    res = runner.invoke(app, ["train", "--model", R18, "--data", "digits", "--epochs", "1",
-                              "--limit", "200", "--device", "cpu", "--output", str(ckpt), "--json"])
+def test_train_validate_and_prune_take_your_own_model(tmp_path):
+    """The head given to `train` is recorded in the checkpoint; later commands need no --head."""
+    ckpt, pruned = tmp_path / "odd.pt", tmp_path / "odd-pruned.pt"
+    res = runner.invoke(app, ["train", "--model", ODD, "--head", "head.fc_out", "--data", "digits",
+                              "--epochs", "1", "--limit", "200", "--device", "cpu", "--output",
+                              str(ckpt), "--json"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["validate", "--model", R18, "--weights", str(ckpt), "--data",
+    res = runner.invoke(app, ["validate", "--model", ODD, "--weights", str(ckpt), "--data",
                               "digits", "--limit", "100", "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.stdout)["model"] == R18
+    assert json.loads(res.stdout)["model"] == ODD
+    res = runner.invoke(app, ["prune", "--model", ODD, "--weights", str(ckpt), "--data", "digits",
+                              "--limit", "200", "--sparsity", "0.5", "--epochs", "1", "--device",
+                              "cpu", "--output", str(pruned), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["sparsity"] > 0.3
