@@ -30,10 +30,12 @@ class ModelCheck:
     summary: dict[str, Any]
     theta_layers: int
     theta_size: int
+    theta_max: int
     exported: bool
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary, "theta_layers": self.theta_layers, "theta_size": self.theta_size,
+                "theta_max": self.theta_max,
                 "onnx_export": "ok" if self.exported else "not checked"}
 
     def lines(self) -> list[str]:
@@ -44,8 +46,10 @@ class ModelCheck:
                 f"head: {s['head']} (Linear {s['head_shape'][0]} -> {s['head_shape'][1]}), removed "
                 f"for features",
                 f"features: {s['feature_dim']}-d (the head's input)",
-                f"BatchNorm: {s['batchnorm_layers']} layers, {s['batchnorm_biases']} biases; theta: "
-                f"the last {self.theta_layers} ({self.theta_size} values, up to theta_max)",
+                f"BatchNorm: {s['batchnorm_layers']} layers, {s['batchnorm_biases']} biases",
+                f"theta: the {self.theta_layers} BatchNorm layer"
+                f"{'s' if self.theta_layers > 1 else ''} nearest the features, {self.theta_size} "
+                f"values (theta_max {self.theta_max})",
                 f"input: {c}x{h}x{w}",
                 f"ONNX export: {'ok (checked against PyTorch)' if self.exported else 'not checked'}"]
 
@@ -65,7 +69,7 @@ def check_model(name: str, *, head: str = "", input_size: int = 32, in_channels:
     spec = ThetaSpec.from_model(model, max_size=theta_max)
     if export:
         try_export(model, spec, size=input_size, channels=in_channels)
-    return ModelCheck(model.summary(), len(spec.names), spec.size, export)
+    return ModelCheck(model.summary(), len(spec.names), spec.size, theta_max, export)
 
 
 def try_export(model: torch.nn.Module, spec: Any, *, size: int, channels: int) -> None:

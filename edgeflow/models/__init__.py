@@ -47,9 +47,10 @@ def check_model_name(name: str) -> None:
                           "package.module:build (a callable returning a torch.nn.Module)")
 
 
-def create_model(name: str, *, num_classes: int = 10, weights: str | Path | None = None,
+def create_model(name: str, *, num_classes: int | None = 10, weights: str | Path | None = None,
                  **kwargs) -> Backbone:
     """Build ``name`` with ``num_classes`` outputs; load ``weights`` (a checkpoint) if given.
+    ``num_classes=None`` keeps a user model's own head (zoo models need a number).
 
     Extra keyword arguments go to the builder (``in_channels``, ``width``, ``small_input``...).
     A checkpoint whose head has another number of classes loads its body and keeps a fresh head.

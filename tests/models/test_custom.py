@@ -152,6 +152,7 @@ def test_check_model_reports_what_it_chose():
     assert (d["theta_layers"], d["theta_size"]) == (3, 192)  # layer4.1.bn2, bn1 and 0.bn2: 64 each
     text = "\n".join(checked.lines())
     assert "head: fc (Linear 64 -> 10)" in text and "BatchNorm: 20 layers" in text
+    assert "theta: the 3 BatchNorm layers nearest the features, 192 values" in text
     with pytest.raises(ConfigError, match="zoo model"):
         check_model("conv4")
 
