@@ -27,6 +27,14 @@ TINY = ["--data-size", "8", "--backbone-epochs", "1", "--prune-epochs", "1",
         "--eval-shots", "5", "--export-calibration-samples", "32", "--device", "cpu"]
 
 
+@pytest.fixture(autouse=True)
+def _forget_user_packages():
+    """Each test's ``my_models`` is its own: none stays imported for the next test."""
+    yield
+    for name in [m for m in sys.modules if m == "my_models" or m.startswith("my_models.")]:
+        del sys.modules[name]
+
+
 def _user_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The test models as the user's own package ``my_models.nets``, importable from tmp_path."""
     pkg = tmp_path / "src" / "my_models"
@@ -165,3 +173,29 @@ def test_train_validate_and_prune_take_your_own_model(tmp_path):
                               "cpu", "--output", str(pruned), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["sparsity"] > 0.3
+
+
+def _readme_section() -> list[tuple[str, str]]:
+    """(language, body) of the fenced blocks of the README's "Bring your own model" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Bring your own model"):text.index("## Deploying to a Jetson")]
+    return re.findall(r"```(\w*)\n(.*?)```", section, re.S)
+
+
+@pytest.mark.slow
+def test_readme_byo_commands_run_as_written(tmp_path, monkeypatch):
+    """The section's shell block in a fresh folder: the package it writes, `model inspect` printing
+    exactly the output the README shows, and the compile (TINY flags added, for time)."""
+    (_, shell), (_, shown), *_ = _readme_section()
+    setup, _, commands = shell.partition("edgeflow ")
+    subprocess.run(["bash", "-e", "-c", setup], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    inspect_line, compile_line = ("edgeflow " + commands).strip().splitlines()
+    res = runner.invoke(app, inspect_line.split()[1:])
+    assert res.exit_code == 0, res.output
+    assert res.stdout == shown, res.stdout
+    res = runner.invoke(app, [*compile_line.split()[1:], *TINY])
+    assert res.exit_code == 0, res.output
+    assert load_bundle(tmp_path / "runs" / "mine" / "bundle").manifest["source"]["model"] == \
+        "my_models.nets:build"
