@@ -241,7 +241,7 @@ def check_batchnorm(p: Probe) -> list[str]:
     last = convs[-1]
     at = max(i for i, (_, m) in enumerate(p.order) if isinstance(m, nn.Conv2d))
     after = [n for n, _ in p.order[at + 1:]]
-    bns = [n for n, m in p.order if isinstance(m, nn.BatchNorm2d)]
+    bns = list(dict.fromkeys(n for n, m in p.order if isinstance(m, nn.BatchNorm2d)))  # once each
     other = sorted({n for n, m in p.order if not isinstance(m, (nn.Conv2d, nn.BatchNorm2d))})
     if other:
         raise ConfigError(f"BatchNorm layers {other[:4]} are not BatchNorm2d; the export folds "
