@@ -68,13 +68,18 @@ def load_weights(model: nn.Module, path: str | Path, *, strict_head: bool = Fals
     (the model keeps its fresh head) unless ``strict_head``.
     """
     sd, meta = load_checkpoint(path)
+    translate = getattr(model, "translate_state_dict", None)  # a user model: its own names too
+    if translate is not None:
+        sd = translate(sd)
     own = model.state_dict()
     head = {k for k in own if k.split(".")[0] in ("linear", "classifier")}
     missing = [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in sd if k not in own]
     if missing or unexpected:
+        name = getattr(model, "user_name", lambda k: k)  # a user model: in its own names
         raise CheckpointError(f"{path} does not fit {type(model).__name__}: missing "
-                              f"{missing[:4]}, unexpected {unexpected[:4]}; is --model right?")
+                              f"{[name(k) for k in missing[:4]]}, unexpected "
+                              f"{[name(k) for k in unexpected[:4]]}; is --model right?")
     load = {}
     for k, v in sd.items():
         if own[k].shape != v.shape:

@@ -9,8 +9,8 @@ import torch
 
 from edgeflow import distributed
 from edgeflow.data import ImageDataset, Preprocess, load_dataset
-from edgeflow.errors import ConfigError, unknown_name
-from edgeflow.models import MODELS, Backbone, create_model
+from edgeflow.errors import ConfigError
+from edgeflow.models import Backbone, check_model_name, create_model, is_custom
 
 
 def preprocess_for(model: Backbone, meta: dict[str, Any] | None, size: int | None) -> Preprocess:
@@ -47,12 +47,23 @@ def train_model(*, model: str, data: str, epochs: int, output: Path, weights: Pa
                 optimizer: str = "sgd", weight_decay: float = 5e-4, label_smoothing: float = 0.0,
                 augment: bool = True, size: int | None = None, split: str | None = None,
                 limit: int | None = None, seed: int = 0, device: str = "auto",
-                progress: bool = False, model_kwargs: dict | None = None) -> dict[str, Any]:
-    """Train ``model`` on ``data`` and write a checkpoint with metadata; return the metrics."""
+                progress: bool = False, model_kwargs: dict | None = None,
+                head: str = "") -> dict[str, Any]:
+    """Train ``model`` on ``data`` and write a checkpoint with metadata; return the metrics.
+
+    ``model`` may be your own (``package.module:build``, ``head`` its classifier Linear when it
+    cannot be found alone); the checkpoint records that spec, and reading it imports it again.
+    """
     from edgeflow.checkpoint import load_weights, save_checkpoint
     from edgeflow.train import TrainConfig, fit, to_tensor
 
+    check_model_name(model)
+    if head and not is_custom(model):
+        raise ConfigError(f"--head is for your own model (package.module:build), not {model!r}")
     ds = load_dataset(data, split=split, limit=limit, progress=progress)
+    if is_custom(model):  # probed at the size it trains at; recorded for every later rebuild
+        model_kwargs = {"head": head, "input_size": size or ds.image_shape[0],
+                        **(model_kwargs or {})}
     torch.manual_seed(seed)  # the initial weights too: same seed, same checkpoint
     net = create_model(model, num_classes=ds.num_classes, **(model_kwargs or {}))
     meta = load_weights(net, weights) if weights is not None else None
@@ -90,8 +101,7 @@ def validate_model(*, model: str, weights: Path, data: str, limit: int | None = 
     from edgeflow.checkpoint import load_checkpoint
     from edgeflow.train import evaluate, resolve_device, to_tensor
 
-    if model not in MODELS:
-        raise unknown_name("model", model, list(MODELS))
+    check_model_name(model)
     ds = load_dataset(data, split=split, limit=limit, progress=progress)
     sd, meta = load_checkpoint(weights)
     head = next((v for k, v in sd.items() if k.split(".")[0] in ("linear", "classifier")

@@ -34,15 +34,14 @@ from edgeflow.adapt.trajectories import (
 )
 from edgeflow.checkpoint import load_checkpoint
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess, load_dataset
-from edgeflow.errors import ConfigError, unknown_name
-from edgeflow.models import MODELS, Backbone, create_model
+from edgeflow.errors import ConfigError
+from edgeflow.models import Backbone, check_model_name, create_model
 from edgeflow.workflows import preprocess_for
 
 
 def load_backbone(model: str, weights: Path) -> tuple[Backbone, dict, Preprocess]:
     """(model in eval mode, checkpoint meta, preprocessing) of a trained backbone checkpoint."""
-    if model not in MODELS:
-        raise unknown_name("model", model, list(MODELS))
+    check_model_name(model)
     sd, meta = load_checkpoint(weights)
     if meta.get("model") not in (None, model):
         raise ConfigError(f"{weights} holds a {meta['model']}, not a {model}; pass --model "

@@ -9,7 +9,8 @@ from rich.markup import escape
 
 from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
-MODEL_OPT = typer.Option(..., "--model", "-m", help="Backbone name (as trained), e.g. resnet20.")
+MODEL_OPT = typer.Option(..., "--model", "-m", help="Backbone name (as trained), e.g. resnet20, "
+                         "or your own package.module:build (imported again).")
 WEIGHTS_OPT = typer.Option(..., "--weights", "-w", help="Backbone checkpoint (edgeflow train).")
 
 

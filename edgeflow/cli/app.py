@@ -11,6 +11,7 @@ from edgeflow.cli import (
     compile_cmd,
     data_cmd,
     export_cmd,
+    model_cmd,
     prune_cmd,
     runtime_cmd,
     targets_cmd,
@@ -46,6 +47,7 @@ app.add_typer(data_cmd.app, name="data")
 train_cmd.register(app)
 prune_cmd.register(app)
 app.add_typer(targets_cmd.app, name="targets")
+app.add_typer(model_cmd.app, name="model")
 calibrate_cmd.register(app)
 export_cmd.register(app)
 runtime_cmd.register(app)

@@ -30,13 +30,18 @@ _FIXED = [
 ]
 
 
+# short names for the options of bring-your-own-model runs (the same as `edgeflow train`'s)
+ALIASES = {"backbone.model": "--model", "backbone.weights": "--weights", "backbone.head": "--head"}
+
+
 def _flag_params() -> list[inspect.Parameter]:
     params = []
     for key, flag, typ, default, help_text in flag_fields():
         ann = typ | None
+        names = [f"--{flag}", *([ALIASES[key]] if key in ALIASES else [])]
         opt = (typer.Option(None, f"--{flag}/--no-{flag}", help=f"{help_text} [default: {default}]",
                             show_default=False) if typ is bool else
-               typer.Option(None, f"--{flag}", help=f"{help_text} [default: {default}]",
+               typer.Option(None, *names, help=f"{help_text} [default: {default}]",
                             show_default=False))
         params.append(inspect.Parameter(key.replace(".", "__"), inspect.Parameter.KEYWORD_ONLY,
                                         annotation=ann, default=opt))
@@ -54,6 +59,10 @@ def compile_cmd(**kwargs) -> None:
       edgeflow compile --print-config > edgeflow.toml
       edgeflow compile --config edgeflow.toml --prune-sparsity 0.6 --output runs/s60
       edgeflow compile --output runs/s60 --resume
+      edgeflow compile --model my_models.nets:build --head fc --prune-granularity weight
+
+    Your own model (--model package.module:build) is imported again by --resume and by
+    `edgeflow export --weights`; the bundle it makes never needs it (ONNX only).
 
     Every run writes its resolved configuration to OUTPUT/config.toml; --resume starts from it.
     """

@@ -19,7 +19,9 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", help="Bundle directory to write (replaced "
                                 "atomically if it exists)."),
     model: str = typer.Option(None, "--model", "-m", help="Model name when the checkpoint does not "
-                              "record it (resnet20, conv4, ...)."),
+                              "record it (resnet20, conv4, ..., or package.module:build). A "
+                              "checkpoint of your own model records its package.module:build, "
+                              "which is imported again here (so it must be importable)."),
     drift: Path = typer.Option(None, "--drift", help="Drift checkpoint from meta-training; without "
                                "it the bundle adapts by prototypes at theta0 only."),
     target: str = typer.Option(None, "--target", "-t", help="Target profile name recorded in the "

@@ -15,7 +15,9 @@ def register(app: typer.Typer) -> None:
 
 
 def prune(
-    model: str = typer.Option(..., "--model", "-m", help="Model name, e.g. resnet20, vgg11, conv4."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name, e.g. resnet20, vgg11, conv4, "
+                              "or your own package.module:build (imported; its head as recorded "
+                              "in --weights by `edgeflow train`; weight or n:m granularity)."),
     data: str = typer.Option(..., "--data", "-d", help="Training data: directory or .zip (ImageFolder)."),
     sparsity: float = typer.Option(..., "--sparsity", "-s", min=0.0, max=0.9999,
                                    help="Fraction of conv+linear weights to zero, e.g. 0.95 (for n:m, "

@@ -9,8 +9,12 @@ from rich.markup import escape
 
 from edgeflow.cli.common import DEVICE_OPT, JSON_OPT, NPROC_OPT, command, emit, maybe_relaunch
 
-MODEL_OPT = typer.Option(..., "--model", "-m", help="Model name: conv4, resnet12, resnet18, "
-                         "resnet20/32/56, vgg11, vgg19.")
+MODEL_OPT = typer.Option(..., "--model", "-m", help="Model name: conv4, efficientnet_lite0, "
+                         "resnet12, resnet18, resnet20/32/56, vgg11, vgg19; or your own model as "
+                         "package.module:build (a callable returning a torch.nn.Module), which "
+                         "the checkpoint records and later commands import again.")
+HEAD_OPT = typer.Option("", "--head", help="Your own model's classifier Linear layer, e.g. 'fc' "
+                        "(default: the one Linear that gives the output).")
 DATA_OPT = typer.Option(..., "--data", "-d", help="Directory, .zip (ImageFolder layout) or 'digits'.")
 SPLIT_OPT = typer.Option(None, "--split", help="Split to read when the archive holds several.")
 LIMIT_OPT = typer.Option(None, "--limit", min=1, help="Use N images, balanced over classes "
@@ -29,7 +33,10 @@ def train(
     data: str = DATA_OPT,
     epochs: int = typer.Option(10, "--epochs", "-e", min=0, help="Passes over the data."),
     output: Path = typer.Option(..., "--output", "-o", help="Checkpoint to write (.pt)."),
-    weights: Path = typer.Option(None, "--weights", "-w", help="Start from this checkpoint."),
+    weights: Path = typer.Option(None, "--weights", "-w", help="Start from this checkpoint (for "
+                                 "your own model also a state dict in its own names; loaded with "
+                                 "weights_only=True)."),
+    head: str = HEAD_OPT,
     val_data: str = typer.Option(None, "--val-data", help="Data for per-epoch validation accuracy."),
     lr: float = typer.Option(0.05, "--lr", help="Peak learning rate (cosine-decayed)."),
     batch_size: int = typer.Option(128, "--batch-size", min=1),
@@ -61,7 +68,7 @@ def train(
                          val_data=val_data, lr=lr, batch_size=batch_size, optimizer=optimizer,
                          weight_decay=weight_decay, label_smoothing=label_smoothing,
                          augment=augment, size=size, split=split, limit=limit, seed=seed,
-                         device=device, progress=not as_json)
+                         device=device, progress=not as_json, head=head)
     if not distributed.info().is_main:
         return
     emit(result, as_json=as_json,

@@ -1,4 +1,9 @@
-"""Model zoo: ``create_model(name, num_classes=..., weights=None, **kw)`` over a literal registry."""
+"""Model zoo: ``create_model(name, num_classes=..., weights=None, **kw)`` over a literal registry.
+
+``name`` is a zoo name, or a user model: an import path ``package.module:build`` (a callable that
+returns a ``torch.nn.Module``) or a name from :func:`register_object`; those are wrapped as a
+:class:`~edgeflow.models.custom.CustomBackbone` (see :mod:`edgeflow.models.custom`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from pathlib import Path
 from edgeflow.errors import ConfigError, unknown_name
 from edgeflow.models.base import Backbone
 from edgeflow.models.cifar_resnet import CifarResNet
+from edgeflow.models.custom import CustomBackbone, build_custom, is_custom, register_object
 from edgeflow.models.efficientnet_lite import EfficientNetLite
 from edgeflow.models.resnet import ResNet12, ResNet18
 from edgeflow.models.small import VGG, Conv4
@@ -25,29 +31,51 @@ MODELS: dict[str, Callable[..., Backbone]] = {
     "vgg19": partial(VGG, 19),
 }
 
-__all__ = ["MODELS", "Backbone", "create_model", "model_names"]
+__all__ = ["MODELS", "Backbone", "CustomBackbone", "check_model_name", "create_model",
+           "is_custom", "model_names", "register_object"]
+CUSTOM_OPTIONS = ("head", "input_size", "in_channels")
 
 
 def model_names() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(name: str, *, num_classes: int = 10, weights: str | Path | None = None,
+def check_model_name(name: str) -> None:
+    """Refuse a name that is neither a zoo model nor a user model spec (nothing is imported)."""
+    if not is_custom(name) and name not in MODELS:
+        raise ConfigError(f"{unknown_name('model', name, list(MODELS))}, or your own model as "
+                          "package.module:build (a callable returning a torch.nn.Module)")
+
+
+def create_model(name: str, *, num_classes: int | None = 10, weights: str | Path | None = None,
                  **kwargs) -> Backbone:
     """Build ``name`` with ``num_classes`` outputs; load ``weights`` (a checkpoint) if given.
+    ``num_classes=None`` keeps a user model's own head (zoo models need a number).
 
     Extra keyword arguments go to the builder (``in_channels``, ``width``, ``small_input``...).
     A checkpoint whose head has another number of classes loads its body and keeps a fresh head.
+    A user model (``package.module:build``) takes ``head``, ``input_size`` and ``in_channels`` only.
     """
-    if name not in MODELS:
-        raise unknown_name("model", name, list(MODELS))
+    check_model_name(name)
+    if is_custom(name):
+        extra = sorted(set(kwargs) - set(CUSTOM_OPTIONS))
+        if extra:
+            raise ConfigError(f"options {extra} apply to zoo models only; your own model {name!r} "
+                              f"takes {', '.join(CUSTOM_OPTIONS)}")
+        model: Backbone = build_custom(name, num_classes=num_classes, **kwargs)
+    else:
+        model = _build_zoo(name, num_classes, kwargs)
+    if weights is not None:
+        from edgeflow.checkpoint import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def _build_zoo(name: str, num_classes: int, kwargs: dict) -> Backbone:
     try:
         model = MODELS[name](num_classes=num_classes, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"model {name!r} does not take these options {sorted(kwargs)}: {exc}") \
             from exc
-    if weights is not None:
-        from edgeflow.checkpoint import load_weights
-
-        load_weights(model, weights)
     return model

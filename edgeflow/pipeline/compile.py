@@ -98,13 +98,20 @@ class CompileResult:
 def _validate(cfg: CompileConfig) -> None:
     """Fail in the first second on names that would otherwise fail minutes later."""
     from edgeflow.adapt.apply import IntegratorSettings
-    from edgeflow.errors import unknown_name
-    from edgeflow.models import MODELS
+    from edgeflow.errors import ConfigError, unknown_name
+    from edgeflow.models import check_model_name, is_custom
     from edgeflow.prune.config import METHODS, parse_granularity
     from edgeflow.targets import Target
 
-    if cfg.backbone.model not in MODELS:
-        raise unknown_name("model", cfg.backbone.model, list(MODELS))
+    check_model_name(cfg.backbone.model)
+    if is_custom(cfg.backbone.model):
+        if cfg.prune.enabled and cfg.prune.granularity == "channel":
+            raise ConfigError(f"channel pruning supports the zoo's resnet20/32/56, conv4 and vgg "
+                              f"models only, not your own model {cfg.backbone.model!r}; use "
+                              "--prune-granularity weight (or n:m), or --no-prune-enabled")
+    elif cfg.backbone.head:
+        raise ConfigError(f"backbone.head is for your own model (package.module:build); zoo model "
+                          f"{cfg.backbone.model!r} has its head: leave --head empty")
     if cfg.prune.method not in METHODS:
         raise unknown_name("pruning method", cfg.prune.method, list(METHODS))
     parse_granularity(cfg.prune.granularity)
@@ -112,6 +119,24 @@ def _validate(cfg: CompileConfig) -> None:
     Target.load(cfg.export.target)
     # types, bounds and cross-field rules (class overlap, epochs without weights) are checked
     # when the CompileConfig is built (edgeflow.pipeline.validate)
+
+
+def describe_custom_model(cfg: CompileConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    """For your own model: build it, check that EdgeFlow can use it (head, BatchNorm, a trial ONNX
+    export), log what was chosen, and return the digest of its source file (part of the backbone
+    stage's cache key, so ``--resume`` retrains after the model's code changed). Zoo models: {}."""
+    from edgeflow.export.model_check import check_model
+    from edgeflow.models import is_custom
+    from edgeflow.models.custom import source_digest
+
+    b = cfg.backbone
+    if not is_custom(b.model):
+        return {}
+    checked = check_model(b.model, head=b.head, input_size=cfg.data.size,
+                          theta_max=cfg.adapt.theta_max, weights=b.weights or None)
+    for line in checked.lines():
+        log(line)
+    return {"model_source": source_digest(b.model)}
 
 
 def planned_stages(cfg: CompileConfig) -> list[str]:
@@ -139,6 +164,7 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
     from edgeflow.pipeline.report import render_report
 
     _validate(cfg)
+    model_source = describe_custom_model(cfg, log)
     t0 = time.perf_counter()
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +183,8 @@ def run_compile(cfg: CompileConfig, *, resume: bool = False, progress: bool = Fa
                           after=after, **verify)
 
     bb = stage("backbone", lambda d: model_stages.train_backbone(cfg, data, d, progress=progress),
-               ("backbone",), extra=model_stages.resolved(model_stages.backbone_train_config(cfg)))
+               ("backbone",), extra={**model_stages.resolved(model_stages.backbone_train_config(cfg)),
+                                     **model_source})
     current, chain = bb.dir / bb.outputs["checkpoint"], ("backbone",)
     prune_metrics: dict[str, Any] = {}
     if cfg.prune.enabled:

@@ -48,10 +48,18 @@ class DataSection:
 
 @dataclass(frozen=True)
 class BackboneSection:
-    model: str = field(default="conv4", metadata={"help": "Model name (see `edgeflow train --help`)."})
-    weights: str = field(default="", metadata={"help": "Start from this checkpoint (empty: train "
-                                               "from scratch)."})
-    width: int = field(default=32, metadata={"help": "Model width (0: the model's default)."})
+    model: str = field(default="conv4", metadata={"help": "Model name (see `edgeflow train --help`) "
+                                                  "or your own model as package.module:build, a "
+                                                  "callable returning a torch.nn.Module; later "
+                                                  "steps (--resume, `edgeflow export --weights`) "
+                                                  "import it again, bundles never do."})
+    weights: str = field(default="", metadata={"help": "Start from this checkpoint, or for your own "
+                                               "model a state dict in its own names (empty: train "
+                                               "from scratch, or use the model as built)."})
+    head: str = field(default="", metadata={"help": "Your own model's classifier Linear layer, e.g. "
+                                            "'fc' (empty: the one Linear that gives the output)."})
+    width: int = field(default=32, metadata={"help": "Model width (0: the model's default; zoo "
+                                             "models only)."})
     epochs: int = field(default=12, metadata={"help": "Backbone training epochs (0: use weights "
                                               "as they are)."})
     lr: float = field(default=0.05, metadata={"help": "Peak learning rate (SGD, cosine)."})

@@ -71,8 +71,11 @@ def prepare_data(cfg: CompileConfig, *, progress: bool) -> CompileData:
     return CompileData(train, holdout, val, novel, Preprocess(size=d.size, channels=channels))
 
 
-def model_kwargs(model: str, width: int) -> dict[str, Any]:
-    """The width option in each model family's own terms (0 = the family's default)."""
+def model_kwargs(model: str, width: int, *, head: str = "", size: int = 32) -> dict[str, Any]:
+    """The width option in each model family's own terms (0 = the family's default); for your own
+    model (``package.module:build``) its head and the input size it is probed at instead."""
+    if ":" in model:
+        return {"head": head, "input_size": size}
     if not width:
         return {}
     if model == "resnet12":
@@ -91,7 +94,7 @@ def train_backbone(cfg: CompileConfig, data: CompileData, out: Path, *,
     from edgeflow.workflows import checkpoint_meta
 
     b = cfg.backbone
-    kwargs = model_kwargs(b.model, b.width)
+    kwargs = model_kwargs(b.model, b.width, head=b.head, size=cfg.data.size)
     torch.manual_seed(cfg.seed)
     net = create_model(b.model, num_classes=data.train.num_classes, **kwargs)
     if b.weights:

@@ -257,7 +257,8 @@ def check(cfg: CompileConfig) -> None:
     if not DEVICE.fullmatch(cfg.device):
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}; set "
                           f"{where('device')}")
-    if cfg.backbone.epochs == 0 and not cfg.backbone.weights:
+    # your own model (package.module:build, with a colon; no import here) may come trained
+    if cfg.backbone.epochs == 0 and not cfg.backbone.weights and ":" not in cfg.backbone.model:
         raise ConfigError("backbone.epochs is 0 and no backbone.weights given: nothing to start from;"
                           " pass --backbone-weights or --backbone-epochs N")
     _check_data(cfg)

@@ -37,6 +37,11 @@ def prune_model(*, model: str, data: str, sparsity: float, granularity: str, out
                          regrowth_epochs=epochs // 2 if regrowth_epochs is None else regrowth_epochs,
                          exclude=tuple(exclude), **options)
     ds = load_dataset(data, split=split, limit=limit, progress=progress)
+    if model_kwargs is None and weights is not None and ":" in model:
+        # your own model: its head and probe size as `edgeflow train` recorded them
+        from edgeflow.checkpoint import load_checkpoint
+
+        model_kwargs = load_checkpoint(weights)[1].get("model_kwargs") or None
     torch.manual_seed(config.seed)  # initial weights when no --weights: reproducible
     net = create_model(model, num_classes=ds.num_classes, **(model_kwargs or {}))
     meta = None
