@@ -23,7 +23,8 @@ runner = CliRunner()
 # the fastest settings that still run every stage (tests/pipeline/test_compile.py's TINY)
 TINY = ["--data-size", "8", "--backbone-epochs", "1", "--prune-epochs", "1",
         "--prune-regrowth-epochs", "0", "--prune-recovery-epochs", "1", "--adapt-tasks", "10",
-        "--adapt-val-tasks", "6", "--adapt-meta-steps", "20", "--eval-episodes", "4",
+        "--adapt-val-tasks", "6", "--adapt-meta-steps", "20", "--adapt-outcome-steps", "4",
+        "--adapt-selection-tasks", "6", "--eval-episodes", "4",
         "--eval-shots", "5", "--export-calibration-samples", "32", "--device", "cpu"]
 
 
@@ -109,7 +110,8 @@ def test_python_api_compiles_an_nn_module_instance(tmp_path):
 
     result = edgeflow.compile(model=build_odd_head(), head="head.fc_out", output=str(tmp_path / "o"),
                               prune__enabled=False, adapt__meta_steps=20, adapt__tasks=10,
-                              adapt__val_tasks=6, data__size=8, backbone__epochs=1,
+                              adapt__val_tasks=6, adapt__outcome_steps=4,
+                              adapt__selection_tasks=6, data__size=8, backbone__epochs=1,
                               eval__episodes=4, eval__shots="5", device="cpu")
     man = load_bundle(result.bundle).manifest
     assert man["theta"]["feature_dim"] == 12
