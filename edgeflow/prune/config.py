@@ -28,6 +28,11 @@ from edgeflow.errors import ConfigError, unknown_name
 GRANULARITIES = ("weight", "n:m", "channel")
 METHODS = ("hyperflows", "gmp", "magnitude", "random")
 BUDGETS = ("weights", "flops")
+# channel granularity: which channels form a group. "inner": the block-inner plan of
+# edgeflow.prune.channel (CIFAR ResNets, conv4, VGG); "depgraph": Torch-Pruning's dependency graph
+# (any traceable model: residual streams, depthwise convs, concatenations); "auto": inner where it
+# applies, else depgraph.
+CHANNEL_GROUPS = ("auto", "inner", "depgraph")
 
 
 def parse_granularity(text: str) -> tuple[str, int, int]:
@@ -104,6 +109,7 @@ class PruneConfig:
     budget: str = "weights"  # channel only: count removed weights or removed MACs
     min_channels: int = 1
     channel_multiple: int = 1  # channel only: round each layer's kept channels up to a multiple
+    channel_groups: str = "auto"  # channel only: "auto", "inner" or "depgraph" (CHANNEL_GROUPS)
     seed: int = 0
     device: str = "auto"
 
@@ -111,6 +117,8 @@ class PruneConfig:
         kind, _, _ = parse_granularity(self.granularity)
         if self.method not in METHODS:
             raise unknown_name("method", self.method, METHODS)
+        if self.channel_groups not in CHANNEL_GROUPS:
+            raise unknown_name("channel_groups", self.channel_groups, CHANNEL_GROUPS)
         if self.budget not in BUDGETS:
             raise unknown_name("budget", self.budget, BUDGETS)
         if self.controller_release not in RELEASES:

@@ -250,8 +250,12 @@ class MaskSet:
 
 def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tuple[str, ...] = (),
                   score_init: tuple[float, float] = (0.2, 0.5), slope: float = 0.25,
-                  init_order: str = "random", generator: torch.Generator | None = None) -> MaskSet:
+                  init_order: str = "random", generator: torch.Generator | None = None,
+                  channel_groups: str = "auto") -> MaskSet:
     """Register score masks on ``model`` (in place) and return the :class:`MaskSet`.
+
+    ``channel_groups`` (channel granularity): ``"inner"``, ``"depgraph"`` or ``"auto"`` (see
+    :data:`edgeflow.prune.config.CHANNEL_GROUPS`).
 
     Example: ``ms = attach_scores(net, granularity="2:4")``; ``net(x)`` then runs masked.
     """
@@ -275,7 +279,13 @@ def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tup
     masks: dict[str, ScoreMask] = {}
     plan: list = []
     mods = dict(model.named_modules())
-    if kind == "channel":
+    if kind == "channel" and resolve_channel_groups(model, channel_groups) == "depgraph":
+        from edgeflow.prune.depgraph import depgraph_plan
+        from edgeflow.prune.depgraph_shrink import attach_group_masks
+
+        plan = depgraph_plan(model, exclude=exclude)
+        masks = attach_group_masks(model, plan, uniform, slope=slope)
+    elif kind == "channel":
         from edgeflow.prune.channel import channel_plan
 
         plan = [g for g in channel_plan(model) if g.conv not in exclude]
@@ -306,6 +316,21 @@ def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tup
             _magnitude_ordered(masks, layers, lo, hi)
     return MaskSet(model=model, kind=kind, masks=masks, layers=layers, positions=positions,
                    plan=plan, n=n, m=m)
+
+
+def resolve_channel_groups(model: nn.Module, channel_groups: str) -> str:
+    """``"auto"`` -> ``"inner"`` for the models the block-inner plan covers, else ``"depgraph"``."""
+    from edgeflow.prune.config import CHANNEL_GROUPS
+
+    if channel_groups not in CHANNEL_GROUPS:
+        from edgeflow.errors import unknown_name
+
+        raise unknown_name("channel_groups", channel_groups, CHANNEL_GROUPS)
+    if channel_groups != "auto":
+        return channel_groups
+    from edgeflow.prune.channel import inner_plan_covers
+
+    return "inner" if inner_plan_covers(model) else "depgraph"
 
 
 def _magnitude_ordered(masks: dict[str, ScoreMask], layers: dict[str, nn.Module], lo: float,
