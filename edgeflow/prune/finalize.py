@@ -40,6 +40,11 @@ def finalize(model: nn.Module) -> nn.Module:
     strip_gates(model)
     for mod in list(model.modules()):
         if parametrize.is_parametrized(mod):
+            # deepcopy shares the dynamic Parametrized* class with the original module, and removing
+            # a parametrisation deletes its property from that class: give the copy its own class,
+            # or the masked model loses ``.weight`` once it is finalized
+            cls = mod.__class__
+            mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             for pname in list(mod.parametrizations.keys()):
                 parametrize.remove_parametrizations(mod, pname, leave_parametrized=True)
     for p in model.parameters():
