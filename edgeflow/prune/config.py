@@ -83,7 +83,9 @@ class PruneConfig:
     score_lr: float | None = None
     score_init: tuple[float, float] = (0.2, 0.5)
     # "random": t ~ U(low, high) (the spec). "magnitude": the same range, ordered by global |w|
-    # rank, so that under uniform pressure weights cross zero in global-magnitude order and flows
+    # rank (channel groups of the dependency graph: by the group's channel magnitude, see
+    # depgraph_shrink.group_magnitudes), so that under uniform pressure weights cross zero in
+    # global-magnitude order and flows
     # only have to correct that order (helps short budgets, where there are too few steps to
     # average the flows that must otherwise undo a random pruning order).
     score_init_order: str = "random"

@@ -93,6 +93,49 @@ def attach_group_masks(model: nn.Module, plan: DepPlan, init, *, slope: float = 
     return masks
 
 
+def group_magnitudes(model: nn.Module, plan: DepPlan) -> dict[str, torch.Tensor]:
+    """Per group channel: mean over its members of the squared L2 norm of the channel's weights
+    (conv/linear output rows and input columns, BatchNorm scale), divided by the group's mean:
+    Torch-Pruning's ``MagnitudeImportance()`` (p=2, mean reduction, mean normaliser) on our groups,
+    except that depthwise convs count too (Torch-Pruning skips them)."""
+    mods = dict(model.named_modules())
+    out = {}
+    for g in plan:
+        total, n = torch.zeros(g.size), 0
+        for mem in g.members:
+            mod = mods[mem.module]
+            if not isinstance(mod, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                continue
+            w = latent_weight(mod).detach().cpu()
+            if mem.dim == "in" and isinstance(mod, nn.Conv2d) and mod.groups > 1:
+                continue  # a depthwise conv's input side is its output side, counted once
+            if mem.dim == "in":
+                w = w.transpose(0, 1)
+            sq = w.pow(2) if w.dim() == 1 else w.flatten(1).pow(2).sum(1)
+            total.index_add_(0, torch.tensor(mem.root_idxs), sq[list(mem.idxs)])
+            n += 1
+        imp = total / max(1, n)
+        out[g.name] = imp / imp.mean().clamp_min(1e-12)
+    return out
+
+
+def magnitude_ordered_scores(masks: dict[str, ScoreMask], model: nn.Module, plan: DepPlan,
+                             lo: float, hi: float) -> None:
+    """Scores spread evenly over [lo, hi] in the global order of :func:`group_magnitudes`."""
+    imps = group_magnitudes(model, plan)
+    names = list(masks)
+    flat = torch.cat([imps[n] for n in names])
+    ranks = torch.empty_like(flat)
+    ranks[flat.argsort()] = torch.arange(len(flat), dtype=flat.dtype)
+    vals = lo + (hi - lo) * ranks / max(1, len(flat) - 1)
+    i = 0
+    with torch.no_grad():
+        for n in names:
+            k = masks[n].scores.numel()
+            masks[n].scores.copy_(vals[i:i + k].to(masks[n].scores))
+            i += k
+
+
 def layer_keeps(plan: DepPlan, model: nn.Module, keeps: dict[str, torch.Tensor]):
     """Per conv/linear/BN/shortcut: (kept output positions, kept input positions) as bool vectors."""
     out: dict[str, list[torch.Tensor | None]] = {}

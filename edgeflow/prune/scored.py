@@ -285,6 +285,10 @@ def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tup
 
         plan = depgraph_plan(model, exclude=exclude)
         masks = attach_group_masks(model, plan, uniform, slope=slope)
+        if init_order == "magnitude":
+            from edgeflow.prune.depgraph_shrink import magnitude_ordered_scores
+
+            magnitude_ordered_scores(masks, model, plan, lo, hi)
     elif kind == "channel":
         from edgeflow.prune.channel import channel_plan
 

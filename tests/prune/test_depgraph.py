@@ -235,3 +235,24 @@ def test_prune_loop_with_depgraph_groups_hits_the_flops_budget():
     ratio = count_macs(plain) / count_macs(create_model("resnet20", num_classes=10))
     assert abs(ratio - res.masks.density("flops")) < 0.01
     assert plain.conv1.out_channels < 16 or plain.layer3[2].conv2.out_channels < 64
+
+
+def test_magnitude_score_init_is_torch_prunings_group_magnitude_order():
+    import torch_pruning as tp
+
+    from edgeflow.prune.depgraph import dependency_graph, to_group
+    from edgeflow.prune.depgraph_shrink import group_magnitudes
+
+    torch.manual_seed(0)
+    net = create_model("resnet20", num_classes=10)
+    _randomise_bn(net, torch.Generator().manual_seed(5))
+    _, groups, _ = dependency_graph(net)
+    names = {m: n for n, m in net.named_modules()}
+    theirs = {to_group(g, names).name: tp.importance.MagnitudeImportance()(g) for g in groups}
+    ours = group_magnitudes(net, depgraph_plan(net))
+    for name, imp in ours.items():
+        torch.testing.assert_close(imp, theirs[name].float(), rtol=1e-4, atol=1e-6)
+    ms = attach_scores(net, granularity="channel", channel_groups="depgraph", init_order="magnitude")
+    flat_imp = torch.cat([ours[n] for n in ms.masks])
+    flat_t = torch.cat([mk.scores.detach() for mk in ms.masks.values()])
+    assert torch.equal(flat_imp.argsort(), flat_t.argsort())
