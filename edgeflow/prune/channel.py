@@ -1,6 +1,8 @@
 """Channel granularity: which channels can go, exact counts, the final trim and physical surgery.
 
-Supported models (others raise :class:`ConfigError`):
+This module is the block-inner plan (``channel_groups="inner"``); ``"depgraph"`` (any traceable
+model, residual streams included) lives in :mod:`edgeflow.prune.depgraph` and reuses the trim here.
+Models of the inner plan (others raise :class:`ConfigError`):
 
 * CIFAR ResNet-20/32/56 (option-A shortcuts). The residual stream's channels are tied across a
   stage by the parameter-free zero-pad shortcuts, so only block-internal channels are pruned:
