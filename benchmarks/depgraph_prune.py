@@ -25,7 +25,9 @@ as ``benchmarks/channel_speed.py`` does. MACs: analytic (``count_macs``) at the 
     python benchmarks/depgraph_prune.py --scan                       # latency of budgets, no training
 
 ``hyperflows`` starts from the spec's random scores, ``hyperflows-m`` from scores ordered by group
-magnitude (``score_init_order="magnitude"``); ``magnitude@hf`` takes the last Hyperflows run's widths.
+magnitude (``score_init_order="magnitude"``), ``hyperflows-ms`` the same with a score lr that lets
+scores travel twice their initial range over the pruning phase; ``magnitude@hf`` takes the last
+Hyperflows run's widths.
 """
 
 from __future__ import annotations
@@ -212,6 +214,9 @@ def run_model(name: str, a, cfg: dict, rows: list, log) -> None:
         dense = fit(copy.deepcopy(base), train, epochs=total, lr=rec_lr, size=size, seed=1)
         row("dense", dense, time.perf_counter() - t0)
     hf_widths = None
+    # "-ms": scores may travel twice their initial range (0.2-0.5) over the pruning phase, instead
+    # of the auto lr (10 / pruning steps: 0.16 per step at 64 steps, which scrambles any order)
+    slow_lr = 2 * 0.3 / max(1, -(-cfg["limit"] // 64) * cfg["epochs"])
     for method in [m for m in methods if m.startswith("hyperflows")]:
         t0 = time.perf_counter()
         hf_net = copy.deepcopy(base)
@@ -219,7 +224,8 @@ def run_model(name: str, a, cfg: dict, rows: list, log) -> None:
             sparsity=sparsity, granularity="channel", channel_groups="depgraph", budget="flops",
             epochs=cfg["epochs"], regrowth_epochs=cfg["regrowth_epochs"], batch_size=64,
             lr=rec_lr, ft_lr=rec_lr, device="cpu", channel_multiple=multiple, min_channels=multiple,
-            score_init_order="magnitude" if method == "hyperflows-m" else "random", seed=0))
+            score_init_order="random" if method == "hyperflows" else "magnitude",
+            score_lr=slow_lr if method == "hyperflows-ms" else None, seed=0))
         hf = fit(finalize(hf_net).cpu(), train, epochs=cfg["recovery_epochs"], lr=rec_lr, size=size,
                  seed=1)
         r = row(method, hf, time.perf_counter() - t0, flops_density=res.masks.density("flops"))
@@ -244,8 +250,8 @@ def write(rows: list, meta: dict, out: Path) -> None:
     dense = {r["model"]: r["top1"] for r in rows if r["method"] == "dense"}
     for r in rows:
         b32, b1 = r["latency"]["batch32"], r["latency"]["batch1"]
-        d = 100 * (r["top1"] - dense.get(r["model"], r["top1"]))
-        lines.append(f"| {r['model']} | {r['method']} | {100 * r['top1']:.2f} | {d:+.2f} | "
+        d = f"{100 * (r['top1'] - dense[r['model']]):+.2f}" if r["model"] in dense else "n/a"
+        lines.append(f"| {r['model']} | {r['method']} | {100 * r['top1']:.2f} | {d} | "
                      f"{r['macs'] / 1e6:.1f} | {r['macs_ratio']:.2f} | {b32['dense_ms']:.1f} | "
                      f"{b32['pruned_ms']:.1f} | {b32['speedup']:.2f} | {b1['speedup']:.2f} | "
                      f"{r['seconds']:.0f} |")
@@ -276,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lite-size", type=int, default=64, help="EfficientNet-Lite0 input side")
     ap.add_argument("--scan", action="store_true", help="latency of several budgets, no training")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--methods", default=None, help="comma list overriding the mode's methods "
+                    "(dense, hyperflows, hyperflows-m, hyperflows-ms, magnitude, magnitude@hf)")
     a = ap.parse_args(argv)
     a.models = a.models.split(",")
     warnings.filterwarnings("ignore")
@@ -288,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         scan(a)
         return
     cfgs = QUICK if a.quick else FULL
+    if a.methods:
+        cfgs = {m: {**c, "methods": tuple(a.methods.split(","))} for m, c in cfgs.items()}
     out = a.out or ROOT / "benchmarks" / "results" / ("depgraph_prune_quick" if a.quick else "depgraph_prune")
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
