@@ -256,3 +256,28 @@ def test_magnitude_score_init_is_torch_prunings_group_magnitude_order():
     flat_imp = torch.cat([ours[n] for n in ms.masks])
     flat_t = torch.cat([mk.scores.detach() for mk in ms.masks.values()])
     assert torch.equal(flat_imp.argsort(), flat_t.argsort())
+
+
+@pytest.mark.slow
+def test_prune_cli_with_depgraph_groups_writes_a_reloadable_checkpoint(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeflow.cli.app import app
+    from edgeflow.checkpoint import load_checkpoint
+
+    out = tmp_path / "c4.pt"
+    res = CliRunner().invoke(app, [
+        "prune", "--model", "conv4", "--data", "digits", "--limit", "200", "--sparsity", "0.5",
+        "--granularity", "channel", "--channel-groups", "depgraph", "--budget", "flops",
+        "--epochs", "1", "--regrowth-epochs", "0", "--batch-size", "50", "--output", str(out),
+        "--json"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert result["macs"] <= 0.5 * result["dense_macs"] + 1
+    _, meta = load_checkpoint(out)
+    assert meta["prune"]["channel_groups"] == "depgraph"
+    model = load_pruned(out)
+    assert {n: m.out_channels for n, m in model.named_modules()
+            if n in meta["prune"]["channels"]} == meta["prune"]["channels"]
