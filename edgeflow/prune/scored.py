@@ -18,7 +18,8 @@ Granularities, one score per group:
   and pressure can prune further inside the pattern when a sparsity above (m-n)/m is asked for.
   Scores start in [0.2, 0.5] ordered like |w| within each group, so the first projection is the
   magnitude one. Layers whose input channels are not a multiple of m (the RGB stem) stay dense.
-* ``channel``: one score per output channel of a prunable conv (see :mod:`edgeflow.prune.channel`);
+* ``channel``: one score per output channel of a prunable conv (see :mod:`edgeflow.prune.channel`;
+  with dependency-graph groups one per group channel, :mod:`edgeflow.prune.depgraph_shrink`);
   the same mask multiplies the conv's filters *and* the following BatchNorm's weight and bias, so a
   pruned channel is exactly zero after BN and the layer can be removed physically.
 """

@@ -264,8 +264,8 @@ def test_prune_cli_with_depgraph_groups_writes_a_reloadable_checkpoint(tmp_path)
 
     from typer.testing import CliRunner
 
-    from edgeflow.cli.app import app
     from edgeflow.checkpoint import load_checkpoint
+    from edgeflow.cli.app import app
 
     out = tmp_path / "c4.pt"
     res = CliRunner().invoke(app, [
