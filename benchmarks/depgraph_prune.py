@@ -145,12 +145,12 @@ def magnitude_scores(net, plan) -> dict:
 
     from edgeflow.prune.depgraph import dependency_graph, to_group
 
-    _, groups, _ = dependency_graph(net)
+    _, groups, shortcuts = dependency_graph(net)
     names = {m: n for n, m in net.named_modules()}
     imp = tp.importance.MagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
     out = {}
     for grp in groups:
-        g = to_group(grp, names)
+        g = to_group(grp, names, shortcuts)
         if g is not None:
             out[g.name] = imp(grp).detach().float()
     assert set(out) == {g.name for g in plan}, "Torch-Pruning groups differ from the plan's"

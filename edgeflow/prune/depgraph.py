@@ -67,6 +67,7 @@ class Member:
     dim: str  # "out" or "in"
     idxs: tuple[int, ...]
     root_idxs: tuple[int, ...]
+    count: int  # the module's channels along ``dim`` (before pruning)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,18 @@ def _member_dim(module: nn.Module, handler) -> str:
     return "out" if "out_channels" in name else "in"
 
 
-def to_group(group, names: dict[nn.Module, str]) -> DepGroup | None:
+def _count(module: nn.Module, dim: str, io: tuple[int, int] | None) -> int:
+    if io is not None:
+        return io[0 if dim == "in" else 1]
+    if isinstance(module, nn.BatchNorm2d):
+        return module.num_features
+    if isinstance(module, nn.Linear):
+        return module.out_features if dim == "out" else module.in_features
+    return module.out_channels if dim == "out" else module.in_channels
+
+
+def to_group(group, names: dict[nn.Module, str],
+             shortcuts: dict[str, tuple[int, int]] | None = None) -> DepGroup | None:
     """A Torch-Pruning group as a :class:`DepGroup` (None when no conv/linear produces it)."""
     members: dict[tuple[str, str], Member] = {}
     for item in group:
@@ -200,7 +212,8 @@ def to_group(group, names: dict[nn.Module, str]) -> DepGroup | None:
                               "supports plain and depthwise convs")
         dim = _member_dim(module, dep.handler)
         roots = tuple(int(r) for r in item.root_idxs)
-        members[(name, dim)] = Member(name, dim, tuple(int(i) for i in idxs), roots)
+        members[(name, dim)] = Member(name, dim, tuple(int(i) for i in idxs), roots,
+                                      _count(module, dim, (shortcuts or {}).get(name)))
     by_name = {n: m for m, n in names.items()}
     producers = [m.module for m in members.values() if m.dim == "out"
                  and isinstance(by_name[m.module], (nn.Conv2d, nn.Linear))]
@@ -220,7 +233,7 @@ def depgraph_plan(model: nn.Module, *, exclude: tuple[str, ...] = (),
     """
     _, groups, shortcuts = dependency_graph(model, exclude=exclude, size=size)
     names = {m: n for n, m in model.named_modules()}
-    out = [g for g in (to_group(grp, names) for grp in groups) if g is not None]
+    out = [g for g in (to_group(grp, names, shortcuts) for grp in groups) if g is not None]
     order = {n: i for i, n in enumerate(names.values())}
     out.sort(key=lambda g: order[g.name])
     if not out:

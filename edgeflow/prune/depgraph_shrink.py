@@ -12,6 +12,7 @@ the kept widths (JSON), so a checkpoint needs no pickle.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -19,7 +20,14 @@ from torch.nn.utils import parametrize
 
 from edgeflow.errors import ConfigError
 from edgeflow.models.cifar_resnet import PadShortcut
-from edgeflow.prune.depgraph import DepGroup, DepPlan, ShortcutScatter, depgraph_plan, shortcut_index
+from edgeflow.prune.depgraph import (
+    DepGroup,
+    DepPlan,
+    Member,
+    ShortcutScatter,
+    depgraph_plan,
+    shortcut_index,
+)
 from edgeflow.prune.scored import ScoreMask, latent_weight
 
 
@@ -136,22 +144,9 @@ def magnitude_ordered_scores(masks: dict[str, ScoreMask], model: nn.Module, plan
             i += k
 
 
-def layer_keeps(plan: DepPlan, model: nn.Module, keeps: dict[str, torch.Tensor]):
+def layer_keeps(plan: DepPlan, keeps: dict[str, torch.Tensor]):
     """Per conv/linear/BN/shortcut: (kept output positions, kept input positions) as bool vectors."""
     out: dict[str, list[torch.Tensor | None]] = {}
-
-    def full(name: str, dim: str) -> torch.Tensor:
-        mod = model.get_submodule(name)
-        if name in plan.shortcuts:
-            n = plan.shortcuts[name][0 if dim == "in" else 1]
-        elif isinstance(mod, nn.BatchNorm2d):
-            n = mod.num_features
-        elif isinstance(mod, nn.Linear):
-            n = mod.out_features if dim == "out" else mod.in_features
-        else:
-            n = mod.out_channels if dim == "out" else mod.in_channels
-        return torch.ones(n, dtype=torch.bool)
-
     for g in plan:
         k = keeps.get(g.name)
         if k is None:
@@ -162,14 +157,21 @@ def layer_keeps(plan: DepPlan, model: nn.Module, keeps: dict[str, torch.Tensor])
             slot = out.setdefault(mem.module, [None, None])
             i = 0 if mem.dim == "out" else 1
             if slot[i] is None:
-                slot[i] = full(mem.module, mem.dim)
-            slot[i][list(mem.idxs)] = k[list(mem.root_idxs)]
+                slot[i] = torch.ones(mem.count, dtype=torch.bool)
+            idxs, roots = _index_tensors(mem)
+            slot[i][idxs] = k[roots]
     return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _index_tensors(mem: Member) -> tuple[torch.Tensor, torch.Tensor]:
+    """A member's positions as index tensors, made once (the trim asks thousands of times)."""
+    return torch.tensor(mem.idxs, dtype=torch.long), torch.tensor(mem.root_idxs, dtype=torch.long)
 
 
 def group_layer_counts(ms, keeps: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
     """(remaining, total) weights of every conv/linear layer when ``keeps`` channels survive."""
-    lk = layer_keeps(ms.plan, ms.model, keeps)
+    lk = layer_keeps(ms.plan, keeps)
     res = {}
     for name, layer in ms.layers.items():
         w = latent_weight(layer)
@@ -226,7 +228,7 @@ def shrink_groups(model: nn.Module, plan: DepPlan, keep: dict[str, torch.Tensor]
         raise ConfigError(f"{unknown} are not channel groups of this model; valid: "
                           f"{[g.name for g in plan][:8]}...")
     model = copy.deepcopy(model)
-    lk = layer_keeps(plan, model, keep)
+    lk = layer_keeps(plan, keep)
     for name, (ko, ki) in lk.items():
         mod = model.get_submodule(name)
         if name in plan.shortcuts:

@@ -246,9 +246,9 @@ def test_magnitude_score_init_is_torch_prunings_group_magnitude_order():
     torch.manual_seed(0)
     net = create_model("resnet20", num_classes=10)
     _randomise_bn(net, torch.Generator().manual_seed(5))
-    _, groups, _ = dependency_graph(net)
+    _, groups, shortcuts = dependency_graph(net)
     names = {m: n for n, m in net.named_modules()}
-    theirs = {to_group(g, names).name: tp.importance.MagnitudeImportance()(g) for g in groups}
+    theirs = {to_group(g, names, shortcuts).name: tp.importance.MagnitudeImportance()(g) for g in groups}
     ours = group_magnitudes(net, depgraph_plan(net))
     for name, imp in ours.items():
         torch.testing.assert_close(imp, theirs[name].float(), rtol=1e-4, atol=1e-6)
