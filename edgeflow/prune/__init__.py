@@ -6,7 +6,8 @@ round-trip it with the metadata later stages need.
 """
 
 from edgeflow.prune.channel import channel_plan, count_macs, shrink_channels
-from edgeflow.prune.config import GRANULARITIES, METHODS, PruneConfig, parse_granularity
+from edgeflow.prune.config import CHANNEL_GROUPS, GRANULARITIES, METHODS, PruneConfig, parse_granularity
+from edgeflow.prune.depgraph import DepGroup, DepPlan, depgraph_plan
 from edgeflow.prune.finalize import finalize, load_pruned, save_pruned, sparsity_report
 from edgeflow.prune.hyperflows import PruneResult, pressure_sweep, prune
 from edgeflow.prune.pressure import (
@@ -17,8 +18,32 @@ from edgeflow.prune.pressure import (
 )
 from edgeflow.prune.scored import MaskSet, StraightThrough, attach_scores, nm_keep, nm_pattern_ok
 
-__all__ = ["GRANULARITIES", "METHODS", "MaskSet", "PressureController", "PruneConfig", "PruneResult",
-           "StraightThrough", "attach_scores", "channel_plan", "count_macs", "finalize",
-           "fit_power_law", "gamma_for_density", "load_pruned", "nm_keep", "nm_pattern_ok",
-           "parse_granularity", "pressure_sweep", "prune", "save_pruned", "shrink_channels",
-           "solve_trajectory", "sparsity_report"]
+__all__ = [
+    "CHANNEL_GROUPS",
+    "GRANULARITIES",
+    "METHODS",
+    "DepGroup",
+    "DepPlan",
+    "MaskSet",
+    "PressureController",
+    "PruneConfig",
+    "PruneResult",
+    "StraightThrough",
+    "attach_scores",
+    "channel_plan",
+    "count_macs",
+    "depgraph_plan",
+    "finalize",
+    "fit_power_law",
+    "gamma_for_density",
+    "load_pruned",
+    "nm_keep",
+    "nm_pattern_ok",
+    "parse_granularity",
+    "pressure_sweep",
+    "prune",
+    "save_pruned",
+    "shrink_channels",
+    "solve_trajectory",
+    "sparsity_report",
+]

@@ -1,6 +1,8 @@
 """Channel granularity: which channels can go, exact counts, the final trim and physical surgery.
 
-Supported models (others raise :class:`ConfigError`):
+This module is the block-inner plan (``channel_groups="inner"``); ``"depgraph"`` (any traceable
+model, residual streams included) lives in :mod:`edgeflow.prune.depgraph` and reuses the trim here.
+Models of the inner plan (others raise :class:`ConfigError`):
 
 * CIFAR ResNet-20/32/56 (option-A shortcuts). The residual stream's channels are tied across a
   stage by the parameter-free zero-pad shortcuts, so only block-internal channels are pruned:
@@ -38,6 +40,11 @@ class ChannelGroup:
     consumers: tuple[str, ...]
 
 
+def inner_plan_covers(model: nn.Module) -> bool:
+    """True for the models :func:`channel_plan` supports (CIFAR ResNets, conv4, VGG)."""
+    return isinstance(model, (CifarResNet, Conv4, VGG))
+
+
 def channel_plan(model: nn.Module) -> list[ChannelGroup]:
     """The prunable channel groups of ``model`` (see the module docstring)."""
     if isinstance(model, CifarResNet):
@@ -59,8 +66,9 @@ def channel_plan(model: nn.Module) -> list[ChannelGroup]:
             consumer = f"{seq_name}.{convs[j + 1]}" if j + 1 < len(convs) else "classifier"
             plan.append(ChannelGroup(f"{seq_name}.{i}", f"{seq_name}.{i + 1}", (consumer,)))
         return plan
-    raise ConfigError(f"channel granularity supports {', '.join(SUPPORTED)}; got "
-                      f"{type(model).__name__}. Use --granularity weight or n:m for this model")
+    raise ConfigError(f"the block-inner channel plan supports {', '.join(SUPPORTED)}; got "
+                      f"{type(model).__name__}. Use --channel-groups depgraph (any traceable model), "
+                      "or --granularity weight or n:m")
 
 
 def _shape(layer: nn.Module) -> tuple[int, int, int]:
@@ -73,6 +81,12 @@ def _shape(layer: nn.Module) -> tuple[int, int, int]:
 
 def channel_layer_counts(ms, keeps: dict[str, torch.Tensor]) -> dict[str, tuple[float, float]]:
     """(remaining, total) weights of every conv/linear layer when ``keeps`` channels survive."""
+    from edgeflow.prune.depgraph import DepPlan
+
+    if isinstance(ms.plan, DepPlan):
+        from edgeflow.prune.depgraph_shrink import group_layer_counts
+
+        return group_layer_counts(ms, keeps)
     kept_out = {g.conv: int(keeps[g.conv].sum()) for g in ms.plan if g.conv in keeps}
     kept_in = {c: kept_out[g.conv] for g in ms.plan if g.conv in kept_out for c in g.consumers}
     out = {}

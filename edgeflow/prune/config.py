@@ -28,6 +28,11 @@ from edgeflow.errors import ConfigError, unknown_name
 GRANULARITIES = ("weight", "n:m", "channel")
 METHODS = ("hyperflows", "gmp", "magnitude", "random")
 BUDGETS = ("weights", "flops")
+# channel granularity: which channels form a group. "inner": the block-inner plan of
+# edgeflow.prune.channel (CIFAR ResNets, conv4, VGG); "depgraph": Torch-Pruning's dependency graph
+# (any traceable model: residual streams, depthwise convs, concatenations); "auto": inner where it
+# applies, else depgraph.
+CHANNEL_GROUPS = ("auto", "inner", "depgraph")
 
 
 def parse_granularity(text: str) -> tuple[str, int, int]:
@@ -78,7 +83,9 @@ class PruneConfig:
     score_lr: float | None = None
     score_init: tuple[float, float] = (0.2, 0.5)
     # "random": t ~ U(low, high) (the spec). "magnitude": the same range, ordered by global |w|
-    # rank, so that under uniform pressure weights cross zero in global-magnitude order and flows
+    # rank (channel groups of the dependency graph: by the group's channel magnitude, see
+    # depgraph_shrink.group_magnitudes), so that under uniform pressure weights cross zero in
+    # global-magnitude order and flows
     # only have to correct that order (helps short budgets, where there are too few steps to
     # average the flows that must otherwise undo a random pruning order).
     score_init_order: str = "random"
@@ -104,6 +111,7 @@ class PruneConfig:
     budget: str = "weights"  # channel only: count removed weights or removed MACs
     min_channels: int = 1
     channel_multiple: int = 1  # channel only: round each layer's kept channels up to a multiple
+    channel_groups: str = "auto"  # channel only: "auto", "inner" or "depgraph" (CHANNEL_GROUPS)
     seed: int = 0
     device: str = "auto"
 
@@ -111,6 +119,8 @@ class PruneConfig:
         kind, _, _ = parse_granularity(self.granularity)
         if self.method not in METHODS:
             raise unknown_name("method", self.method, METHODS)
+        if self.channel_groups not in CHANNEL_GROUPS:
+            raise unknown_name("channel_groups", self.channel_groups, CHANNEL_GROUPS)
         if self.budget not in BUDGETS:
             raise unknown_name("budget", self.budget, BUDGETS)
         if self.controller_release not in RELEASES:

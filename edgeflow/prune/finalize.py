@@ -23,21 +23,36 @@ def finalize(model: nn.Module) -> nn.Module:
     is left untouched.
     Example: ``plain = finalize(net); torch.onnx.export(plain.eval(), x, "m.onnx")``.
     """
+    from edgeflow.prune.depgraph_shrink import GroupMask, shrink_groups, strip_gates
+
     model = copy.deepcopy(model)
     channel_keep: dict[str, torch.Tensor] = {}
+    group_keep: dict[str, torch.Tensor] = {}
+    plan = None
     for name, mod in model.named_modules():
         if parametrize.is_parametrized(mod, "weight"):
             mk = mod.parametrizations.weight[0]
             if isinstance(mk, ScoreMask) and mk.kind == "channel":
                 channel_keep[name] = mk.keep().clone()
+            if isinstance(mk, GroupMask):
+                group_keep[mk.group.name] = mk._owner[0].keep().clone()
+                plan = mk._owner[0].plan
+    strip_gates(model)
     for mod in list(model.modules()):
         if parametrize.is_parametrized(mod):
+            # deepcopy shares the dynamic Parametrized* class with the original module, and removing
+            # a parametrisation deletes its property from that class: give the copy its own class,
+            # or the masked model loses ``.weight`` once it is finalized
+            cls = mod.__class__
+            mod.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             for pname in list(mod.parametrizations.keys()):
                 parametrize.remove_parametrizations(mod, pname, leave_parametrized=True)
     for p in model.parameters():
         p.requires_grad_(True)
     if channel_keep:
         model = shrink_channels(model, channel_keep)
+    if group_keep:
+        model = shrink_groups(model, plan, group_keep)
     return model
 
 
@@ -75,7 +90,10 @@ def save_pruned(path: str | Path, model: nn.Module, *, meta: dict[str, Any]) -> 
 
     meta = copy.deepcopy(meta)
     prune_meta = meta.setdefault("prune", {})
-    if meta.get("model") in SUPPORTED:
+    if getattr(model, "channel_groups", None) == "depgraph":
+        prune_meta["channel_groups"] = "depgraph"
+        prune_meta["channels"] = dict(model.channel_widths)
+    elif meta.get("model") in SUPPORTED:
         prune_meta["channels"] = channel_counts(model)
     return save_checkpoint(path, state_dict=model.state_dict(), meta=meta)
 
@@ -96,7 +114,11 @@ def load_pruned(path: str | Path) -> nn.Module:
         num_classes = int(head[0].shape[0]) if head else 10
     model = create_model(meta["model"], num_classes=int(num_classes), **meta.get("model_kwargs", {}))
     channels = meta.get("prune", {}).get("channels")
-    if channels:
+    if channels and meta["prune"].get("channel_groups") == "depgraph":
+        from edgeflow.prune.depgraph_shrink import rebuild
+
+        model = rebuild(model, channels)
+    elif channels:
         full = channel_counts(model)
         if any(channels[k] != full[k] for k in channels):
             model = shrink_channels(model, {k: torch.arange(v) for k, v in channels.items()})

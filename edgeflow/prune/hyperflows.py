@@ -148,7 +148,8 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     ms = attach_scores(model, granularity=config.granularity, exclude=config.exclude,
                        score_init=config.score_init, slope=config.ste_slope,
                        init_order=config.score_init_order,
-                       generator=torch.Generator().manual_seed(config.seed + 1))
+                       generator=torch.Generator().manual_seed(config.seed + 1),
+                       channel_groups=config.channel_groups)
     for s in ms.scores():
         s.data = s.data.to(device)
     x, y = train

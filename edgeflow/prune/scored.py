@@ -18,7 +18,8 @@ Granularities, one score per group:
   and pressure can prune further inside the pattern when a sparsity above (m-n)/m is asked for.
   Scores start in [0.2, 0.5] ordered like |w| within each group, so the first projection is the
   magnitude one. Layers whose input channels are not a multiple of m (the RGB stem) stay dense.
-* ``channel``: one score per output channel of a prunable conv (see :mod:`edgeflow.prune.channel`);
+* ``channel``: one score per output channel of a prunable conv (see :mod:`edgeflow.prune.channel`;
+  with dependency-graph groups one per group channel, :mod:`edgeflow.prune.depgraph_shrink`);
   the same mask multiplies the conv's filters *and* the following BatchNorm's weight and bias, so a
   pruned channel is exactly zero after BN and the layer can be removed physically.
 """
@@ -250,8 +251,12 @@ class MaskSet:
 
 def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tuple[str, ...] = (),
                   score_init: tuple[float, float] = (0.2, 0.5), slope: float = 0.25,
-                  init_order: str = "random", generator: torch.Generator | None = None) -> MaskSet:
+                  init_order: str = "random", generator: torch.Generator | None = None,
+                  channel_groups: str = "auto") -> MaskSet:
     """Register score masks on ``model`` (in place) and return the :class:`MaskSet`.
+
+    ``channel_groups`` (channel granularity): ``"inner"``, ``"depgraph"`` or ``"auto"`` (see
+    :data:`edgeflow.prune.config.CHANNEL_GROUPS`).
 
     Example: ``ms = attach_scores(net, granularity="2:4")``; ``net(x)`` then runs masked.
     """
@@ -275,7 +280,17 @@ def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tup
     masks: dict[str, ScoreMask] = {}
     plan: list = []
     mods = dict(model.named_modules())
-    if kind == "channel":
+    if kind == "channel" and resolve_channel_groups(model, channel_groups) == "depgraph":
+        from edgeflow.prune.depgraph import depgraph_plan
+        from edgeflow.prune.depgraph_shrink import attach_group_masks
+
+        plan = depgraph_plan(model, exclude=exclude)
+        masks = attach_group_masks(model, plan, uniform, slope=slope)
+        if init_order == "magnitude":
+            from edgeflow.prune.depgraph_shrink import magnitude_ordered_scores
+
+            magnitude_ordered_scores(masks, model, plan, lo, hi)
+    elif kind == "channel":
         from edgeflow.prune.channel import channel_plan
 
         plan = [g for g in channel_plan(model) if g.conv not in exclude]
@@ -306,6 +321,21 @@ def attach_scores(model: nn.Module, *, granularity: str = "weight", exclude: tup
             _magnitude_ordered(masks, layers, lo, hi)
     return MaskSet(model=model, kind=kind, masks=masks, layers=layers, positions=positions,
                    plan=plan, n=n, m=m)
+
+
+def resolve_channel_groups(model: nn.Module, channel_groups: str) -> str:
+    """``"auto"`` -> ``"inner"`` for the models the block-inner plan covers, else ``"depgraph"``."""
+    from edgeflow.prune.config import CHANNEL_GROUPS
+
+    if channel_groups not in CHANNEL_GROUPS:
+        from edgeflow.errors import unknown_name
+
+        raise unknown_name("channel_groups", channel_groups, CHANNEL_GROUPS)
+    if channel_groups != "auto":
+        return channel_groups
+    from edgeflow.prune.channel import inner_plan_covers
+
+    return "inner" if inner_plan_covers(model) else "depgraph"
 
 
 def _magnitude_ordered(masks: dict[str, ScoreMask], layers: dict[str, nn.Module], lo: float,
