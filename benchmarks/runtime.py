@@ -153,10 +153,11 @@ def run_latency(bundle: Path, work: Path, *, repeats: int, warmup: int) -> dict:
                                                 lambda xt=xt: features_with_theta(model, xt, theta0, spec),
                                                 repeats=repeats, warmup=warmup)
         task = s.adapt(sx, sy)
-        z = s.embed_task(task.prototypes)
+        z, stats = s.embed_task(task.prototypes), s.task_stats(task)
         zt = torch.from_numpy(z)
-        res["drift_step"] = _pair(lambda: s.velocity(s.theta0, 0.5, z),
-                                  lambda: drift.velocity(theta0[None], 0.5, zt),
+        st = None if stats is None else torch.from_numpy(stats)
+        res["drift_step"] = _pair(lambda: s.velocity(s.theta0, 0.5, z, stats),
+                                  lambda: drift.velocity(theta0[None], 0.5, zt, st),
                                   repeats=repeats, warmup=warmup)
 
         def torch_adapt():

@@ -3,10 +3,10 @@
 Methods (:data:`METHODS`): ``none`` (prototypes at theta0), ``teacher`` (Adam on theta by backprop,
 the recipe chosen on val), ``hyperflow-euler`` / ``hyperflow-heun`` (integrate the drift, plus the
 re-centring move when the settings have one; no gradients), ``hyperflow-guard`` (the forward-only
-guard of :mod:`edgeflow.adapt.guard` over theta0, re-centring and the drift's path), ``recenter`` (the re-centring move
-alone, at the settings' alpha: what the drift adds is hyperflow minus this), ``full-finetune``
-(Adam on every backbone weight; only on the first ``full_episodes`` episodes of the largest shot
-count, it is expensive). The Euler step sweep also runs on the largest
+guard of :mod:`edgeflow.adapt.guard` over theta0, re-centring and the drift's path), ``recenter``
+(the re-centring move alone, at the settings' alpha: what the drift adds is hyperflow minus
+this), ``full-finetune`` (Adam on every backbone weight; only on the first ``full_episodes``
+episodes of the largest shot count, it is expensive). The Euler step sweep also runs on the largest
 shot count only.
 
 Accuracy: mean over episodes with a 95% interval 1.96 * std / sqrt(n). Cost, per episode, measured

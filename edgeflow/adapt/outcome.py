@@ -102,7 +102,7 @@ def perturb_statistics(cache: Cache, gen: torch.Generator, *, strength: float) -
             out.append(c)
             continue
         mu = c.mean((2, 3), keepdim=True)
-        sig = (c.var((2, 3), keepdim=True) + 1e-6).sqrt()
+        sig = (c.var((2, 3), keepdim=True, correction=0) + 1e-6).sqrt()  # 1x1 maps: 0, not NaN
         s_mu = mu.std(0, keepdim=True) if len(c) > 1 else mu.abs().mean(0, keepdim=True)
         s_sig = sig.std(0, keepdim=True) if len(c) > 1 else sig.mean(0, keepdim=True)
         e1 = torch.randn(1, c.shape[1], 1, 1, generator=gen).to(c)
@@ -207,7 +207,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     history = [{"step": 0, "val_acc": start_acc}]
     opt = torch.optim.AdamW(drift.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     bar = ProgressBar(progress, config.steps, "meta-train (outcome)")
-    t_start, bad, running = time.perf_counter(), 0, None
+    t_start, bad, running, skipped = time.perf_counter(), 0, None, 0
     net, th0 = split.model.to(device), theta0.to(device)
     frozen = [p for p in net.parameters() if p.requires_grad]
     for p in frozen:  # gradients go to the drift only (theta enters the suffix as an input)
@@ -231,6 +231,9 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
             loss, acc = query_loss(split, drift, sup, task.support_y.to(device), qry,
                                    task.query_y.to(device), config.ways, th0, settings=settings,
                                    metric=metric)
+            if not torch.isfinite(loss):  # a degenerate task: skip it rather than poison Adam
+                skipped += 1
+                continue
             (loss / config.tasks_per_step).backward()
             total += float(loss.detach()) / config.tasks_per_step
             accs.append(acc)
@@ -263,7 +266,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     report = {"objective": "outcome", "history": history, "best_step": best[1],
               "val_acc_no_adaptation": base_acc, "val_acc_warm_start": start_acc,
               "val_acc_chosen": best[0], "integrator": settings.to_dict(),
-              "layer_gain": drift.velocity_net.layer_gain.tolist(),
+              "layer_gain": drift.velocity_net.layer_gain.tolist(), "skipped_tasks": skipped,
               "seconds": time.perf_counter() - t_start, "config": config.to_dict(),
               "drift_config": drift.config.to_dict(), "val_tasks": len(val_tasks)}
     return drift, report

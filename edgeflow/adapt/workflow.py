@@ -34,7 +34,7 @@ from edgeflow.adapt.trajectories import (
 )
 from edgeflow.checkpoint import load_checkpoint
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess, load_dataset
-from edgeflow.errors import ConfigError
+from edgeflow.errors import ConfigError, unknown_name
 from edgeflow.models import Backbone, check_model_name, create_model
 from edgeflow.workflows import preprocess_for
 

@@ -104,12 +104,7 @@ def _validate(cfg: CompileConfig) -> None:
     from edgeflow.targets import Target
 
     check_model_name(cfg.backbone.model)
-    if is_custom(cfg.backbone.model):
-        if cfg.prune.enabled and cfg.prune.granularity == "channel":
-            raise ConfigError(f"channel pruning supports the zoo's resnet20/32/56, conv4 and vgg "
-                              f"models only, not your own model {cfg.backbone.model!r}; use "
-                              "--prune-granularity weight (or n:m), or --no-prune-enabled")
-    elif cfg.backbone.head:
+    if not is_custom(cfg.backbone.model) and cfg.backbone.head:
         raise ConfigError(f"backbone.head is for your own model (package.module:build); zoo model "
                           f"{cfg.backbone.model!r} has its head: leave --head empty")
     if cfg.prune.method not in METHODS:

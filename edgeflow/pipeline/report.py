@@ -183,6 +183,23 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
                       "fine-tuning column above: where fine-tuning the same biases gains little, "
                       "there is little for the drift to learn.",
                       ""]
+    outcome = adapt.get("outcome") or {}
+    if outcome.get("selection"):
+        sel = outcome["selection"]
+
+        def diff(key: str) -> str:
+            return f"{100 * sel[key]['mean']:+.2f} ± {100 * sel[key]['ci95']:.2f} points"
+        lines += ["## Outcome meta-training", "",
+                  f"The regressed drift was then trained on the query loss after adaptation "
+                  f"({outcome['config']['euler_steps']} Euler steps, closed loop every "
+                  f"{outcome['config']['loop_every'] or 'never (open loop)'}; weights of step "
+                  f"{outcome['best_step']} kept). On {outcome['val_tasks']} fresh val tasks: no "
+                  f"adaptation {_pct(sel['none']['mean'])}, regressed drift "
+                  f"{_pct(sel['trajectory']['mean'])}, outcome drift "
+                  f"{_pct(sel['outcome']['mean'])}: {diff('outcome - none')} over no "
+                  f"adaptation and {diff('outcome - trajectory')} over the regressed drift "
+                  "(paired 95% intervals). Learned per-layer re-centring gain: "
+                  + ", ".join(f"{g:+.3f}" for g in outcome.get("layer_gain", [])) + ".", ""]
     if metrics.get("steps_curve"):
         lines += ["## Accuracy against Euler steps", "", "![accuracy vs steps](steps.png)", ""]
         for shots, points in metrics["steps_curve"].items():

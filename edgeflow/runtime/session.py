@@ -26,6 +26,7 @@ from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
 from edgeflow.runtime.openset import fit as openset_fit
 from edgeflow.runtime.protos import prototype_logits, prototypes, softmax
+from edgeflow.runtime.signals import support_stats
 from edgeflow.runtime.support import Support
 from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen
 from edgeflow.runtime.trust import check_expected, verify_signature
@@ -197,6 +198,16 @@ class Session:
                                   "Session.adapt, which computes them")
             feed["stats"] = stats.astype(np.float32)
         return self.runners["drift"].infer(feed)["velocity"][0]
+
+    def task_stats(self, task: Task) -> np.ndarray | None:
+        """(1, S) support statistics of ``task``'s support set at theta0, what a drift that reads
+        them is fed on its first step (:mod:`edgeflow.runtime.signals`); None for other drifts."""
+        if not self.drift_stats:
+            return None
+        support = self._task_support(task)
+        _, ep = np.unique(support.labels, return_inverse=True)
+        feats, means = self._suffix(support.cache, self.theta0, "features", "theta_means")
+        return support_stats(feats, means, ep, int(ep.max()) + 1, self.theta0)[None]
 
     def integrate_theta(self, z: np.ndarray, *, steps: int | None = None,
                         method: str | None = None) -> np.ndarray:

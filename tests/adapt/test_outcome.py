@@ -144,6 +144,8 @@ def test_feature_statistics_perturbation_moves_channel_statistics_per_task():
     assert torch.allclose((y.mean((2, 3)) - x.mean((2, 3))).std(0), torch.zeros(8), atol=0.6)
     (same,) = perturb_statistics((x,), g, strength=0.0)
     assert torch.equal(same, x)
+    (one,) = perturb_statistics((torch.randn(6, 8, 1, 1),), g, strength=1.0)  # 1x1 maps
+    assert torch.isfinite(one).all()
     flat = torch.randn(4, 8)
     assert perturb_statistics((flat,), g, strength=1.0)[0] is flat  # only 4-D activations
 
