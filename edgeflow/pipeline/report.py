@@ -191,8 +191,10 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
             return f"{100 * sel[key]['mean']:+.2f} ± {100 * sel[key]['ci95']:.2f} points"
         lines += ["## Outcome meta-training", "",
                   f"The regressed drift was then trained on the query loss after adaptation "
-                  f"({outcome['config']['euler_steps']} Euler steps, closed loop every "
-                  f"{outcome['config']['loop_every'] or 'never (open loop)'}; weights of step "
+                  f"({outcome['config']['euler_steps']} Euler steps, "
+                  + (f"closed loop every {outcome['config']['loop_every']} steps"
+                     if outcome['config']['loop_every'] else "open loop")
+                  + f"; weights of step "
                   f"{outcome['best_step']} kept). On {outcome['val_tasks']} fresh val tasks: no "
                   f"adaptation {_pct(sel['none']['mean'])}, regressed drift "
                   f"{_pct(sel['trajectory']['mean'])}, outcome drift "
