@@ -71,3 +71,18 @@ def test_engines_not_built_say_how_to_build_them(tmp_path):
     assert engines_note({"engines": {"built": True, "precision": "fp16"}}) == \
         "TensorRT engines: built (fp16)"
     assert engines_note(METRICS) == ""
+
+
+def test_adaptation_checks_fail_visibly_when_the_drift_loses():
+    """Issue 17: a compile whose drift scores below no adaptation on its own episodes fails a
+    check (per shot count), with the numbers and the fix in its message."""
+    from edgeflow.pipeline.eval_stage import adaptation_checks
+
+    table = {"5": {"none": {"acc": 0.549}, "hyperflow": {"acc": 0.539}},
+             "1": {"none": {"acc": 0.393}, "hyperflow": {"acc": 0.443}},
+             "10": {"none": {"acc": 0.6}}}  # no drift evaluated there: no check
+    checks = adaptation_checks(table)
+    assert [c["name"] for c in checks] == ["adaptation helps (1-shot)", "adaptation helps (5-shot)"]
+    assert checks[0]["ok"] and "+5.00 points" in checks[0]["message"]
+    assert not checks[1]["ok"] and "-1.00 points" in checks[1]["message"]
+    assert "guard=True" in checks[1]["message"]
