@@ -64,8 +64,12 @@ class OutcomeConfig:
     queries: int = 10
     lr: float = 3e-4
     weight_decay: float = 1e-4
+    use_stats: bool = True  # False (an ablation): statistics input and gain frozen at zero
     perturb: float = 1.0  # DSU noise scale on the cached activations (0: off)
     perturb_fraction: float = 0.5
+    # weights are kept only if they do not lose more than this on the val tasks without a domain
+    # shift (the in-domain no-harm rule; then the best mean val accuracy among them)
+    plain_tolerance: float = 0.0
     plain_fraction: float = 0.35  # tasks without a pixel shift
     instance_fraction: float = 0.3
     eval_every: int = 50
@@ -196,16 +200,35 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     dim = split.suffix(val_tasks[0].support_only, theta0).shape[1]
     drift = outcome_drift(warm, split, feature_dim=dim, recenter_init=recenter_init)
     _set_stats_scales(drift, split, val_tasks[: min(64, len(val_tasks))], theta0)
+    if not config.use_stats:  # prototypes only: the new inputs stay exactly zero
+        vn = drift.velocity_net
+        with torch.no_grad():
+            vn.layer_gain.zero_()
+        for p in (vn.stats_in.weight, vn.stats_in.bias, vn.layer_gain):
+            p.requires_grad_(False)
     settings = config.settings
     samplers = {k: EpisodeSampler(base.labels, ways=config.ways, shots=k, queries=config.queries,
                                   seed=config.seed + 31 * k) for k in config.shots}
     drift.eval()
-    base_acc = val_outcome(drift, split, val_tasks, theta0, settings=replace_steps(settings, 0),
-                           metric=metric)
-    start_acc = val_outcome(drift, split, val_tasks, theta0, settings=settings, metric=metric)
-    best = (start_acc, 0, copy.deepcopy(drift.state_dict()))
-    history = [{"step": 0, "val_acc": start_acc}]
-    opt = torch.optim.AdamW(drift.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    plain = np.array([not t.shift for t in val_tasks])
+    none = np.asarray(per_task_accuracy(drift, split, val_tasks, theta0,
+                                        settings=replace_steps(settings, 0), metric=metric))
+    base_acc = float(none.mean())
+
+    def score(model: DriftNet) -> tuple[bool, float, float]:
+        """(does no harm on the val tasks without a domain shift, mean val accuracy, that gain):
+        weights that lose on in-domain tasks are kept only if nothing else is found."""
+        accs = np.asarray(per_task_accuracy(model, split, val_tasks, theta0, settings=settings,
+                                            metric=metric))
+        gain = float((accs - none)[plain].mean()) if plain.any() else 0.0
+        return gain >= -config.plain_tolerance, float(accs.mean()), gain
+
+    start = score(drift)
+    start_acc = start[1]
+    best = (start[:2], 0, copy.deepcopy(drift.state_dict()))
+    history = [{"step": 0, "val_acc": start_acc, "val_plain_gain": start[2]}]
+    opt = torch.optim.AdamW([p for p in drift.parameters() if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)
     bar = ProgressBar(progress, config.steps, "meta-train (outcome)")
     t_start, bad, running, skipped = time.perf_counter(), 0, None, 0
     net, th0 = split.model.to(device), theta0.to(device)
@@ -241,18 +264,18 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
         opt.step()
         opt.zero_grad(set_to_none=True)
         running = total if running is None else 0.95 * running + 0.05 * total
-        bar.advance(f"loss {running:.3f} best val {best[0]:.4f}")
+        bar.advance(f"loss {running:.3f} best val {best[0][1]:.4f}")
         if step % config.eval_every == 0 or step == config.steps:
             drift.eval()
             net.cpu()
-            acc = val_outcome(drift.cpu(), split, val_tasks, theta0, settings=settings,
-                              metric=metric)
+            now = score(drift.cpu())
             net.to(device)
             drift.to(device)
             history.append({"step": step, "loss": running, "train_acc": float(np.mean(accs)),
-                            "val_acc": acc, "seconds": time.perf_counter() - t_start})
-            if acc > best[0]:
-                best, bad = (acc, step, copy.deepcopy(drift.state_dict())), 0
+                            "val_acc": now[1], "val_plain_gain": now[2],
+                            "seconds": time.perf_counter() - t_start})
+            if now[:2] > best[0]:  # no harm first, then accuracy
+                best, bad = (now[:2], step, copy.deepcopy(drift.state_dict())), 0
             else:
                 bad += 1
                 if bad >= config.patience:
@@ -265,7 +288,8 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     drift.eval()
     report = {"objective": "outcome", "history": history, "best_step": best[1],
               "val_acc_no_adaptation": base_acc, "val_acc_warm_start": start_acc,
-              "val_acc_chosen": best[0], "integrator": settings.to_dict(),
+              "val_acc_chosen": best[0][1], "val_no_harm_in_domain": best[0][0],
+              "val_plain_tasks": int(plain.sum()), "integrator": settings.to_dict(),
               "layer_gain": drift.velocity_net.layer_gain.tolist(), "skipped_tasks": skipped,
               "seconds": time.perf_counter() - t_start, "config": config.to_dict(),
               "drift_config": drift.config.to_dict(), "val_tasks": len(val_tasks)}

@@ -32,6 +32,7 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     sel = out["outcome"]["selection"]
     assert {"none", "trajectory", "outcome", "outcome - none"} <= set(sel)
     assert out["outcome"]["val_tasks"] == 4 and out["integrator"]["steps"] == 4
+    assert isinstance(out["outcome"]["val_no_harm_in_domain"], bool)  # the selection rule ran
     assert out["integrator"]["method"] == "euler" and out["trajectory_rows"] == 6
     gain = out["trajectory_gain"]
     assert gain["all"]["rows"] == 6 == sum(gain[k]["rows"] for k in ("class", "instance") if k in gain)
