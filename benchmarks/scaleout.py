@@ -88,7 +88,7 @@ def main() -> None:
         rep, wall = edgeflow(["meta-train", "--model", model, "--weights", str(backbone), "--data",
                               base, "--val-data", val, "--tasks", str(tasks), "--steps",
                               str(meta_steps), "--theta-size", str(theta), "--hidden", str(hidden),
-                              "--val-tasks", "20", "--device", "cpu",
+                              "--val-tasks", "20", "--device", "cpu", "--objective", "trajectory",
                               "--output", str(work / f"drift{tag}.pt")],
                              nproc=nproc, threads=threads, cwd=work)
         meta_rows[name] = {"nproc": nproc, "threads": threads, "wall_s": wall, **rep["seconds"],

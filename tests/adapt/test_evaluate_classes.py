@@ -19,7 +19,8 @@ def test_evaluate_on_selected_classes(tmp_path, digits_backbone):
     res = runner.invoke(app, list(map(str, [
         "meta-train", "--model", "conv4", "--weights", weights, "--data", "digits", "--val-data",
         "digits", "--output", drift, "--tasks", "2", "--teacher-steps", "2", "--steps", "5",
-        "--hidden", "16", "--theta-size", "16", "--val-tasks", "2", "--json"])))
+        "--hidden", "16", "--theta-size", "16", "--val-tasks", "2", "--objective", "trajectory",
+        "--json"])))
     assert res.exit_code == 0, res.output
     common = ["evaluate", "--model", "conv4", "--weights", str(weights), "--drift", str(drift),
               "--data", "digits", "--shots", "5", "--episodes", "2", "--queries", "3",

@@ -133,7 +133,7 @@ def test_two_process_meta_train_shards_trajectories_and_matches_single_process(t
     common = ["meta-train", "--model", "conv4", "--weights", tmp_path / "bb.pt", "--data", "digits",
               "--val-data", "digits", "--tasks", "50", "--starts", "2", "--steps", "60",
               "--val-tasks", "6", "--teacher-steps", "8", "--theta-size", "64", "--hidden", "32",
-              "--device", "cpu", "--json"]
+              "--device", "cpu", "--objective", "trajectory", "--json"]
     one = _edgeflow(*common, "--output", tmp_path / "d1.pt", tmp=tmp_path)
     two = _edgeflow(*common, "--output", tmp_path / "d2.pt", nproc=2, tmp=tmp_path)
     assert one["world_size"] == 1 and two["world_size"] == 2 and two["ranks_agree"] is True
