@@ -99,6 +99,7 @@ def quick_bundle(tmp: Path) -> tuple[Path, list[int]]:
                                   "backbone.epochs": 3, "prune.epochs": 1, "prune.regrowth_epochs": 0,
                                   "prune.recovery_epochs": 1, "adapt.tasks": 20,
                                   "adapt.val_tasks": 8, "adapt.meta_steps": 60,
+                                  "adapt.outcome_steps": 20, "adapt.selection_tasks": 50,
                                   "eval.episodes": 2, "eval.shots": "5", "export.int8": "yes",
                                   "export.calibration_samples": 64, "device": "cpu"})
     run_compile(cfg, log=lambda m: None)
