@@ -130,7 +130,10 @@ def _outcome_line(res: dict) -> str:
     gain, vs = sel["outcome - none"], sel["outcome - trajectory"]
     return (f"; outcome drift on {res['outcome']['val_tasks']} fresh val tasks: "
             f"{100 * gain['mean']:+.2f} ± {100 * gain['ci95']:.2f} points over no adaptation, "
-            f"{100 * vs['mean']:+.2f} ± {100 * vs['ci95']:.2f} over the regressed drift")
+            f"{100 * vs['mean']:+.2f} ± {100 * vs['ci95']:.2f} over the regressed drift"
+            + ("" if res["outcome"].get("val_no_harm_in_domain", True) else
+               "; [bold red]it loses in-domain on val at some shot count[/]: adapt with "
+               "guard=True or use --objective trajectory"))
 
 
 def evaluate(

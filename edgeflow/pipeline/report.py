@@ -202,6 +202,12 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
                   f"adaptation and {diff('outcome - trajectory')} over the regressed drift "
                   "(paired 95% intervals). Learned per-layer re-centring gain: "
                   + ", ".join(f"{g:+.3f}" for g in outcome.get("layer_gain", [])) + ".", ""]
+        if outcome.get("val_no_harm_in_domain") is False:
+            lines += ["**No weights did no harm in-domain:** every checkpoint, the starting one "
+                      "too, lost to no adaptation on the val class episodes without a domain "
+                      "shift at some shot count; the best by mean val accuracy was kept. Deploy "
+                      "with `Session.adapt(..., guard=True)`, or compile with `--adapt-objective "
+                      "trajectory` or `--no-adapt-enabled`.", ""]
     if metrics.get("steps_curve"):
         lines += ["## Accuracy against Euler steps", "", "![accuracy vs steps](steps.png)", ""]
         for shots, points in metrics["steps_curve"].items():

@@ -86,3 +86,18 @@ def test_adaptation_checks_fail_visibly_when_the_drift_loses():
     assert checks[0]["ok"] and "+5.00 points" in checks[0]["message"]
     assert not checks[1]["ok"] and "-1.00 points" in checks[1]["message"]
     assert "guard=True" in checks[1]["message"]
+
+
+def test_the_outcome_section_reports_selection_and_in_domain_harm(tmp_path):
+    sel = {"none": {"mean": 0.5568}, "trajectory": {"mean": 0.5583}, "outcome": {"mean": 0.5652},
+           "outcome - none": {"mean": 0.0084, "ci95": 0.0027},
+           "outcome - trajectory": {"mean": 0.0070, "ci95": 0.0025}}
+    outcome = {"selection": sel, "config": {"euler_steps": 4, "loop_every": 2}, "best_step": 198,
+               "val_tasks": 1000, "layer_gain": [-0.52, -0.51], "val_no_harm_in_domain": True}
+    adapt = {**METRICS.get("adapt", {}), "outcome": outcome}
+    text = render_report({**METRICS, "adapt": adapt}, tmp_path / "ok").read_text()
+    assert "closed loop every 2 steps" in text and "+0.84 ± 0.27 points over no adaptation" in text
+    assert "No weights did no harm" not in text
+    adapt["outcome"] = {**outcome, "val_no_harm_in_domain": False}
+    text = render_report({**METRICS, "adapt": adapt}, tmp_path / "harm").read_text()
+    assert "No weights did no harm in-domain" in text and "guard=True" in text
