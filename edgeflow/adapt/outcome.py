@@ -70,6 +70,9 @@ class OutcomeConfig:
     # weights are kept only if they do not lose more than this on the val class episodes without a
     # domain shift, at any shot count (the in-domain no-harm rule; then the best mean val accuracy)
     plain_tolerance: float = 0.0
+    # when no weights do no harm in-domain, the whole move is scaled by these in turn until it
+    # does (0: the drift moves nothing, the device keeps theta0)
+    damping_choices: tuple[float, ...] = (0.75, 0.5, 0.25, 0.0)
     plain_fraction: float = 0.35  # tasks without a pixel shift
     instance_fraction: float = 0.3
     eval_every: int = 50
@@ -93,6 +96,7 @@ class OutcomeConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shots"] = list(self.shots)
+        d["damping_choices"] = list(self.damping_choices)
         return d
 
 
@@ -290,7 +294,19 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     net.cpu()
     drift.cpu().load_state_dict(best[2])
     drift.eval()
+    damping = 1.0
+    if not best[0][0]:  # nothing did no harm in-domain: damp the whole move until it does
+        for lam in config.damping_choices:
+            damp(drift, lam / damping)
+            damping = lam
+            now = score(drift)
+            history.append({"step": best[1], "damping": lam, "val_acc": now[1],
+                            "val_in_domain_gain": now[2]})
+            if now[0]:
+                best = (now[:2], best[1], best[2])
+                break
     report = {"objective": "outcome", "history": history, "best_step": best[1],
+              "damping": damping,
               "val_acc_no_adaptation": base_acc, "val_acc_warm_start": start_acc,
               "val_acc_chosen": best[0][1], "val_no_harm_in_domain": best[0][0],
               "val_in_domain_tasks": [int(g.sum()) for g in groups], "integrator": settings.to_dict(),
@@ -298,6 +314,15 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
               "seconds": time.perf_counter() - t_start, "config": config.to_dict(),
               "drift_config": drift.config.to_dict(), "val_tasks": len(val_tasks)}
     return drift, report
+
+
+@torch.no_grad()
+def damp(drift: DriftNet, factor: float) -> None:
+    """Scale the drift's whole velocity by ``factor`` (its output scale and its re-centring gain,
+    both exported with the graph, so the device needs nothing new)."""
+    drift.velocity_net.velocity_scale.mul_(factor)
+    if drift.uses_stats:
+        drift.velocity_net.layer_gain.mul_(factor)
 
 
 def replace_steps(settings: IntegratorSettings, steps: int) -> IntegratorSettings:

@@ -202,6 +202,11 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
                   f"adaptation and {diff('outcome - trajectory')} over the regressed drift "
                   "(paired 95% intervals). Learned per-layer re-centring gain: "
                   + ", ".join(f"{g:+.3f}" for g in outcome.get("layer_gain", [])) + ".", ""]
+        if outcome.get("damping", 1.0) != 1.0:
+            lines += [f"No trained weights did no harm in-domain on val, so the drift's whole "
+                      f"move was damped to {outcome['damping']:g} of itself, the largest of "
+                      f"{outcome['config'].get('damping_choices')} that does no harm there "
+                      "(0: the drift moves nothing).", ""]
         if outcome.get("val_no_harm_in_domain") is False:
             lines += ["**No weights did no harm in-domain:** every checkpoint, the starting one "
                       "too, lost to no adaptation on the val class episodes without a domain "

@@ -153,3 +153,22 @@ def test_feature_statistics_perturbation_moves_channel_statistics_per_task():
 def test_outcome_config_is_the_devices_integrator():
     cfg = OutcomeConfig(euler_steps=3, loop_every=1)
     assert cfg.settings == IntegratorSettings(steps=3, loop_every=1)
+
+
+def test_damping_scales_the_whole_velocity():
+    """What outcome selection falls back to when nothing does no harm in-domain: the velocity
+    (network output and re-centring term) times a factor; 0 moves nothing."""
+    from edgeflow.adapt.outcome import damp
+    from edgeflow.adapt.signals import stats_dim
+
+    _, spec, split = _setup()
+    drift = outcome_drift(small_drift(spec), split, feature_dim=64, recenter_init=0.5).eval()
+    g = torch.Generator().manual_seed(1)
+    theta, z = torch.randn(2, spec.size, generator=g), torch.randn(2, 32, generator=g)
+    stats = torch.randn(2, stats_dim(spec.size), generator=g)
+    with torch.no_grad():
+        full = drift.velocity(theta, 0.2, z, stats)
+        damp(drift, 0.5)
+        torch.testing.assert_close(drift.velocity(theta, 0.2, z, stats), 0.5 * full)
+        damp(drift, 0.0)
+        assert drift.velocity(theta, 0.2, z, stats).abs().max() == 0
