@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
            "selection": ometa.get("report", {}).get("outcome", {}).get("selection"),
            "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    args.out.with_suffix(".md").write_text(render(out))
+    # OUT.json and OUT.md (appended, not with_suffix: "damped_0.5" has no suffix to replace)
+    (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(out, indent=1))
+    (args.out.parent / f"{args.out.name}.md").write_text(render(out))
     return out
 
 
