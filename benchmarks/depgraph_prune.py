@@ -39,7 +39,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -47,6 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _latency import onnx_latency  # noqa: E402  (benchmarks/ is the script's folder)
+
 SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared"))
 R20_WEIGHTS = SHARED / "weights" / "cifar10-resnet20-12fca82f.th"
 TRAIN, TEST = SHARED / "data" / "cifar10" / "train.zip", SHARED / "data" / "cifar10" / "test.zip"
@@ -66,41 +67,8 @@ QUICK = {"resnet20": {"limit": 2000, "test_limit": 2000, "dense_epochs": 0, "epo
                                 "methods": ("dense", "hyperflows-m", "magnitude")}}
 
 
-def onnx_latency(dense, pruned, *, size: int, repeats: int, batches=(32, 1)) -> dict:
-    """Median ORT CPU latency (ms, one thread) of both models, timed interleaved."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    out: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = {}
-        for name, model in (("dense", dense), ("pruned", pruned)):
-            path = Path(tmp) / f"{name}.onnx"
-            torch.onnx.export(model.eval(), torch.zeros(1, 3, size, size), str(path), dynamo=False,
-                              input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for b in batches:
-            x = np.random.default_rng(0).standard_normal((b, 3, size, size)).astype(np.float32)
-            times: dict = {"dense": [], "pruned": []}
-            for sess in sessions.values():
-                for _ in range(3):
-                    sess.run(None, {"x": x})
-            for _ in range(repeats):
-                for name, sess in sessions.items():
-                    t0 = time.perf_counter()
-                    sess.run(None, {"x": x})
-                    times[name].append((time.perf_counter() - t0) * 1000)
-            d, p = statistics.median(times["dense"]), statistics.median(times["pruned"])
-            out[f"batch{b}"] = {"dense_ms": d, "pruned_ms": p, "speedup": d / p}
-    return out
-
-
 def latency(dense, pruned, *, size: int, repeats: int, rounds: int) -> dict:
-    runs = [onnx_latency(dense, pruned, size=size, repeats=repeats) for _ in range(rounds)]
+    runs = [onnx_latency(dense, pruned, size=size, warmup=3, repeats=repeats) for _ in range(rounds)]
     return {b: {"dense_ms": statistics.median(r[b]["dense_ms"] for r in runs),
                 "pruned_ms": statistics.median(r[b]["pruned_ms"] for r in runs),
                 "speedup": statistics.median(r[b]["speedup"] for r in runs),

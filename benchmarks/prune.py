@@ -24,7 +24,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
@@ -32,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _latency import onnx_latency  # noqa: E402  (benchmarks/ is the script's folder)
+
 SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared"))
 WEIGHTS = SHARED / "weights" / "cifar10-resnet20-12fca82f.th"
 TRAIN = SHARED / "data" / "cifar10" / "train.zip"
@@ -70,39 +71,6 @@ def _data(limit: int, test_limit: int):
         _DATA["train"] = to_tensor(load_dataset(str(TRAIN), limit=limit), spec)
         _DATA["test"] = to_tensor(load_dataset(str(TEST), limit=test_limit), spec)
     return _DATA["train"], _DATA["test"]
-
-
-def onnx_latency(dense, pruned, *, repeats: int, batches=(1, 32)) -> dict:
-    """Median ONNX Runtime CPU latency (ms) of both models, interleaved, in this process."""
-    import numpy as np
-    import onnxruntime as ort
-    import torch
-
-    out: dict = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = {}
-        for name, model in (("dense", dense), ("pruned", pruned)):
-            path = Path(tmp) / f"{name}.onnx"
-            torch.onnx.export(model.eval(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False,
-                              input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = 1
-            sessions[name] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        for b in batches:
-            x = np.random.default_rng(0).standard_normal((b, 3, 32, 32)).astype(np.float32)
-            times: dict = {"dense": [], "pruned": []}
-            for sess in sessions.values():
-                for _ in range(5):
-                    sess.run(None, {"x": x})
-            for _ in range(repeats):
-                for name, sess in sessions.items():
-                    t0 = time.perf_counter()
-                    sess.run(None, {"x": x})
-                    times[name].append((time.perf_counter() - t0) * 1000)
-            d, p = statistics.median(times["dense"]), statistics.median(times["pruned"])
-            out[f"batch{b}"] = {"dense_ms": d, "pruned_ms": p, "speedup": d / p}
-    return out
 
 
 def overhead(repeats: int, batch: int) -> dict:
