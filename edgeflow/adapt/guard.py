@@ -14,28 +14,12 @@ from collections.abc import Sequence
 
 import torch
 
-from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
+from edgeflow.adapt.apply import IntegratorSettings
 from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.loop import drift_path
 from edgeflow.adapt.recenter import recenter_move, support_pass
+from edgeflow.adapt.signals import loo_score
 from edgeflow.adapt.split import Cache, SplitFeatures
-
-
-def loo_score(features: torch.Tensor, labels: torch.Tensor, ways: int, *,
-              metric: str = "cosine", scale: float = 10.0) -> tuple[float, float]:
-    """(leave-one-out accuracy, mean log-probability of the true class) of a support set."""
-    f = features.double()
-    onehot = torch.nn.functional.one_hot(labels, ways).double()
-    sums, counts = onehot.T @ f, onehot.sum(0)
-    sim = lambda q, p: prototype_logits(q.float(), p.float(), metric=metric,  # noqa: E731
-                                        scale=scale).double()
-    logits = sim(features, sums / counts[:, None])
-    own = (sums[labels] - f) / (counts[labels] - 1)[:, None]
-    own_logit = torch.stack([sim(features[i:i + 1], own[i:i + 1])[0, 0]
-                             for i in range(len(labels))])
-    logits = logits.scatter(1, labels[:, None], own_logit[:, None])
-    logp = logits.log_softmax(1).gather(1, labels[:, None]).mean()
-    return float((logits.argmax(1) == labels).double().mean()), float(logp)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -181,13 +181,6 @@ def per_task_accuracy(drift: DriftNet | None, split: SplitFeatures, tasks: list[
                               metric=metric) for t in tasks]
 
 
-def val_outcome(drift: DriftNet, split: SplitFeatures, tasks: list[TaskCache], theta0: torch.Tensor,
-                *, settings: IntegratorSettings, metric: str = "cosine") -> float:
-    """Mean query accuracy of ``tasks`` after adaptation with ``settings`` (no gradients)."""
-    return float(np.mean(per_task_accuracy(drift, split, tasks, theta0, settings=settings,
-                                           metric=metric)))
-
-
 def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[TaskCache],
                        split: SplitFeatures, theta0: torch.Tensor, *, config: OutcomeConfig,
                        warm: DriftNet | None = None, recenter_init: float = 0.0,
@@ -220,7 +213,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
               for k in sorted({t.shots for t in val_tasks})]
     groups = [g for g in groups if g.any()]
     none = np.asarray(per_task_accuracy(drift, split, val_tasks, theta0,
-                                        settings=replace_steps(settings, 0), metric=metric))
+                                        settings=replace(settings, steps=0), metric=metric))
     base_acc = float(none.mean())
 
     def score(model: DriftNet) -> tuple[bool, float, float]:
@@ -323,9 +316,3 @@ def damp(drift: DriftNet, factor: float) -> None:
     drift.velocity_net.velocity_scale.mul_(factor)
     if drift.uses_stats:
         drift.velocity_net.layer_gain.mul_(factor)
-
-
-def replace_steps(settings: IntegratorSettings, steps: int) -> IntegratorSettings:
-    from dataclasses import replace
-
-    return replace(settings, steps=steps)

@@ -21,28 +21,43 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from edgeflow.adapt.apply import prototype_logits
+
 
 def stats_dim(theta_dim: int) -> int:
     """Length of the statistics vector for a theta of ``theta_dim`` entries."""
     return 3 * theta_dim + 3
 
 
-def _cosine(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    return scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+def _paired(a: torch.Tensor, b: torch.Tensor, metric: str, scale: float) -> torch.Tensor:
+    """Row i of ``a`` against row i of ``b``: the diagonal of :func:`prototype_logits`."""
+    if metric == "cosine":
+        return scale * (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(-1)
+    return -(a - b).pow(2).sum(-1)
 
 
 def loo_logits(features: torch.Tensor, labels: torch.Tensor, ways: int, *,
-               scale: float = 10.0) -> torch.Tensor:
-    """(N, W) support logits with each image's own class column against the mean of its class's
-    *other* shots (the formula of :func:`edgeflow.runtime.protos.loo_logits`)."""
+               metric: str = "cosine", scale: float = 10.0) -> torch.Tensor:
+    """(N, W) float64 support logits with each image's own class column against the mean of its
+    class's *other* shots (the formula of :func:`edgeflow.runtime.protos.loo_logits`)."""
     features = features.float()
     f = features.double()
     onehot = F.one_hot(labels, ways).double()
     sums, counts = onehot.T @ f, onehot.sum(0)
-    logits = _cosine(features, (sums / counts[:, None]).float(), scale).double()
+    logits = prototype_logits(features, (sums / counts[:, None]).float(), metric=metric,
+                              scale=scale).double()
     own = ((sums[labels] - f) / (counts[labels] - 1)[:, None]).float()
-    own_logit = scale * (F.normalize(features, dim=-1) * F.normalize(own, dim=-1)).sum(-1)
-    return logits.scatter(1, labels[:, None], own_logit.double()[:, None])
+    own_logit = _paired(features, own, metric, scale).double()
+    return logits.scatter(1, labels[:, None], own_logit[:, None])
+
+
+def loo_score(features: torch.Tensor, labels: torch.Tensor, ways: int, *,
+              metric: str = "cosine", scale: float = 10.0) -> tuple[float, float]:
+    """(leave-one-out accuracy, mean log-probability of the true class) of a support set; every
+    class needs 2 shots."""
+    logits = loo_logits(features, labels, ways, metric=metric, scale=scale)
+    logp = logits.log_softmax(1).gather(1, labels[:, None]).mean()
+    return float((logits.argmax(1) == labels).double().mean()), float(logp)
 
 
 @torch.no_grad()
@@ -62,8 +77,6 @@ def support_stats(features: torch.Tensor, means: torch.Tensor, labels: torch.Ten
     between = ((cmeans - cmeans.mean(0)) ** 2).mean(0).sqrt()
     loo = torch.zeros(3, dtype=torch.float64, device=m.device)
     if counts.min() >= 2:
-        logits = loo_logits(features, labels, ways, scale=scale)
-        logp = logits.log_softmax(1).gather(1, labels[:, None]).mean()
-        acc = (logits.argmax(1) == labels).double().mean()
-        loo = torch.stack([acc, logp, torch.ones((), dtype=torch.float64, device=m.device)])
+        acc, logp = loo_score(features, labels, ways, scale=scale)
+        loo = torch.tensor([acc, logp, 1.0], dtype=torch.float64, device=m.device)
     return torch.cat([drift, within, between, loo]).float()
