@@ -219,17 +219,33 @@ def targets(results: list[dict]) -> list[str]:
 
 
 def seeds_table(datasets: list[dict]) -> str:
-    """Top-1 of every run that each seed completed, per seed and the mean."""
+    """Top-1 of every run that each seed completed, per seed, with mean, sample standard deviation
+    and range; then Hyperflows (reset) minus GMP per sparsity, paired by seed."""
     seeds = [d["meta"]["seed"] for d in datasets]
     by = [{r["run"]: r["top1"] for r in d["results"]} for d in datasets]
     common = [r for r in by[0] if all(r in b for b in by[1:])]
     lines = ["", f"## Seeds {seeds}: top-1 of the runs every seed completed", "",
-             "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |",
-             "|---|" + "---|" * (len(seeds) + 1)]
+             "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd | range |",
+             "|---|" + "---|" * (len(seeds) + 2)]
+
+    def spread(vals: list[float]) -> str:
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{100 * statistics.mean(vals):.2f} ± {100 * sd:.2f}"
+
     for run in common:
         vals = [b[run] for b in by]
         lines.append(f"| {run} | " + " | ".join(f"{100 * v:.2f}%" for v in vals)
-                     + f" | {100 * statistics.mean(vals):.2f}% |")
+                     + f" | {spread(vals)} | {100 * (max(vals) - min(vals)):.2f} |")
+    pairs = [(f"hfr:{lv}", f"gmp:{lv}") for lv in ("0.9", "0.95", "0.98", "0.99")]
+    pairs = [(h, g) for h, g in pairs if h in common and g in common]
+    if pairs:
+        lines += ["", "Hyperflows (reset) minus GMP, points, paired by seed (same images, same "
+                  "budget):", "", "| sparsity | " + " | ".join(f"seed {s}" for s in seeds)
+                  + " | mean ± sd | seeds where Hyperflows wins |", "|---|" + "---|" * (len(seeds) + 2)]
+        for h, g in pairs:
+            d = [b[h] - b[g] for b in by]
+            lines.append(f"| {h.split(':')[1]} | " + " | ".join(f"{100 * v:+.2f}" for v in d)
+                         + f" | {spread(d)} | {sum(v > 0 for v in d)} of {len(d)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -61,7 +61,9 @@ class ThetaSpec:
             if not chosen:
                 last = list(candidates)[-1]
                 raise ConfigError(f"theta size limit {max_size} is smaller than the last adaptable "
-                                  f"layer {last} ({candidates[last].numel()}); raise max_size")
+                                  f"layer {last} ({candidates[last].numel()} entries); raise it to at "
+                                  f"least {candidates[last].numel()} (compile: --adapt-theta-max, "
+                                  "[adapt] theta_max; meta-train: --theta-size)")
         return cls(tuple(chosen), tuple(candidates[n].numel() for n in chosen))
 
     def get(self, model: nn.Module) -> torch.Tensor:

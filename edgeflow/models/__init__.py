@@ -31,8 +31,13 @@ MODELS: dict[str, Callable[..., Backbone]] = {
     "vgg19": partial(VGG, 19),
 }
 
-__all__ = ["MODELS", "Backbone", "CustomBackbone", "check_model_name", "create_model",
-           "is_custom", "model_names", "register_object"]
+# zoo models with published ImageNet weights (``create_model(..., pretrained=True)``; compile's
+# ``[backbone] weights = "imagenet"``)
+PRETRAINED = ("efficientnet_lite0",)
+IMAGENET = "imagenet"
+
+__all__ = ["IMAGENET", "MODELS", "PRETRAINED", "Backbone", "CustomBackbone", "check_model_name",
+           "create_model", "is_custom", "model_names", "register_object"]
 CUSTOM_OPTIONS = ("head", "input_size", "in_channels")
 
 

@@ -99,11 +99,15 @@ def _validate(cfg: CompileConfig) -> None:
     """Fail in the first second on names that would otherwise fail minutes later."""
     from edgeflow.adapt.apply import IntegratorSettings
     from edgeflow.errors import ConfigError, unknown_name
-    from edgeflow.models import check_model_name, is_custom
+    from edgeflow.models import IMAGENET, PRETRAINED, check_model_name, is_custom
     from edgeflow.prune.config import METHODS, parse_granularity
     from edgeflow.targets import Target
 
     check_model_name(cfg.backbone.model)
+    if cfg.backbone.weights == IMAGENET and cfg.backbone.model not in PRETRAINED:
+        raise ConfigError(f"backbone.weights = {IMAGENET!r}: {cfg.backbone.model!r} has no "
+                          f"published ImageNet weights here; models that do: "
+                          f"{', '.join(PRETRAINED)} (or give a checkpoint path)")
     if not is_custom(cfg.backbone.model) and cfg.backbone.head:
         raise ConfigError(f"backbone.head is for your own model (package.module:build); zoo model "
                           f"{cfg.backbone.model!r} has its head: leave --head empty")

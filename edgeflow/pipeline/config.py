@@ -54,8 +54,10 @@ class BackboneSection:
                                                   "steps (--resume, `edgeflow export --weights`) "
                                                   "import it again, bundles never do."})
     weights: str = field(default="", metadata={"help": "Start from this checkpoint, or for your own "
-                                               "model a state dict in its own names (empty: train "
-                                               "from scratch, or use the model as built)."})
+                                               "model a state dict in its own names, or 'imagenet' "
+                                               "for a zoo model's published ImageNet weights "
+                                               "(efficientnet_lite0; empty: train from scratch, or "
+                                               "use the model as built)."})
     head: str = field(default="", metadata={"help": "Your own model's classifier Linear layer, e.g. "
                                             "'fc' (empty: the one Linear that gives the output)."})
     width: int = field(default=32, metadata={"help": "Model width (0: the model's default; zoo "
@@ -118,6 +120,13 @@ class EvalSection:
     queries: int = field(default=15, metadata={"help": "Query images per class."})
     episodes: int = field(default=100, metadata={"help": "Episodes per shot count."})
     seed: int = field(default=0, metadata={"help": "Seed of the evaluation episodes."})
+    cross_domain: str = field(default="", metadata={
+        "help": "Other domains to evaluate few-shot on as well, comma-separated datasets (e.g. "
+                "'../shared/data/mnist/test.zip,../shared/data/gtsrb/test.zip'); no adaptation, "
+                "re-centring and HyperFlow on the same episodes (fine-tuning only on the novel "
+                "classes: it costs the most). Empty: none."})
+    cross_episodes: int = field(default=0, metadata={"help": "Episodes per shot count on each "
+                                                     "cross-domain set (0: eval.episodes)."})
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +45,9 @@ def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ck
                     timing_episodes=min(cfg.eval.episodes, 30), memory_episodes=2, full_episodes=0)
     res = evaluate_adaptation(net, spec, data.novel, data.preprocess, drift=drift, theta0=theta0,
                               settings=settings, teacher=teacher, config=ec, progress=progress)
-    table: dict[str, dict] = {}
+    table = _table(res)
     curve: dict[str, list[dict]] = {}
     for shots, entry in res["by_shots"].items():
-        table[shots] = {REPORT_NAMES[m]: {"acc": r["accuracy"], "ci95": r["ci95"],
-                                          "gain": r.get("gain"), "median_ms": r["median_ms"],
-                                          "extra_ms": r.get("extra_ms"), "adapt_ms": r["adapt_ms"],
-                                          "adapt_peak_mib": r["adapt_peak_mib"]}
-                        for m, r in entry["methods"].items()}
         if "euler_steps" in entry:
             none = entry["methods"]["none"]
             curve[shots] = [{"steps": 0, "acc": none["accuracy"], "ci95": none["ci95"]}] + [
@@ -71,7 +67,27 @@ def fewshot(cfg: CompileConfig, data: CompileData, backbone_ckpt: Path, drift_ck
                 cost[key] = (hf[field] - base) / (ft[field] - base)
     out: dict[str, Any] = {"fewshot": table, "steps_curve": curve, "integrator": settings.to_dict(),
                            "teacher": teacher.to_dict(), "cost": cost}
+    if data.cross:
+        # the same methods minus fine-tuning (its cost is measured on the novel classes already,
+        # and per episode it is the slowest by far), accuracy only
+        cross = replace(ec, methods=tuple(m for m in methods if m != "teacher"), step_sweep=(),
+                        episodes=cfg.eval.cross_episodes or cfg.eval.episodes,
+                        timing_episodes=0, memory_episodes=0)
+        out["cross_domain"] = {
+            name: _table(evaluate_adaptation(net, spec, ds, data.preprocess, drift=drift,
+                                             theta0=theta0, settings=settings, teacher=teacher,
+                                             config=cross, progress=progress))
+            for name, ds in data.cross.items()}
     return out
+
+
+def _table(res: dict[str, Any]) -> dict[str, dict]:
+    """evaluate_adaptation's result -> {shots: {report method name: accuracy, CI, gain, cost}}."""
+    return {shots: {REPORT_NAMES[m]: {"acc": r["accuracy"], "ci95": r["ci95"], "gain": r.get("gain"),
+                                      "median_ms": r["median_ms"], "extra_ms": r.get("extra_ms"),
+                                      "adapt_ms": r["adapt_ms"], "adapt_peak_mib": r["adapt_peak_mib"]}
+                    for m, r in entry["methods"].items()}
+            for shots, entry in res["by_shots"].items()}
 
 
 def adaptation_checks(table: dict[str, dict]) -> list[dict[str, Any]]:

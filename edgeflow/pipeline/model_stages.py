@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ class CompileData:
     val: ImageDataset  # hyper-parameter episodes (val data, else ``holdout``)
     novel: ImageDataset  # few-shot evaluation classes
     preprocess: Preprocess
+    cross: dict[str, ImageDataset] = field(default_factory=dict)  # other domains, by short name
 
 
 def _classes(ds: ImageDataset, text: str, what: str) -> ImageDataset:
@@ -68,7 +69,27 @@ def prepare_data(cfg: CompileConfig, *, progress: bool) -> CompileData:
     if d.val:
         val = load_dataset(d.val, size=d.size, progress=progress)
     channels = 3  # grey data is repeated to RGB so one backbone serves every domain
-    return CompileData(train, holdout, val, novel, Preprocess(size=d.size, channels=channels))
+    # loaded now, so that a wrong path fails before training rather than at the last stage
+    cross = {name: load_dataset(path, size=d.size, progress=progress)
+             for name, path in cross_domain_sets(cfg.eval.cross_domain).items()}
+    for name, ds in cross.items():
+        if cfg.eval.ways > ds.num_classes:
+            raise ConfigError(f"eval.cross_domain: {name} has {ds.num_classes} classes, fewer than "
+                              f"eval.ways = {cfg.eval.ways}; drop it or lower --eval-ways")
+    return CompileData(train, holdout, val, novel, Preprocess(size=d.size, channels=channels), cross)
+
+
+def cross_domain_sets(text: str) -> dict[str, str]:
+    """'a/mnist/test.zip,b/gtsrb/test.zip' -> {'mnist/test': ..., 'gtsrb/test': ...}: the short
+    name is the folder and the file's stem (a dataset's zips are called train/test/...)."""
+    out: dict[str, str] = {}
+    for path in filter(None, (p.strip() for p in text.split(","))):
+        p = Path(path)
+        name = f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem
+        if name in out:
+            raise ConfigError(f"eval.cross_domain lists {name!r} twice ({out[name]!r} and {path!r})")
+        out[name] = path
+    return out
 
 
 def model_kwargs(model: str, width: int, *, head: str = "", size: int = 32) -> dict[str, Any]:
@@ -89,15 +110,18 @@ def train_backbone(cfg: CompileConfig, data: CompileData, out: Path, *,
                    progress: bool) -> dict[str, Any]:
     """Train (or load) the backbone on the base classes; write ``backbone.pt``."""
     from edgeflow.checkpoint import load_weights, save_checkpoint
-    from edgeflow.models import create_model
+    from edgeflow.models import IMAGENET, create_model
     from edgeflow.train import evaluate, fit, to_tensor
     from edgeflow.workflows import checkpoint_meta
 
     b = cfg.backbone
     kwargs = model_kwargs(b.model, b.width, head=b.head, size=cfg.data.size)
     torch.manual_seed(cfg.seed)
-    net = create_model(b.model, num_classes=data.train.num_classes, **kwargs)
-    if b.weights:
+    # published weights load into the body; the classifier stays fresh (base classes != ImageNet's)
+    # and `pretrained` stays out of kwargs: later stages rebuild the model from backbone.pt
+    net = create_model(b.model, num_classes=data.train.num_classes, **kwargs,
+                       **({"pretrained": True} if b.weights == IMAGENET else {}))
+    if b.weights and b.weights != IMAGENET:
         load_weights(net, b.weights)
     history: list[dict] = []
     if b.epochs:

