@@ -52,3 +52,30 @@ def test_task_cache_views_are_the_width_flipped_images():
     two = TaskCache(Identity(), x.repeat(2, 1, 1, 1), torch.arange(5).repeat(2), x[:1],
                     torch.zeros(1, dtype=torch.long), 5)
     assert two.views is None  # no views by default at 2 shots
+
+
+def test_the_harness_guard_scores_one_shot_tasks_with_their_views(digits_backbone, monkeypatch):
+    """evaluate's ``hyperflow-guard`` at 1 shot (end to end, no shared cache) builds the flipped
+    views and the guard scores with them (mode "flip"); at 2 shots it stays leave-one-out."""
+    import edgeflow.adapt.guard as guard
+    from edgeflow.adapt import IntegratorSettings, ThetaSpec
+    from edgeflow.adapt.evaluate import Adapter
+    from edgeflow.adapt.tasks import make_task
+    from edgeflow.adapt.teacher import TeacherConfig
+    from edgeflow.data import EpisodeSampler, Preprocess, load_dataset
+
+    _, net = digits_backbone
+    spec = ThetaSpec.from_model(net, max_size=64)
+    adapter = Adapter(net, spec, theta0=spec.get(net), drift=None,
+                      settings=IntegratorSettings(steps=0, recenter=0.5), teacher=TeacherConfig())
+    reports = []
+    real = guard.guard_theta
+    monkeypatch.setattr(guard, "guard_theta",
+                        lambda *a, **k: reports.append(real(*a, **k)[1]) or real(*a, **k))
+    ds = load_dataset("digits")
+    for shots in (1, 2):
+        ep = EpisodeSampler(ds.labels, ways=5, shots=shots, queries=5, seed=0).episode(0)
+        acc = adapter.run("hyperflow-guard", make_task(ds, ep, Preprocess(size=16, channels=3)))
+        assert 0.0 <= acc <= 1.0
+    assert [r["mode"] for r in reports] == ["flip", "loo"]
+    assert all(set(r["scores"]) == {"theta0", "recenter"} for r in reports)
