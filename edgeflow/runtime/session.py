@@ -294,8 +294,10 @@ class Session:
 
         ``views``: ``support_cache(flip_width(x))`` of the same images (row for row), what the
         guard scores with when some class has 1 shot (:mod:`edgeflow.runtime.guard`)."""
-        if views is not None and any(len(v) != len(support.labels) for v in views.values()):
-            raise DataError(f"views must have one row per support image ({len(support.labels)})")
+        if views is not None and (set(views) != set(support.cache) or any(
+                len(v) != len(support.labels) for v in views.values())):
+            raise DataError(f"views must be support_cache(flip_width(x)) of the support images: "
+                            f"the same tensors, one row per image ({len(support.labels)})")
         return self._adapt(support, names=class_names, steps=steps, guard=guard, views=views)
 
     def cached_features(self, cache: dict[str, np.ndarray], theta: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from edgeflow.errors import DataError
 from edgeflow.runtime import Session
 from edgeflow.runtime.guard import choose, flip_score, flip_width, loo_score
 from tests.export.helpers import CIFAR_PRE, cifar_test, episode, resnet20, small_drift
@@ -150,6 +151,8 @@ def test_a_one_shot_session_guards_with_flipped_views(drift_bundle):
         views = s.support_cache(flip_width(s.prepare(sx)))
         again = s.adapt_support(task.support, guard=True, views=views)
         assert again.info["guard"] == report
+        with pytest.raises(DataError, match="one row per image"):
+            s.adapt_support(task.support, guard=True, views={k: v[:2] for k, v in views.items()})
         # the same cache without views: nothing to score with at 1 shot, the bundle's own move
         blind = s.adapt_support(task.support, guard=True)
         assert blind.info["guard"]["chosen"] is None and "views" in blind.info["guard"]["why"]
