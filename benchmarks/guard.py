@@ -2,9 +2,11 @@
 
 The same seeded 5-way episodes for every method: support and 15 queries per class. For each
 episode every guard candidate (theta0, re-centring alone, the drift after 1, n/2, n steps) is also
-scored on the *queries*, to report how often the guard's choice (made on the support set alone,
-leave-one-out) is the query-best one, and the accuracy an oracle choice would reach. Cost: the
-median adapt time with and without the guard, same run.
+scored on the *queries*, to report how often the guard's choice (made on the support set alone:
+leave-one-out, or at 1 shot with the support images' flipped views as queries) is the query-best
+one, the accuracy an oracle choice would reach, the accuracy of the choice by the score's accuracy
+alone (no log-probability tie-break), and how often it chose each candidate. Cost: the median
+adapt time with and without the guard, same run. Paired differences are on the same episodes.
 
     OMP_NUM_THREADS=1 python benchmarks/guard.py --bundle runs/digits/bundle \\
         --data digits:5-9 --data ../shared/data/mnist/test.zip --out benchmarks/results/guard
@@ -67,12 +69,19 @@ def load(spec: str, session):
 
 def run(session, images, labels, *, episodes: int, shots: int, seed: int) -> dict:
     from edgeflow.data import EpisodeSampler
+    from edgeflow.runtime.guard import flip_width
     from edgeflow.runtime.protos import prototype_logits, prototypes
 
     x = session.prepare(images)
     cache = session.support_cache(x)
-    acc: dict[str, list[float]] = {"none": [], "bundle": [], "guard": [], "oracle": []}
-    match, times = [], {"bundle": [], "guard": []}
+    # at 1 shot the guard scores with the flipped views: their prefix cache, once per image
+    flipped = session.support_cache(flip_width(x)) if shots < 2 else None
+    from edgeflow.runtime.guard import choose
+
+    # "accuracy only": the same candidates and scores, the log-probability tie-break dropped
+    acc: dict[str, list[float]] = {"none": [], "bundle": [], "guard": [], "accuracy only": [],
+                                   "oracle": []}
+    match, times, chosen = [], {"bundle": [], "guard": []}, {}
     for episode in EpisodeSampler(labels, ways=5, shots=shots, queries=15, seed=seed)(episodes):
         sup, qry = episode.support, episode.query
         ep, qy = episode.support_labels, episode.query_labels
@@ -93,20 +102,35 @@ def run(session, images, labels, *, episodes: int, shots: int, seed: int) -> dic
         plain = session.adapt_support(support)
         times["bundle"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        guarded = session.adapt_support(support, guard=True)
+        views = None if flipped is None else {k: v[sup] for k, v in flipped.items()}
+        guarded = session.adapt_support(support, guard=True, views=views)
         times["guard"].append(time.perf_counter() - t0)
         acc["none"].append(accuracy(session.theta0))
         acc["bundle"].append(accuracy(plain.theta))
         acc["guard"].append(accuracy(guarded.theta))
         report = guarded.info["guard"]
+        chosen[str(report["chosen"])] = chosen.get(str(report["chosen"]), 0) + 1
         if report["chosen"] is not None:  # every candidate on the queries: the oracle's pick
             cand = candidate_thetas(session, support, report)
             q = {name: accuracy(th) for name, th in cand.items()}
             acc["oracle"].append(max(q.values()))
+            mode = report["mode"]
+            acc["accuracy only"].append(q[choose([(k, (v[f"{mode}_accuracy"],))
+                                                  for k, v in report["scores"].items()])])
             match.append(q[report["chosen"]] == max(q.values()))
     out = {k: {"mean": float(np.mean(v)), "ci95": float(1.96 * np.std(v, ddof=1) / np.sqrt(len(v)))}
            for k, v in acc.items() if v}
+    # paired on the same episodes: what the guard changes against no adaptation and the bundle's
+    out["paired"] = {f"guard - {k}": {"mean": float(np.mean(d)), "ci95": float(
+        1.96 * np.std(d, ddof=1) / np.sqrt(len(d)))} for k in ("none", "bundle")
+        for d in [np.subtract(acc["guard"], acc[k])]}
+    if acc["accuracy only"] and len(acc["accuracy only"]) == len(acc["none"]):
+        d = np.subtract(acc["accuracy only"], acc["none"])
+        out["paired"]["accuracy only - none"] = {"mean": float(np.mean(d)), "ci95": float(
+            1.96 * np.std(d, ddof=1) / np.sqrt(len(d)))}
     out["guard_matches_query_best"] = float(np.mean(match)) if match else None
+    out["guard_chosen"] = chosen  # episodes per chosen candidate ("None": the guard could not score)
+    out["guard_mode"] = report.get("mode")
     out["adapt_ms_median"] = {k: 1000 * statistics.median(v) for k, v in times.items()}
     return out
 
@@ -151,14 +175,19 @@ def main(argv: list[str] | None = None) -> dict:
     lines = ["# The forward-only guard: no adaptation, the bundle's, the guard's", "",
              f"`{res['command']}`, {res['seconds']:.0f} s on {res['machine']}; 5-way "
              f"{args.shots}-shot, 15 queries per class, the same episodes for every column.", "",
-             "| data | none | bundle's adaptation | guard | oracle choice | guard = query-best | "
-             "adapt ms (bundle / guard) |", "|---|---|---|---|---|---|---|"]
+             "| data | none | bundle's adaptation | guard | guard, accuracy only | oracle choice | "
+             "guard = query-best | adapt ms (bundle / guard) | paired: guard - none, guard - "
+             "bundle, accuracy only - none | guard's choices |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for spec, r in res["domains"].items():
         cells = [f"{100 * r[k]['mean']:.2f} ± {100 * r[k]['ci95']:.2f}" if k in r else "-"
-                 for k in ("none", "bundle", "guard", "oracle")]
+                 for k in ("none", "bundle", "guard", "accuracy only", "oracle")]
         m = r["guard_matches_query_best"]
         lines.append(f"| {spec} | " + " | ".join(cells) + f" | {'-' if m is None else f'{m:.0%}'} | "
-                     f"{r['adapt_ms_median']['bundle']:.1f} / {r['adapt_ms_median']['guard']:.1f} |")
+                     f"{r['adapt_ms_median']['bundle']:.1f} / {r['adapt_ms_median']['guard']:.1f} | "
+                     + ", ".join(f"{100 * d['mean']:+.2f} ± {100 * d['ci95']:.2f}"
+                                 for d in r["paired"].values())
+                     + f" | {r['guard_mode']}: {r['guard_chosen']} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -87,12 +87,20 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                                              tc.ways, theta0, settings=ctx["traj_settings"]),
         "outcome": lambda tc: drift_theta(split, ctx["outcome"], tc.support_only, tc.support_y,
                                           tc.ways, theta0, settings=ctx["outcome_settings"]),
-        "outcome+guard": lambda tc: guard_theta(split, ctx["outcome"], tc.support_only,
-                                                tc.support_y, tc.ways, theta0,
-                                                settings=ctx["outcome_settings"])[0],
+        "outcome+guard": lambda tc: guarded(guard_theta(
+            split, ctx["outcome"], tc.support_only, tc.support_y, tc.ways, theta0,
+            settings=ctx["outcome_settings"], views=tc.views)),
     }
+    choices: list = []  # the guard's choice per call (a report's mode and chosen candidate)
+
+    def guarded(result):
+        choices.append((result[1]["mode"], result[1]["chosen"]))
+        return result[0]
+
     sampler = EpisodeSampler(ds.labels, ways=5, shots=shots, queries=15, seed=seed)
     acc = {m: [] for m in methods}
+    picks: dict[str, int] = {}  # how often the guard chose each candidate (episodes)
+    modes: dict[str, int] = {}
     ms = {m: [] for m in methods}
     peak = {m: [] for m in methods}
     for i in range(episodes):
@@ -107,6 +115,11 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
             if i < memory:
                 peak[m].append(peak_memory_bytes(lambda m=m, tc=tc: steps[m](tc)))
             acc[m].append(task_accuracy(split, tc, theta.detach()))
+            if m == "outcome+guard":
+                del choices[1:]  # the memory measurement ran the guard again
+                mode, chosen = choices.pop()
+                picks[str(chosen)] = picks.get(str(chosen), 0) + 1
+                modes[str(mode)] = modes.get(str(mode), 0) + 1
     out = {}
     base = np.asarray(acc["none"])
     for m in methods:
@@ -117,6 +130,8 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                   "gain_ci95": float(196 * d.std(ddof=1) / np.sqrt(len(d))) if m != "none" else 0.0,
                   "adapt_ms": statistics.median(ms[m]) if ms[m] else None,
                   "adapt_peak_mib": max(peak[m]) / 2**20 if peak[m] else None}
+    if "outcome+guard" in out:
+        out["outcome+guard"].update(guard_chosen=picks, guard_mode=modes)
     return out
 
 
@@ -204,6 +219,12 @@ def render(out: dict) -> str:
               "| " + " | ".join(f"{r['adapt_ms']:.1f} / {r['adapt_peak_mib']:.2f}"
                                 if r["adapt_ms"] is not None and r["adapt_peak_mib"] is not None
                                 else "-" for r in row.values()) + " |", ""]
+    picks = [f"{data} {shots}-shot: {row['outcome+guard']['guard_chosen']} "
+             f"(mode {row['outcome+guard'].get('guard_mode')})"
+             for data, by_shots in out["results"].items() for shots, row in by_shots.items()
+             if "guard_chosen" in row.get("outcome+guard", {})]
+    if picks:
+        lines += ["The guard's choices (episodes per candidate): " + "; ".join(picks), ""]
     if out.get("selection"):
         lines += ["Selection (fresh val tasks inside meta-training, mean accuracy): " +
                   ", ".join(f"{k} {100 * v['mean']:+.2f}" if " - " in k else

@@ -3,7 +3,8 @@
 Methods (:data:`METHODS`): ``none`` (prototypes at theta0), ``teacher`` (Adam on theta by backprop,
 the recipe chosen on val), ``hyperflow-euler`` / ``hyperflow-heun`` (integrate the drift, plus the
 re-centring move when the settings have one; no gradients), ``hyperflow-guard`` (the forward-only
-guard of :mod:`edgeflow.adapt.guard` over theta0, re-centring and the drift's path), ``recenter``
+guard of :mod:`edgeflow.adapt.guard` over theta0, re-centring and the drift's path; at 1 shot
+it scores with the support images' flipped views), ``recenter``
 (the re-centring move alone, at the settings' alpha: what the drift adds is hyperflow minus
 this), ``full-finetune`` (Adam on every backbone weight; only on the first ``full_episodes``
 episodes of the largest shot count, it is expensive). The Euler step sweep also runs on the largest
@@ -182,7 +183,7 @@ class Adapter:
             from edgeflow.adapt.guard import guard_theta
 
             return guard_theta(self.split, self.drift, tc.support_only, tc.support_y, tc.ways,
-                               self.theta0, settings=self.settings)[0]
+                               self.theta0, settings=self.settings, views=tc.views)[0]
         if name.startswith("hyperflow-"):
             return self.hyperflow_theta(tc, replace(self.settings,
                                                     method=name.removeprefix("hyperflow-")))
@@ -192,7 +193,9 @@ class Adapter:
         """Query accuracy of ``name`` on ``task`` (end to end from the tensors without ``cache``)."""
         if name == "full-finetune":
             return self.full_classify(self.full_finetune(task), task)
-        needs_views = name == "teacher" and resolve_loss(self.teacher.loss, task.shots) == "flip"
+        # the teacher's flip loss and the 1-shot guard score with the support set's flipped views
+        needs_views = ((name == "teacher" and resolve_loss(self.teacher.loss, task.shots) == "flip")
+                       or (name == "hyperflow-guard" and task.shots < 2))
         tc = cache if cache is not None else self.cache(task, views=needs_views)
         return task_accuracy(self.split, tc, self.adapt_theta(name, tc), metric=self.metric)
 

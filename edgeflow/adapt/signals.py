@@ -51,13 +51,19 @@ def loo_logits(features: torch.Tensor, labels: torch.Tensor, ways: int, *,
     return logits.scatter(1, labels[:, None], own_logit[:, None])
 
 
+def query_score(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean log-probability of the true class) of query logits (Q, W), in float64
+    (:func:`edgeflow.runtime.guard.query_score`)."""
+    logits = logits.double()
+    logp = logits.log_softmax(1).gather(1, labels[:, None]).mean()
+    return float((logits.argmax(1) == labels).double().mean()), float(logp)
+
+
 def loo_score(features: torch.Tensor, labels: torch.Tensor, ways: int, *,
               metric: str = "cosine", scale: float = 10.0) -> tuple[float, float]:
     """(leave-one-out accuracy, mean log-probability of the true class) of a support set; every
     class needs 2 shots."""
-    logits = loo_logits(features, labels, ways, metric=metric, scale=scale)
-    logp = logits.log_softmax(1).gather(1, labels[:, None]).mean()
-    return float((logits.argmax(1) == labels).double().mean()), float(logp)
+    return query_score(loo_logits(features, labels, ways, metric=metric, scale=scale), labels)
 
 
 @torch.no_grad()

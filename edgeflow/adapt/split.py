@@ -142,3 +142,9 @@ class TaskCache:
     def support_only(self) -> Cache:
         """The cache rows of the support images themselves (no flipped views)."""
         return select(self.support, slice(0, len(self.support_y)))
+
+    @property
+    def views(self) -> Cache | None:
+        """The cache rows of the h-flipped views (row i = support image i), None without them."""
+        n = len(self.support_y)
+        return select(self.support, slice(n, 2 * n)) if len(self.support[0]) > n else None

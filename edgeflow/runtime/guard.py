@@ -6,13 +6,22 @@ the best; theta0 (no adaptation) wins ties, so a move is kept only when it is *b
 
 - candidates: theta0; re-centring alone (when the bundle re-centres); the drift's trajectory after
   k of its Euler steps (plus the re-centring move, as the bundle combines them);
-- score: leave-one-out nearest-prototype accuracy of the support images (each image against the
-  prototype of its class's other shots and the other classes' prototypes), ties broken by the mean
-  log-probability of the true class. It needs 2 shots per class; with fewer the guard keeps what
-  the bundle does without it (and says so).
+- score, mode ``"loo"`` (every class has 2 shots): leave-one-out nearest-prototype accuracy of the
+  support images (each image against the prototype of its class's other shots and the other
+  classes' prototypes), ties broken by the mean log-probability of the true class;
+- score, mode ``"flip"`` (some class has 1 shot, so no leave-one-out): the support images flipped
+  along their width are the queries, classified against the prototypes of the original images at
+  the candidate theta; same (accuracy, mean log-probability) and the same similarity. The flipped
+  views go through the backbone prefix once (:func:`flip_width`, ``Session.support_cache``), so
+  a candidate costs one suffix pass over the originals and their views. Only a caller that has the
+  images can make them (``Session.adapt``; ``adapt_support`` takes them as ``views``): without
+  them a 1-shot guard keeps the bundle's own move and says why.
 
-numpy only (the on-device runtime). What it costs is one suffix pass over the support set per
-candidate; the task's ``info["guard"]`` records every candidate's score and the choice.
+numpy only (the on-device runtime). What it costs is one suffix pass per candidate (theta0's
+originals come from the support pass adapt makes anyway). The task's ``info["guard"]`` is
+``{"mode": "loo" | "flip", "chosen": NAME, "scores": {NAME: {"<mode>_accuracy": a,
+"<mode>_logp": lp}}}`` for every candidate; without views at 1 shot ``{"mode": None, "chosen":
+None, "why": ...}``.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from edgeflow.runtime.drift_loop import drift_path
-from edgeflow.runtime.protos import loo_logits
+from edgeflow.runtime.protos import loo_logits, prototypes
 
 Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -35,13 +44,31 @@ class Candidate:
     theta: np.ndarray
 
 
-def loo_score(features: np.ndarray, labels: np.ndarray, ways: int,
-              similarity: Similarity) -> tuple[float, float]:
-    """(leave-one-out accuracy, mean log-probability of the true class) of a support set."""
-    logits = loo_logits(features, labels, ways, similarity)
+def flip_width(x: np.ndarray) -> np.ndarray:
+    """Preprocessed images (N, C, H, W) mirrored left to right: the 1-shot guard's pseudo-queries
+    (``torch.flip(x, (3,))`` in PyTorch, :class:`edgeflow.adapt.split.TaskCache`)."""
+    return np.ascontiguousarray(np.asarray(x)[..., ::-1])
+
+
+def query_score(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(accuracy, mean log-probability of the true class) of query logits (Q, W)."""
+    logits = np.asarray(logits, np.float64)
     z = logits - logits.max(1, keepdims=True)
     logp = z[np.arange(len(labels)), labels] - np.log(np.exp(z).sum(1))
     return float(np.mean(logits.argmax(1) == labels)), float(np.mean(logp))
+
+
+def loo_score(features: np.ndarray, labels: np.ndarray, ways: int,
+              similarity: Similarity) -> tuple[float, float]:
+    """(leave-one-out accuracy, mean log-probability of the true class) of a support set."""
+    return query_score(loo_logits(features, labels, ways, similarity), labels)
+
+
+def flip_score(features: np.ndarray, views: np.ndarray, labels: np.ndarray, ways: int,
+               similarity: Similarity) -> tuple[float, float]:
+    """(accuracy, mean log-probability) of the flipped views' features ``views`` (row i is image
+    i's view) against the prototypes of the originals' ``features``: works at 1 shot."""
+    return query_score(similarity(views, prototypes(features, labels, ways)), labels)
 
 
 def choose(scores: list[tuple[str, tuple[float, float]]]) -> str:
@@ -73,18 +100,30 @@ def candidates(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.nda
 
 
 def run_guard(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.ndarray,
-              means: np.ndarray | None, steps: int | None,
-              guard: bool | Sequence[int]) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(theta, its support features, report) of the candidate the support set scores best
-    leave-one-out, theta0 unless beaten; ``session`` is the :class:`Session` adapting."""
-    cands = candidates(session, cache, ep, w, feats0, means, steps, guard)
+              means: np.ndarray | None, steps: int | None, guard: bool | Sequence[int], *,
+              views: dict | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(theta, its support features, report) of the candidate the support set scores best,
+    theta0 unless beaten; ``session`` is the :class:`Session` adapting. ``views``: the support
+    cache of the images flipped along width (row i = image i), used when some class has 1 shot."""
+    mode = "loo" if np.bincount(ep, minlength=w).min() >= 2 else "flip"
+    if mode == "flip" and views is None:
+        raise ValueError("a class has 1 shot: the guard needs the flipped views' cache")
+    n = len(ep)
+    both = None if mode == "loo" else {k: np.concatenate([cache[k], views[k]]) for k in cache}
     scores, feats_of = [], {}
-    for c in cands:
-        f = feats0 if c.name == "theta0" else session._suffix(cache, c.theta, "features")[0]
-        feats_of[c.name] = f
-        scores.append((c.name, loo_score(f, ep, w, session._similarity)))
+    for c in candidates(session, cache, ep, w, feats0, means, steps, guard):
+        if mode == "loo":
+            f = feats0 if c.name == "theta0" else session._suffix(cache, c.theta, "features")[0]
+            score = loo_score(f, ep, w, session._similarity)
+        else:  # one suffix pass over originals + views (theta0's originals are known already)
+            if c.name == "theta0":
+                f, fv = feats0, session._suffix(views, c.theta, "features")[0]
+            else:
+                f, fv = np.split(session._suffix(both, c.theta, "features")[0], [n])
+            score = flip_score(f, fv, ep, w, session._similarity)
+        feats_of[c.name] = (c.theta, f)
+        scores.append((c.name, score))
     chosen = choose(scores)
-    theta = next(c.theta for c in cands if c.name == chosen)
-    return (theta, feats_of[chosen],
-            {"chosen": chosen, "scores": {k: {"loo_accuracy": a, "loo_logp": lp}
-                                          for k, (a, lp) in scores}})
+    return (*feats_of[chosen],
+            {"mode": mode, "chosen": chosen,
+             "scores": {k: {f"{mode}_accuracy": a, f"{mode}_logp": lp} for k, (a, lp) in scores}})

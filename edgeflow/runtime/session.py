@@ -21,7 +21,7 @@ from edgeflow.integrate import integrate
 from edgeflow.runtime.backends import open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
 from edgeflow.runtime.drift_loop import drift_inputs, drift_path
-from edgeflow.runtime.guard import run_guard
+from edgeflow.runtime.guard import flip_width, run_guard
 from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
 from edgeflow.runtime.openset import fit as openset_fit
@@ -228,8 +228,9 @@ class Session:
         error instead of silently dropped. ``steps`` overrides the manifest's integration steps.
         A single class is an error unless ``one_class`` ("is this my mug?"): such a task can only
         answer through rejection, ``predict(..., reject=recall)``. ``guard`` (True, or the drift
-        step counts to try) keeps the candidate theta the support set scores best leave-one-out,
-        theta0 unless beaten (:mod:`edgeflow.runtime.guard`).
+        step counts to try) keeps the candidate theta the support set scores best, theta0 unless
+        beaten: leave-one-out, or with 1 shot in some class its images' horizontally flipped views
+        as queries (:mod:`edgeflow.runtime.guard`).
         The task keeps the support set's cache (:mod:`edgeflow.runtime.support`), so it can grow
         (:meth:`update`) or shrink (:meth:`remove`) without the old images.
         """
@@ -243,7 +244,10 @@ class Session:
         classes, _ = check_labels(labels, len(x), ways=ways, min_classes=1 if one_class else 2)
         support = self._support(x, np.asarray(labels).astype(np.int64))
         names = None if class_names is None else {int(c): class_names[int(c)] for c in classes}
-        return self._adapt(support, names=names, steps=steps, guard=guard)
+        # the 1-shot guard's pseudo-queries: the flipped views, through the prefix once
+        few = guard and np.unique(support.labels, return_counts=True)[1].min() < 2
+        views = self.support_cache(flip_width(x)) if few else None
+        return self._adapt(support, names=names, steps=steps, guard=guard, views=views)
 
     def update(self, task: Task, images: np.ndarray | Sequence[np.ndarray],
                labels: Sequence[int] | np.ndarray, *, class_names: Sequence[str] | None = None,
@@ -283,10 +287,18 @@ class Session:
 
     # -- adaptation from a support cache --------------------------------------------------------
     def adapt_support(self, support: Support, *, class_names: dict[int, str] | None = None,
-                      steps: int | None = None, guard: bool | Sequence[int] = False) -> Task:
+                      steps: int | None = None, guard: bool | Sequence[int] = False,
+                      views: dict[str, np.ndarray] | None = None) -> Task:
         """Adapt from a support cache (:meth:`support_cache` of preprocessed images, with the
-        caller's labels): for an app that keeps the prefix activations of images it has seen."""
-        return self._adapt(support, names=class_names, steps=steps, guard=guard)
+        caller's labels): for an app that keeps the prefix activations of images it has seen.
+
+        ``views``: ``support_cache(flip_width(x))`` of the same images (row for row), what the
+        guard scores with when some class has 1 shot (:mod:`edgeflow.runtime.guard`)."""
+        if views is not None and (set(views) != set(support.cache) or any(
+                len(v) != len(support.labels) for v in views.values())):
+            raise DataError(f"views must be support_cache(flip_width(x)) of the support images: "
+                            f"the same tensors, one row per image ({len(support.labels)})")
+        return self._adapt(support, names=class_names, steps=steps, guard=guard, views=views)
 
     def cached_features(self, cache: dict[str, np.ndarray], theta: np.ndarray) -> np.ndarray:
         """Features (N, D) at ``theta`` of images known by their :meth:`support_cache`."""
@@ -296,7 +308,8 @@ class Session:
         return Support(cache=self.support_cache(x), labels=labels)
 
     def _adapt(self, support: Support, *, names: dict[int, str] | None,
-               steps: int | None, guard: bool | Sequence[int] = False) -> Task:
+               steps: int | None, guard: bool | Sequence[int] = False,
+               views: dict[str, np.ndarray] | None = None) -> Task:
         steps = None if steps is None else check_steps(steps)
         classes, ep = np.unique(support.labels, return_inverse=True)
         ep = ep.astype(np.int64)
@@ -309,12 +322,16 @@ class Session:
             (feats,), means = self._suffix(cache, self.theta0, "features"), None
         protos = prototypes(feats, ep, w)
         theta, mode, guarded = self.theta0, "prototypes-at-theta0", None
-        if guard and np.bincount(ep, minlength=w).min() >= 2:
-            theta, feats, guarded = run_guard(self, cache, ep, w, feats, means, steps, guard)
+        few = np.bincount(ep, minlength=w).min() < 2
+        if guard and (not few or views is not None):
+            theta, feats, guarded = run_guard(self, cache, ep, w, feats, means, steps, guard,
+                                              views=views if few else None)
             mode = f"guard:{guarded['chosen']}"
         else:
-            if guard:
-                guarded = {"chosen": None, "why": "needs 2 shots per class; the bundle's own move"}
+            if guard:  # 1 shot and only the cache (update, adapt_support): no views to score with
+                guarded = {"mode": None, "chosen": None,
+                           "why": "1 shot in a class and no flipped views (adapt from the images, "
+                                  "or pass views=); the bundle's own move"}
             n = self.steps if steps is None else steps
             if self.bundle.has_drift and n > 0:
                 theta = drift_path(self, cache, ep, w, feats, means, n)[-1]

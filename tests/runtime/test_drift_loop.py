@@ -107,12 +107,45 @@ def test_pytorch_guard_makes_the_runtimes_choice(stats_bundle):
         for i in (5, 6, 7):
             sx, sy, _, _ = episode(i, shots=3)
             task = s.adapt(sx, sy, guard=True)
-            theta, chosen, scores = guard_theta(
+            theta, ref = guard_theta(
                 split, drift, split.prefix(torch.from_numpy(as_float(sx))), torch.as_tensor(sy),
                 5, spec.get(model), settings=settings)
-            report = task.info["guard"]
-            assert chosen == report["chosen"] and set(scores) == set(report["scores"])
-            for name, (acc, logp) in scores.items():
-                assert acc == pytest.approx(report["scores"][name]["loo_accuracy"])
-                assert logp == pytest.approx(report["scores"][name]["loo_logp"], abs=1e-4)
-            np.testing.assert_allclose(task.theta, theta.numpy(), atol=2e-4)
+            assert_same_guard(task, theta, ref, "loo")
+
+
+def assert_same_guard(task, theta: torch.Tensor, ref: dict, mode: str) -> None:
+    """The device's guard report and theta equal PyTorch's (scores to 1e-4)."""
+    report = task.info["guard"]
+    assert report["mode"] == ref["mode"] == mode and ref["chosen"] == report["chosen"]
+    assert set(ref["scores"]) == set(report["scores"])
+    for name, score in ref["scores"].items():
+        for k in (f"{mode}_accuracy", f"{mode}_logp"):
+            assert score[k] == pytest.approx(report["scores"][name][k], abs=1e-4)
+    np.testing.assert_allclose(task.theta, theta.numpy(), atol=2e-4)
+
+
+def test_pytorch_guard_makes_the_runtimes_choice_at_one_shot(stats_bundle):
+    """At 1 shot both guards score with the flipped views (the harness's TaskCache views, the
+    device's flip_width): the same choice, scores and theta, on several episodes."""
+    from edgeflow.adapt.guard import guard_theta
+    from edgeflow.adapt.split import SplitFeatures, TaskCache
+
+    _, model, spec, drift, settings = stats_bundle
+    split = SplitFeatures(model, spec)
+    chosen = set()
+    with Session(stats_bundle[0], backend="onnxruntime") as s:
+        for i in (5, 8, 9, 10):  # theta0 wins two of them, drift-1 two (so the parity is of moves)
+            sx, sy, qx, qy = episode(i, shots=1)
+            task = s.adapt(sx, sy, guard=True)
+            x, y = torch.from_numpy(as_float(sx)), torch.as_tensor(sy)
+            tc = TaskCache(split, x, y, torch.from_numpy(as_float(qx)), torch.as_tensor(qy), 5)
+            theta, ref = guard_theta(split, drift, tc.support_only, y, 5, spec.get(model),
+                                     settings=settings, views=tc.views)
+            assert_same_guard(task, theta, ref, "flip")
+            chosen.add(ref["chosen"])
+            # without views PyTorch keeps the settings' own move, as the device does
+            own, blind = guard_theta(split, drift, tc.support_only, y, 5, spec.get(model),
+                                     settings=settings)
+            assert blind["chosen"] is None
+            np.testing.assert_allclose(own.numpy(), s.adapt(sx, sy).theta, atol=2e-4)
+    assert chosen == {"theta0", "drift-1"}
