@@ -9,7 +9,8 @@ the true class):
 - mode ``"loo"`` (every class has 2 shots): leave-one-out prototype scores;
 - mode ``"flip"`` (some class has 1 shot): the support images flipped along width (``x.flip(3)``,
   NCHW; :class:`edgeflow.adapt.split.TaskCache` appends them as its views) are the queries against
-  the originals' prototypes, one suffix pass over both per candidate.
+  the originals' prototypes, one suffix pass over both per candidate; accuracy alone decides
+  (an easy query's log-probability rises with any sharpening move; see :mod:`edgeflow.runtime.guard`).
 
 At 1 shot without ``views`` there is nothing to score with, so the settings' own adaptation is
 returned (as the device does when it has only the cache). The report has the device's shape:
@@ -76,9 +77,10 @@ def guard_theta(split: SplitFeatures, drift: DriftNet | None, cache: Cache, labe
         else:
             feats, fv = split.suffix(both, theta).split(len(labels))
         scores[name] = flip_score(feats, fv, labels, ways, metric=metric, scale=scale)
+    width = 2 if mode == "loo" else 1  # flip: accuracy alone (see edgeflow.runtime.guard)
     chosen = "theta0"
     for name, score in scores.items():
-        if score > scores[chosen]:
+        if score[:width] > scores[chosen][:width]:
             chosen = name
     return cands[chosen], {"mode": mode, "chosen": chosen, "scores": {
         k: {f"{mode}_accuracy": a, f"{mode}_logp": lp} for k, (a, lp) in scores.items()}}
