@@ -37,7 +37,7 @@ PRETRAINED = ("efficientnet_lite0",)
 IMAGENET = "imagenet"
 
 __all__ = ["IMAGENET", "MODELS", "PRETRAINED", "Backbone", "CustomBackbone", "check_model_name",
-           "create_model", "is_custom", "model_names", "register_object"]
+           "create_model", "is_custom", "model_names", "register_object", "zoo_normalisation"]
 CUSTOM_OPTIONS = ("head", "input_size", "in_channels")
 
 
@@ -75,6 +75,15 @@ def create_model(name: str, *, num_classes: int | None = 10, weights: str | Path
 
         load_weights(model, weights)
     return model
+
+
+def zoo_normalisation(name: str) -> dict[str, tuple[float, ...]]:
+    """A zoo model's own input normalisation as Preprocess keywords (EfficientNet-Lite:
+    ``(x - 127) / 128``), or {} for the default (ImageNet statistics) and for user models."""
+    builder = MODELS.get(name)
+    cls = getattr(builder, "func", builder)
+    return {k: getattr(cls, f"preprocess_{k}") for k in ("mean", "std")
+            if getattr(cls, f"preprocess_{k}", None) is not None}
 
 
 def _build_zoo(name: str, num_classes: int, kwargs: dict) -> Backbone:

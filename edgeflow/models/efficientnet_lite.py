@@ -64,13 +64,15 @@ class MBConv(nn.Module):
 class EfficientNetLite(Backbone):
     """EfficientNet-Lite0; ``features`` is the pooled 1280-d head output."""
 
+    # on the class too, so that a pipeline can normalise its data before it builds the model
+    preprocess_mean, preprocess_std = PREPROCESS_MEAN, PREPROCESS_STD
+
     def __init__(self, *, num_classes: int = 1000, in_channels: int = 3,
                  pretrained: bool = False) -> None:
         super().__init__()
         if in_channels != 3:
             raise ConfigError("efficientnet_lite0 takes RGB images (in_channels=3)")
         self.in_channels, self.input_size = 3, 224
-        self.preprocess_mean, self.preprocess_std = PREPROCESS_MEAN, PREPROCESS_STD
         self.stem_conv = nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False)
         self.stem_bn = nn.BatchNorm2d(32, eps=BN_EPS)
         blocks, cin = [], 32

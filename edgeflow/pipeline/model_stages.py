@@ -69,6 +69,11 @@ def prepare_data(cfg: CompileConfig, *, progress: bool) -> CompileData:
     if d.val:
         val = load_dataset(d.val, size=d.size, progress=progress)
     channels = 3  # grey data is repeated to RGB so one backbone serves every domain
+    # the model's own normalisation where it has one: pretrained EfficientNet-Lite expects
+    # (x - 127) / 128, and ImageNet statistics give it broken features
+    from edgeflow.models import zoo_normalisation
+
+    norm = zoo_normalisation(cfg.backbone.model)
     # loaded now, so that a wrong path fails before training rather than at the last stage
     cross = {name: load_dataset(path, size=d.size, progress=progress)
              for name, path in cross_domain_sets(cfg.eval.cross_domain).items()}
@@ -76,7 +81,8 @@ def prepare_data(cfg: CompileConfig, *, progress: bool) -> CompileData:
         if cfg.eval.ways > ds.num_classes:
             raise ConfigError(f"eval.cross_domain: {name} has {ds.num_classes} classes, fewer than "
                               f"eval.ways = {cfg.eval.ways}; drop it or lower --eval-ways")
-    return CompileData(train, holdout, val, novel, Preprocess(size=d.size, channels=channels), cross)
+    return CompileData(train, holdout, val, novel, Preprocess(size=d.size, channels=channels, **norm),
+                       cross)
 
 
 def cross_domain_sets(text: str) -> dict[str, str]:

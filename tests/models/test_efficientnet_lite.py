@@ -119,5 +119,10 @@ def test_compile_backbone_stage_starts_from_the_imagenet_weights(tmp_path):
     assert body and all(torch.equal(sd[k], ref[k]) for k in body)
     assert sd["classifier.weight"].shape == (5, 1280)  # digits 0-4, not ImageNet's 1000
     assert "pretrained" not in meta["model_kwargs"]
+    # the compile normalises as the weights expect, (x - 127) / 128, not with ImageNet statistics
+    from edgeflow.models.efficientnet_lite import PREPROCESS_MEAN, PREPROCESS_STD
+
+    assert tuple(meta["preprocess"]["mean"]) == PREPROCESS_MEAN
+    assert tuple(meta["preprocess"]["std"]) == PREPROCESS_STD
     rebuilt = create_model(meta["model"], num_classes=meta["num_classes"], **meta["model_kwargs"])
     rebuilt.load_state_dict(sd)
