@@ -79,6 +79,9 @@ class PruneSection:
     epochs: int = field(default=4, metadata={"help": "Pruning epochs."})
     regrowth_epochs: int = field(default=1, metadata={"help": "Regrowth epochs (pressure off)."})
     recovery_epochs: int = field(default=2, metadata={"help": "Fine-tune epochs after pruning."})
+    lr: float = field(default=0.0, metadata={"help": "Peak learning rate of the pruning phase (SGD, "
+                                             "cosine; 0: the library's 0.1, for a network trained "
+                                             "here; a pretrained one wants far less, e.g. 0.01)."})
 
 
 @dataclass(frozen=True)

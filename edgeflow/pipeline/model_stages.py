@@ -158,7 +158,8 @@ def prune_config(cfg: CompileConfig) -> PruneConfig:
     p = cfg.prune
     return PruneConfig(sparsity=p.sparsity, granularity=p.granularity, method=p.method,
                        epochs=p.epochs, regrowth_epochs=p.regrowth_epochs,
-                       batch_size=cfg.backbone.batch_size, seed=cfg.seed, device=cfg.device)
+                       batch_size=cfg.backbone.batch_size, seed=cfg.seed, device=cfg.device,
+                       **({"lr": p.lr} if p.lr else {}))
 
 
 def recovery_train_config(cfg: CompileConfig) -> TrainConfig:

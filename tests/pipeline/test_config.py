@@ -89,3 +89,13 @@ def test_saved_config_is_the_base_of_a_resumed_run(tmp_path):
     assert cfg.prune.sparsity == 0.7  # the file over the saved run
     assert cfg.export.target == "jetson-orin-nano-8gb" and cfg.eval.episodes == 7
     assert build_config(base=run / "config.toml") == saved
+
+
+def test_prune_lr_zero_keeps_the_library_default_and_a_value_overrides_it():
+    from edgeflow.pipeline.model_stages import prune_config
+    from edgeflow.prune.config import PruneConfig
+
+    assert prune_config(build_config(overrides={})).lr == PruneConfig().lr
+    assert prune_config(build_config(overrides={"prune.lr": 0.01})).lr == 0.01
+    with pytest.raises(ConfigError, match="prune.lr"):
+        build_config(overrides={"prune.lr": -0.1})
