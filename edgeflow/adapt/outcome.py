@@ -261,7 +261,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
         return gain >= -config.plain_tolerance, float(accs.mean()), gain
 
     # the auxiliary term's rows come from their own generator: aux_weight 0 draws exactly the
-    # tasks, noise and dropout of a run without it (and trains the same weights)
+    # tasks and noise of a run without it (and trains the same weights, checked bit for bit)
     aux_gen = torch.Generator().manual_seed(config.seed + 4099)
     aux, aux_eval = None, None
     if trajectories is not None:
