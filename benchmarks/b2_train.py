@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--euler-steps", type=int, default=4)
     ap.add_argument("--loop-every", type=int, default=0)
     ap.add_argument("--selection-tasks", type=int, default=1000)
+    ap.add_argument("--aux-weight", type=float, default=None, help="outcome: weight of the "
+                    "decaying trajectory-regression term (default: OutcomeConfig's)")
     ap.add_argument("--quick", action="store_true", help="tiny settings: checks the code path")
     args = ap.parse_args(argv)
     if args.quick:
@@ -78,7 +80,9 @@ def main(argv: list[str] | None = None) -> dict:
         outcome_config=OutcomeConfig(steps=args.outcome_steps, euler_steps=args.euler_steps,
                                      loop_every=args.loop_every,
                                      eval_every=max(1, args.outcome_steps // 6),
-                                     device=args.device),
+                                     device=args.device,
+                                     **({} if args.aux_weight is None
+                                        else {"aux_weight": args.aux_weight})),
         selection_tasks=args.selection_tasks, progress=False)
     out = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])]),
            "backbone_seconds": t_backbone, "backbone_train_acc": trained["train_acc"],

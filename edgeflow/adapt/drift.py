@@ -161,16 +161,26 @@ class VelocityNet(nn.Module):
 
     def forward(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
                 stats: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.theta_in((theta - self.theta_center) / self.theta_scale)
-        x = x + self.task_in(z) + self.time_in(t - 0.5)
         if not self.stats_dim:
-            return self.out(self.norm(self.blocks(x))) * self.velocity_scale
+            return self.network(theta, t, z)
         if stats is None:
             raise ValueError("this drift reads support statistics; pass stats")
-        x = x + self.stats_in((stats - self.stats_center) / self.stats_scale)
         # stats[:, :P] is (support mean - theta) per entry (edgeflow.adapt.signals)
         recentre = self.layer_gain[self.layer_of] * stats[:, :theta.shape[1]]
-        return self.out(self.norm(self.blocks(x))) * self.velocity_scale + recentre
+        return self.network(theta, t, z, stats) + recentre
+
+    def network(self, theta: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+                stats: torch.Tensor | None = None) -> torch.Tensor:
+        """The learned part of the velocity, without the re-centring term. ``stats`` None on a
+        drift that reads statistics stands for the average task's (normalised input 0, so the
+        statistics input contributes its bias): what trajectory regression scores, whose data
+        carry prototypes but no support sets (:meth:`DriftNet.trajectory_velocity`)."""
+        x = self.theta_in((theta - self.theta_center) / self.theta_scale)
+        x = x + self.task_in(z) + self.time_in(t - 0.5)
+        if self.stats_dim:
+            x = x + (self.stats_in.bias if stats is None else
+                     self.stats_in((stats - self.stats_center) / self.stats_scale))
+        return self.out(self.norm(self.blocks(x))) * self.velocity_scale
 
 
 class DriftNet(nn.Module):
@@ -202,3 +212,17 @@ class DriftNet(nn.Module):
     def forward(self, theta: torch.Tensor, t: torch.Tensor | float, prototypes: torch.Tensor,
                 mask: torch.Tensor | None = None, stats: torch.Tensor | None = None) -> torch.Tensor:
         return self.velocity(theta, t, self.embed_task(prototypes, mask), stats)
+
+    def trajectory_velocity(self, theta: torch.Tensor, t: torch.Tensor,
+                            prototypes: torch.Tensor) -> torch.Tensor:
+        """What trajectory regression (:func:`edgeflow.adapt.meta_train.regression_loss`) fits to
+        the teacher's velocity: the whole velocity of a stats-free drift; for one that reads
+        support statistics, its network part at the average task's statistics, without the
+        re-centring term. The trajectories hold no support sets to compute statistics from, and
+        the regressed drift never learned re-centring either: the device added that move on top,
+        and the outcome drift's gain term stands for it (its warm start is the regressed drift's
+        velocity plus that term, :func:`edgeflow.adapt.outcome.outcome_drift`)."""
+        z = self.embed_task(prototypes)
+        if not self.uses_stats:
+            return self.velocity(theta, t, z)
+        return self.velocity_net.network(theta, t.reshape(-1, 1).expand(theta.shape[0], 1), z)

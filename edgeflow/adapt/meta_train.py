@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -78,6 +79,24 @@ def velocity_targets(paths: torch.Tensor, stop: torch.Tensor, t: torch.Tensor, *
     theta_t = torch.where(still[:, None], paths[:, 0], theta_t)
     v = torch.where(still[:, None], torch.zeros_like(v), v)
     return theta_t, v
+
+
+def regression_loss(velocity: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                    data: Trajectories, rows: torch.Tensor, t: torch.Tensor, *, kind: str,
+                    scale: torch.Tensor) -> torch.Tensor:
+    """Trajectory regression: the mean squared error between ``velocity(theta_t, t, prototypes)``
+    and the teacher's velocity (:func:`velocity_targets`) at trajectory ``rows`` and times ``t``,
+    in units of the per-coordinate velocity ``scale``. ``velocity`` is a drift (or its DDP wrapper),
+    or :meth:`DriftNet.trajectory_velocity` of a drift that reads support statistics."""
+    theta_t, v = velocity_targets(data.paths[rows], data.stop[rows], t, kind=kind)
+    pred = velocity(theta_t, t[:, None], data.protos[data.task_row[rows]])
+    return ((pred - v) / scale).pow(2).mean()
+
+
+def on_device(data: Trajectories, device: torch.device | str) -> Trajectories:
+    """The tensors :func:`regression_loss` reads, moved to ``device`` (the rest unchanged)."""
+    return replace(data, paths=data.paths.to(device), stop=data.stop.to(device),
+                   protos=data.protos.to(device), task_row=data.task_row.to(device))
 
 
 @dataclass(frozen=True)
@@ -211,8 +230,7 @@ def meta_train(data: Trajectories, val_tasks: list[TaskCache], split: SplitFeatu
     # rows: each rank its own stream and share of the global batch (one process: unchanged)
     rows_gen = torch.Generator().manual_seed(config.seed + 7919 * rank.rank) if rank.enabled else gen
     local_batch = max(1, config.batch_size // rank.world_size)
-    paths, stop = data.paths.to(device), data.stop.to(device)
-    protos, task_row = data.protos.to(device), data.task_row.to(device)
+    data_dev = on_device(data, device)
     net = distributed.wrap_ddp(drift, device)
     vprotos = task_prototypes(split, val_tasks, theta0)
     opt = torch.optim.AdamW(drift.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -229,9 +247,7 @@ def meta_train(data: Trajectories, val_tasks: list[TaskCache], split: SplitFeatu
         drift.train()
         rows = torch.randint(len(data), (local_batch,), generator=rows_gen).to(device)
         t = torch.rand(local_batch, generator=rows_gen).to(device)
-        theta_t, v = velocity_targets(paths[rows], stop[rows], t, kind=config.target)
-        pred = net(theta_t, t[:, None], protos[task_row[rows]])
-        loss = ((pred - v) / vscale).pow(2).mean()
+        loss = regression_loss(net, data_dev, rows, t, kind=config.target, scale=vscale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

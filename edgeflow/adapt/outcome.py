@@ -20,6 +20,11 @@ is minus the val-chosen re-centring strength, so at step 0 its velocity is that 
 re-centring term whose integral is that re-centring move), and the weights kept are those with the best
 accuracy on the validation tasks (step 0 included: training never makes val worse).
 
+With ``aux_weight`` > 0 the trajectory regression stays on as a decaying auxiliary term: every
+step also adds ``aux_weight(step)`` times :func:`edgeflow.adapt.meta_train.regression_loss` on a
+minibatch of the stored teacher trajectories (the data the warm start was regressed on), the weight
+falling linearly to 0 at the last step (:func:`aux_weight_at`).
+
 Example::
 
     drift, report = meta_train_outcome(base, pre, val_tasks, split, theta0, warm=drift0,
@@ -39,11 +44,13 @@ import torch.nn.functional as F
 from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
 from edgeflow.adapt.drift import DriftConfig, DriftNet
 from edgeflow.adapt.loop import drift_theta
+from edgeflow.adapt.meta_train import on_device, regression_loss
 from edgeflow.adapt.recenter import support_pass
 from edgeflow.adapt.signals import stats_dim, support_stats
 from edgeflow.adapt.split import Cache, SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import draw_task, sample_shift
 from edgeflow.adapt.theta import prototypes
+from edgeflow.adapt.trajectories import Trajectories
 from edgeflow.data import EpisodeSampler, ImageDataset, Preprocess
 from edgeflow.errors import ConfigError
 from edgeflow.progress import ProgressBar
@@ -74,6 +81,10 @@ class OutcomeConfig:
     # does (0: the drift moves nothing, the device keeps theta0)
     damping_choices: tuple[float, ...] = (0.75, 0.5, 0.25, 0.0)
     plain_fraction: float = 0.35  # tasks without a pixel shift
+    # trajectory regression as a decaying auxiliary term (0: off, the outcome loss alone); its
+    # weight at step s is aux_weight_at(s), on aux_batch trajectory rows per step
+    aux_weight: float = 0.0
+    aux_batch: int = 256
     instance_fraction: float = 0.3
     eval_every: int = 50
     patience: int = 4
@@ -86,6 +97,9 @@ class OutcomeConfig:
                               "euler_steps >= 1")
         if self.loop_every < 0:
             raise ConfigError(f"loop_every must be >= 0 (0: open loop), got {self.loop_every}")
+        if not self.aux_weight >= 0 or self.aux_batch < 1:  # `not >=` also catches NaN
+            raise ConfigError(f"aux_weight must be >= 0 (0: off) and aux_batch >= 1, got "
+                              f"{self.aux_weight} and {self.aux_batch}")
 
     @property
     def settings(self) -> IntegratorSettings:
@@ -98,6 +112,19 @@ class OutcomeConfig:
         d["shots"] = list(self.shots)
         d["damping_choices"] = list(self.damping_choices)
         return d
+
+
+def aux_weight_at(step: int, *, weight: float, steps: int) -> float:
+    """The auxiliary term's weight at outcome step ``step`` (1..``steps``): ``weight`` at step 1,
+    falling linearly to exactly 0 at the last step (a one-step run: 0).
+
+    Linear rather than cosine: it has no shape parameter to tune, and early stopping can keep the
+    weights of any eval point, so no point is favoured; the term anchors the drift to the teacher's
+    velocities while the outcome gradients are new and hands over evenly, so the last steps answer
+    to the outcome loss alone."""
+    if steps <= 1:
+        return 0.0
+    return weight * (steps - step) / (steps - 1)
 
 
 def perturb_statistics(cache: Cache, gen: torch.Generator, *, strength: float) -> Cache:
@@ -184,10 +211,19 @@ def per_task_accuracy(drift: DriftNet | None, split: SplitFeatures, tasks: list[
 def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[TaskCache],
                        split: SplitFeatures, theta0: torch.Tensor, *, config: OutcomeConfig,
                        warm: DriftNet | None = None, recenter_init: float = 0.0,
+                       trajectories: Trajectories | None = None, target: str = "linear",
                        metric: str = "cosine", progress: bool = False) -> tuple[DriftNet, dict]:
-    """Train an outcome drift (see the module docstring); returns (drift in eval mode, report)."""
+    """Train an outcome drift (see the module docstring); returns (drift in eval mode, report).
+
+    ``trajectories`` (with the velocity ``target`` kind they were regressed with) feed the
+    auxiliary regression term (required when ``config.aux_weight`` > 0); when given, every eval
+    also records the regression loss on a fixed batch of them (``aux_loss``), weight 0 included.
+    """
     if not val_tasks:
         raise ConfigError("outcome meta-training needs validation tasks to keep the best weights")
+    if config.aux_weight > 0 and trajectories is None:
+        raise ConfigError("aux_weight > 0 needs the teacher trajectories (trajectories=...); "
+                          "pass them or set aux_weight to 0")
     from edgeflow.train import resolve_device
 
     device = resolve_device(config.device)
@@ -224,10 +260,33 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
         gain = min((float((accs - none)[g].mean()) for g in groups), default=0.0)
         return gain >= -config.plain_tolerance, float(accs.mean()), gain
 
+    # the auxiliary term's rows come from their own generator: aux_weight 0 draws exactly the
+    # tasks and noise of a run without it (and trains the same weights, checked bit for bit)
+    aux_gen = torch.Generator().manual_seed(config.seed + 4099)
+    aux, aux_eval = None, None
+    if trajectories is not None:
+        aux = on_device(trajectories, device)
+        n_eval = min(1024, 4 * len(trajectories))
+        aux_eval = (torch.randint(len(trajectories), (n_eval,), generator=aux_gen).to(device),
+                    torch.rand(n_eval, generator=aux_gen).to(device))
+
+    def aux_loss(rows: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return regression_loss(drift.trajectory_velocity, aux, rows, t, kind=target,
+                               scale=drift.velocity_net.velocity_scale)
+
+    def aux_eval_loss() -> float | None:
+        if aux_eval is None:
+            return None
+        with torch.no_grad():
+            return float(aux_loss(*aux_eval))
+
     start = score(drift)
     start_acc = start[1]
     best = (start[:2], 0, copy.deepcopy(drift.state_dict()))
-    history = [{"step": 0, "val_acc": start_acc, "val_in_domain_gain": start[2]}]
+    drift.to(device)
+    history = [{"step": 0, "val_acc": start_acc, "val_in_domain_gain": start[2],
+                "aux_weight": aux_weight_at(1, weight=config.aux_weight, steps=config.steps),
+                "aux_loss": aux_eval_loss()}]
     opt = torch.optim.AdamW([p for p in drift.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)
     bar = ProgressBar(progress, config.steps, "meta-train (outcome)")
@@ -240,6 +299,11 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     for step in range(1, config.steps + 1):
         drift.train()
         total, accs = 0.0, []
+        w_aux = aux_weight_at(step, weight=config.aux_weight, steps=config.steps)
+        if w_aux > 0:
+            rows = torch.randint(len(aux.stop), (config.aux_batch,), generator=aux_gen).to(device)
+            t_aux = torch.rand(config.aux_batch, generator=aux_gen).to(device)
+            (w_aux * aux_loss(rows, t_aux)).backward()
         for j in range(config.tasks_per_step):
             k = config.shots[(step * config.tasks_per_step + j) % len(config.shots)]
             shift = sample_shift(rng, plain_fraction=config.plain_fraction)
@@ -274,6 +338,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
             drift.to(device)
             history.append({"step": step, "loss": running, "train_acc": float(np.mean(accs)),
                             "val_acc": now[1], "val_in_domain_gain": now[2],
+                            "aux_weight": w_aux, "aux_loss": aux_eval_loss(),
                             "seconds": time.perf_counter() - t_start})
             if now[:2] > best[0]:  # no harm first, then accuracy
                 best, bad = (now[:2], step, copy.deepcopy(drift.state_dict())), 0
@@ -305,6 +370,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
               "val_in_domain_tasks": [int(g.sum()) for g in groups], "integrator": settings.to_dict(),
               "layer_gain": drift.velocity_net.layer_gain.tolist(), "skipped_tasks": skipped,
               "seconds": time.perf_counter() - t_start, "config": config.to_dict(),
+              "aux_target": target if trajectories is not None else None,
               "drift_config": drift.config.to_dict(), "val_tasks": len(val_tasks)}
     return drift, report
 

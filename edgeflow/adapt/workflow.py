@@ -180,7 +180,8 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
         drift, settings, outcome_report = _train_outcome(
             drift, settings, split, theta0, base=base, val=val, pre=pre,
             config=outcome_config or OutcomeConfig(device=train_config.device),
-            count=selection_tasks, seed=val_seed + 7, progress=progress)
+            count=selection_tasks, seed=val_seed + 7, progress=progress, trajectories=data_t,
+            target=train_config.target)
     stops = data_t.stop.float()
     gain = trajectory_gains(data_t)
     summary = {"output": str(output), "trajectories": str(trajectories), "theta_size": spec.size,
@@ -227,16 +228,19 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
 def _train_outcome(drift: DriftNet, settings: IntegratorSettings, split: SplitFeatures,
                    theta0: torch.Tensor, *, base: ImageDataset, val: ImageDataset,
                    pre: Preprocess, config: OutcomeConfig, count: int, seed: int,
-                   progress: bool) -> tuple[DriftNet, IntegratorSettings, dict]:
+                   progress: bool, trajectories: Trajectories, target: str
+                   ) -> tuple[DriftNet, IntegratorSettings, dict]:
     """Outcome training from the regressed ``drift`` (its re-centring alpha as the gain's start),
-    selected on ``count`` fresh val tasks; returns (drift, the device's settings, report)."""
+    selected on ``count`` fresh val tasks; returns (drift, the device's settings, report).
+    ``trajectories`` (regressed with velocity ``target``) feed the auxiliary regression term."""
     from edgeflow.adapt.outcome import meta_train_outcome, per_task_accuracy
 
     t0 = time.perf_counter()
     sel = val_tasks(split, val, pre, count=count, seed=seed)
     t_tasks = time.perf_counter() - t0
     new, rep = meta_train_outcome(base, pre, sel, split, theta0, config=config, warm=drift,
-                                  recenter_init=settings.recenter, progress=progress)
+                                  recenter_init=settings.recenter, trajectories=trajectories,
+                                  target=target, progress=progress)
     accs = {"none": per_task_accuracy(None, split, sel, theta0,
                                       settings=replace(settings, steps=0, recenter=0.0)),
             "trajectory": per_task_accuracy(drift, split, sel, theta0, settings=settings),

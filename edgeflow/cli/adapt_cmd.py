@@ -73,6 +73,11 @@ def meta_train(
                                    "support set every N Euler steps (closed loop; 0: open)."),
     selection_tasks: int = typer.Option(1000, "--selection-tasks", min=2, help="Fresh val tasks "
                                         "that choose the outcome drift's weights."),
+    # repeats OutcomeConfig's default, for the same reason (the same test keeps them equal)
+    aux_weight: float = typer.Option(0.0, "--aux-weight", min=0.0, help="Outcome drift: keep "
+                                     "the trajectory regression as an auxiliary term of this "
+                                     "weight, falling linearly to 0 by the last outcome step "
+                                     "(0: off, the outcome loss alone)."),
     device: str = DEVICE_OPT,
     nproc: int = NPROC_OPT,
     as_json: bool = JSON_OPT,
@@ -110,7 +115,7 @@ def meta_train(
                          outcome_config=OutcomeConfig(steps=outcome_steps, euler_steps=euler_steps,
                                                       loop_every=loop_every, seed=seed,
                                                       eval_every=max(1, outcome_steps // 6),
-                                                      device=device))
+                                                      aux_weight=aux_weight, device=device))
     if not distributed.info().is_main:
         return
     emit(res, as_json=as_json,

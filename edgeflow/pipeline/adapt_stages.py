@@ -21,7 +21,7 @@ def outcome_config(cfg: CompileConfig) -> OutcomeConfig:
     a = cfg.adapt
     return OutcomeConfig(steps=a.outcome_steps, euler_steps=a.euler_steps,
                          loop_every=a.loop_every, eval_every=max(1, a.outcome_steps // 6),
-                         seed=cfg.seed, device=cfg.device)
+                         aux_weight=a.aux_weight, seed=cfg.seed, device=cfg.device)
 
 
 def adapt_configs(cfg: CompileConfig) -> tuple[TrajectoryConfig, MetaTrainConfig]:

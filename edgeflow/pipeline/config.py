@@ -106,6 +106,9 @@ class AdaptSection:
     selection_tasks: int = field(default=1000, metadata={
         "help": "Fresh val tasks that choose the outcome drift's weights and report its gain "
                 "(>= 1000 keeps selection noise near 1 point)."})
+    aux_weight: float = field(default=0.0, metadata={
+        "help": "Outcome drift: weight of the trajectory regression kept as an auxiliary term, "
+                "falling linearly to 0 by the last outcome step (0: off)."})
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
     "prune.sparsity": (0.0, 1.0, False, False),
     "backbone.lr": (0.0, math.inf, False, False),
     "prune.lr": (0.0, math.inf, True, False),  # 0: the library default
+    "adapt.aux_weight": (0.0, math.inf, True, False),  # 0: the auxiliary term off
 }
 EXAMPLES: dict[str, str] = {  # a valid value for the fix, where the default is not a good example
     "prune.sparsity": "0.5",

@@ -153,3 +153,25 @@ def test_meta_train_cli_defaults_are_the_trajectory_config_defaults():
     assert params["teacher_steps"].default.default == cfg.teacher.steps
     assert params["instance_fraction"].default.default == cfg.instance_fraction
     assert params["teacher_recenter"].default.default == cfg.recenter
+    from edgeflow.adapt.outcome import OutcomeConfig
+
+    assert params["aux_weight"].default.default == OutcomeConfig().aux_weight
+
+
+def test_meta_train_aux_weight_flag_reaches_the_outcome_config(monkeypatch):
+    import edgeflow.adapt.workflow as workflow
+
+    seen = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(workflow, "run_meta_train", fake)
+    assert "--aux-weight" in run("meta-train", "--help").output
+    res = run("meta-train", "--model", "conv4", "--weights", "w.pt", "--data", "digits",
+              "--val-data", "digits", "--output", "d.pt", "--aux-weight", "0.3")
+    assert isinstance(res.exception, RuntimeError), res.output
+    assert seen["outcome_config"].aux_weight == 0.3
+    assert run("meta-train", "--model", "conv4", "--weights", "w.pt", "--data", "digits",
+               "--val-data", "digits", "--output", "d.pt", "--aux-weight", "-1").exit_code == 2

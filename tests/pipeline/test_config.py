@@ -97,5 +97,26 @@ def test_prune_lr_zero_keeps_the_library_default_and_a_value_overrides_it():
 
     assert prune_config(build_config(overrides={})).lr == PruneConfig().lr
     assert prune_config(build_config(overrides={"prune.lr": 0.01})).lr == 0.01
-    with pytest.raises(ConfigError, match="prune.lr"):
+    with pytest.raises(ConfigError, match=r"prune\.lr"):
         build_config(overrides={"prune.lr": -0.1})
+
+
+def test_aux_weight_round_trips_and_old_configs_load(tmp_path):
+    """[adapt] aux_weight: a flag, saved in config.toml, read back, passed to the outcome
+    training; a config.toml saved before the key existed loads with the default."""
+    from edgeflow.adapt.outcome import OutcomeConfig
+    from edgeflow.pipeline.adapt_stages import outcome_config
+    from edgeflow.pipeline.config import AdaptSection
+
+    assert AdaptSection().aux_weight == OutcomeConfig().aux_weight
+    assert ("adapt.aux_weight", "adapt-aux-weight") in {(k, f) for k, f, *_ in flag_fields()}
+    cfg = build_config(overrides={"adapt.aux_weight": 0.5})
+    text = cfg.to_toml()
+    assert "aux_weight = 0.5" in text
+    f = tmp_path / "config.toml"
+    f.write_text(text)
+    assert build_config(file=f) == cfg and outcome_config(cfg).aux_weight == 0.5
+    f.write_text("\n".join(line for line in text.splitlines() if "aux_weight" not in line))
+    assert build_config(file=f).adapt.aux_weight == AdaptSection().aux_weight
+    with pytest.raises(ConfigError, match="aux_weight"):
+        build_config(overrides={"adapt.aux_weight": -0.5})
