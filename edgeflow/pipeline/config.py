@@ -66,6 +66,9 @@ class BackboneSection:
                                               "as they are)."})
     lr: float = field(default=0.05, metadata={"help": "Peak learning rate (SGD, cosine)."})
     batch_size: int = field(default=128, metadata={"help": "Batch size for every training stage."})
+    freeze_bn: bool = field(default=False, metadata={
+        "help": "Keep BatchNorm statistics frozen in every training stage (backbone, pruning, "
+                "recovery): for a pretrained network fine-tuned on little data."})
 
 
 @dataclass(frozen=True)

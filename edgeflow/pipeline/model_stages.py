@@ -148,7 +148,8 @@ def backbone_train_config(cfg: CompileConfig) -> TrainConfig:
 
     b = cfg.backbone
     return TrainConfig(epochs=b.epochs, lr=b.lr, batch_size=b.batch_size, label_smoothing=0.1,
-                       crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed, device=cfg.device)
+                       crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed, device=cfg.device,
+                       freeze_bn=b.freeze_bn)
 
 
 def prune_config(cfg: CompileConfig) -> PruneConfig:
@@ -159,7 +160,7 @@ def prune_config(cfg: CompileConfig) -> PruneConfig:
     return PruneConfig(sparsity=p.sparsity, granularity=p.granularity, method=p.method,
                        epochs=p.epochs, regrowth_epochs=p.regrowth_epochs,
                        batch_size=cfg.backbone.batch_size, seed=cfg.seed, device=cfg.device,
-                       **({"lr": p.lr} if p.lr else {}))
+                       freeze_bn=cfg.backbone.freeze_bn, **({"lr": p.lr} if p.lr else {}))
 
 
 def recovery_train_config(cfg: CompileConfig) -> TrainConfig:
@@ -169,7 +170,7 @@ def recovery_train_config(cfg: CompileConfig) -> TrainConfig:
     return TrainConfig(epochs=cfg.prune.recovery_epochs, lr=cfg.backbone.lr / 5,
                        batch_size=cfg.backbone.batch_size, label_smoothing=0.1,
                        crop_padding=max(1, cfg.data.size // 8), seed=cfg.seed + 1,
-                       device=cfg.device)
+                       device=cfg.device, freeze_bn=cfg.backbone.freeze_bn)
 
 
 def resolved(*configs: Any) -> dict[str, Any]:

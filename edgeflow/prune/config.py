@@ -114,6 +114,7 @@ class PruneConfig:
     channel_groups: str = "auto"  # channel only: "auto", "inner" or "depgraph" (CHANNEL_GROUPS)
     seed: int = 0
     device: str = "auto"
+    freeze_bn: bool = False  # BatchNorm statistics frozen (edgeflow.train.batchnorm)
 
     def __post_init__(self) -> None:
         kind, _, _ = parse_granularity(self.granularity)

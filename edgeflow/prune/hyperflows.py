@@ -137,6 +137,14 @@ def prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config:
     Call :func:`edgeflow.prune.finalize` on the model afterwards for a plain ``nn.Module``.
     Example: ``res = prune(net, (x, y), config=PruneConfig(sparsity=0.95, epochs=3))``.
     """
+    from edgeflow.train.batchnorm import frozen_batchnorm
+
+    with frozen_batchnorm(model, enabled=config.freeze_bn):
+        return _prune(model, train, config=config, progress=progress, on_epoch_end=on_epoch_end)
+
+
+def _prune(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: PruneConfig,
+           progress: bool, on_epoch_end: Callable[[dict], None] | None) -> PruneResult:
     t_start = time.perf_counter()
     device = distributed.device_for_rank(resolve_device(config.device))
     rank = distributed.setup(device)

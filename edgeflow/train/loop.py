@@ -15,6 +15,7 @@ from edgeflow.data import ImageDataset, Preprocess, preprocess
 from edgeflow.errors import ConfigError, unknown_name
 from edgeflow.progress import ProgressBar
 from edgeflow.train.augment import random_crop_flip
+from edgeflow.train.batchnorm import frozen_batchnorm
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -35,6 +36,7 @@ class TrainConfig:
     crop_padding: int = 4
     seed: int = 0
     device: str = "auto"
+    freeze_bn: bool = False  # BatchNorm statistics frozen (edgeflow.train.batchnorm)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -121,6 +123,14 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: T
     (bf16 where supported, else fp16 with loss scaling) from pinned host memory.
     ``on_epoch_end`` receives each epoch's metrics (the CLI streams them; stages checkpoint).
     """
+    with frozen_batchnorm(model, enabled=config.freeze_bn):
+        return _fit(model, train, config=config, val=val, progress=progress,
+                    on_epoch_end=on_epoch_end)
+
+
+def _fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], *, config: TrainConfig,
+         val: tuple[torch.Tensor, torch.Tensor] | None, progress: bool,
+         on_epoch_end: Callable[[dict], None] | None) -> History:
     from edgeflow import distributed
 
     device = distributed.device_for_rank(resolve_device(config.device))
