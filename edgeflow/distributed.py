@@ -76,6 +76,43 @@ def mean_over_ranks(value: float, device: torch.device) -> float:
     return all_reduce_sum([value], device)[0] / info().world_size
 
 
+def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Sum every parameter's ``.grad`` over all ranks in place (a no-op in a single process).
+
+    For loops that DDP does not fit: several backward passes per step, and a rank may have done
+    none (an uneven split, a skipped task). A rank without a gradient for a parameter contributes
+    zeros; a parameter without a gradient on *every* rank keeps ``None``, as in a single process,
+    so AdamW skips it (a zero gradient would still decay it). Every rank must call this every step.
+    """
+    if not info().enabled or not params:
+        return
+    device = params[0].device
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=device)
+    dist.all_reduce(has)
+    live = [p for p, h in zip(params, has.tolist(), strict=True) if h > 0]
+    if not live:
+        return
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                      for p in live])
+    dist.all_reduce(flat)
+    for p, g in zip(live, flat.split([p.numel() for p in live]), strict=True):
+        p.grad = g.view_as(p).clone()
+
+
+def shard_values(values: list[float], n: int, device: torch.device) -> list[float]:
+    """The full list of ``n`` per-item numbers when each rank computed only ``values``, its
+    :func:`shard` of them: placed at their indices, zeros elsewhere, then summed (float64, so
+    adding the zeros is exact and every rank gets the single-process numbers bit for bit)."""
+    mine = shard(n)
+    if len(values) != len(mine):
+        raise ValueError(f"expected {len(mine)} values for this rank's shard, got {len(values)}")
+    if not info().enabled:
+        return list(values)
+    full = [0.0] * n
+    full[mine.start:mine.stop] = values
+    return all_reduce_sum(full, device)
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every rank (identity in a single process)."""
     if not info().enabled:

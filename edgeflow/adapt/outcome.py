@@ -127,21 +127,29 @@ def aux_weight_at(step: int, *, weight: float, steps: int) -> float:
     return weight * (steps - step) / (steps - 1)
 
 
+def perturb_noise(cache: Cache, gen: torch.Generator, *, strength: float) -> list:
+    """The N(0, 1) draws :func:`perturb_statistics` makes for a cache of this layout (per tensor:
+    a (mean, std) pair of (1, C, 1, 1) noises, or None where it passes the tensor through). Ranks
+    call it alone for the tasks other ranks compute, to keep ``gen`` where a single process has it."""
+    return [None if c.dim() != 4 or strength <= 0 else
+            tuple(torch.randn(1, c.shape[1], 1, 1, generator=gen) for _ in range(2))
+            for c in cache]
+
+
 def perturb_statistics(cache: Cache, gen: torch.Generator, *, strength: float) -> Cache:
     """DSU-style domain perturbation of 4-D cached activations (N, C, H, W): every channel's
     per-image mean and std moved by ``strength`` x N(0, 1) x their spread over the images, the
     noise shared by all images of the task (support and queries). Other tensors pass through."""
     out = []
-    for c in cache:
-        if c.dim() != 4 or strength <= 0:
+    for c, noise in zip(cache, perturb_noise(cache, gen, strength=strength), strict=True):
+        if noise is None:
             out.append(c)
             continue
         mu = c.mean((2, 3), keepdim=True)
         sig = (c.var((2, 3), keepdim=True, correction=0) + 1e-6).sqrt()  # 1x1 maps: 0, not NaN
         s_mu = mu.std(0, keepdim=True) if len(c) > 1 else mu.abs().mean(0, keepdim=True)
         s_sig = sig.std(0, keepdim=True) if len(c) > 1 else sig.mean(0, keepdim=True)
-        e1 = torch.randn(1, c.shape[1], 1, 1, generator=gen).to(c)
-        e2 = torch.randn(1, c.shape[1], 1, 1, generator=gen).to(c)
+        e1, e2 = (e.to(c) for e in noise)
         new_mu = mu + strength * e1 * s_mu
         new_sig = (sig + strength * e2 * s_sig).clamp_min(1e-3)
         out.append((c - mu) / sig * new_sig + new_mu)
@@ -208,6 +216,21 @@ def per_task_accuracy(drift: DriftNet | None, split: SplitFeatures, tasks: list[
                               metric=metric) for t in tasks]
 
 
+def shared_accuracy(drift: DriftNet | None, split: SplitFeatures, tasks: list[TaskCache],
+                    theta0: torch.Tensor, *, settings: IntegratorSettings, metric: str = "cosine",
+                    device: torch.device | str = "cpu") -> list[float]:
+    """:func:`per_task_accuracy` of every task, each rank scoring only its :func:`shard
+    <edgeflow.distributed.shard>` of them: every rank gets the same list, bit for bit the single
+    process's, so decisions taken from it agree everywhere. ``device``: where the all-reduce runs
+    (the process group's device: CUDA under nccl)."""
+    from edgeflow import distributed
+
+    mine = distributed.shard(len(tasks))
+    accs = per_task_accuracy(drift, split, [tasks[i] for i in mine], theta0, settings=settings,
+                             metric=metric)
+    return distributed.shard_values(accs, len(tasks), torch.device(device))
+
+
 def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[TaskCache],
                        split: SplitFeatures, theta0: torch.Tensor, *, config: OutcomeConfig,
                        warm: DriftNet | None = None, recenter_init: float = 0.0,
@@ -224,9 +247,11 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     if config.aux_weight > 0 and trajectories is None:
         raise ConfigError("aux_weight > 0 needs the teacher trajectories (trajectories=...); "
                           "pass them or set aux_weight to 0")
+    from edgeflow import distributed
     from edgeflow.train import resolve_device
 
-    device = resolve_device(config.device)
+    device = distributed.device_for_rank(resolve_device(config.device))
+    ranks = distributed.info()
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 17])
@@ -248,15 +273,15 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     groups = [np.array([not t.shift and t.kind == "class" and t.shots == k for t in val_tasks])
               for k in sorted({t.shots for t in val_tasks})]
     groups = [g for g in groups if g.any()]
-    none = np.asarray(per_task_accuracy(drift, split, val_tasks, theta0,
-                                        settings=replace(settings, steps=0), metric=metric))
+    none = np.asarray(shared_accuracy(drift, split, val_tasks, theta0, device=device,
+                                      settings=replace(settings, steps=0), metric=metric))
     base_acc = float(none.mean())
 
     def score(model: DriftNet) -> tuple[bool, float, float]:
         """(does no harm in-domain at every shot count, mean val accuracy, the worst in-domain
         gain): weights that lose in-domain are kept only if nothing else is found."""
-        accs = np.asarray(per_task_accuracy(model, split, val_tasks, theta0, settings=settings,
-                                            metric=metric))
+        accs = np.asarray(shared_accuracy(model, split, val_tasks, theta0, settings=settings,
+                                          metric=metric, device=device))
         gain = min((float((accs - none)[g].mean()) for g in groups), default=0.0)
         return gain >= -config.plain_tolerance, float(accs.mean()), gain
 
@@ -289,8 +314,14 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
                 "aux_loss": aux_eval_loss()}]
     opt = torch.optim.AdamW([p for p in drift.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)
-    bar = ProgressBar(progress, config.steps, "meta-train (outcome)")
-    t_start, bad, running, skipped = time.perf_counter(), 0, None, 0
+    bar = ProgressBar(progress and ranks.is_main, config.steps, "meta-train (outcome)")
+    t_start, bad, running, skipped, computed = time.perf_counter(), 0, None, 0, 0
+    # under torchrun each rank computes its shard of every step's task list; all ranks still draw
+    # every task (the streams stay where one process has them: task j of step s is the same task
+    # at any world size, so the global batch is the single process's) and sum their gradients
+    mine = distributed.shard(config.tasks_per_step)
+    layout = val_tasks[0].query  # the cache layout, to replay the noise of other ranks' tasks
+    trainable = [p for p in drift.parameters() if p.requires_grad]
     net, th0 = split.model.to(device), theta0.to(device)
     frozen = [p for p in net.parameters() if p.requires_grad]
     for p in frozen:  # gradients go to the drift only (theta enters the suffix as an input)
@@ -303,16 +334,23 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
         if w_aux > 0:
             rows = torch.randint(len(aux.stop), (config.aux_batch,), generator=aux_gen).to(device)
             t_aux = torch.rand(config.aux_batch, generator=aux_gen).to(device)
-            (w_aux * aux_loss(rows, t_aux)).backward()
+            if ranks.is_main:  # once per step, not once per rank (the gradients are summed)
+                (w_aux * aux_loss(rows, t_aux)).backward()
         for j in range(config.tasks_per_step):
             k = config.shots[(step * config.tasks_per_step + j) % len(config.shots)]
             shift = sample_shift(rng, plain_fraction=config.plain_fraction)
             task = draw_task(base, rng, pre, episode=samplers[k].episode(step * 1000 + j),
                              instance_fraction=config.instance_fraction, shift=shift,
                              seed=[config.seed, step, j])
+            perturb = config.perturb and rng.random() < config.perturb_fraction
+            if j not in mine:  # another rank's task: only advance the noise stream past it
+                if perturb:
+                    perturb_noise(layout, gen, strength=config.perturb)
+                continue
+            computed += 1
             x = torch.cat([task.support_x, task.query_x]).to(device)
             cache = split.prefix(x)
-            if config.perturb and rng.random() < config.perturb_fraction:
+            if perturb:
                 cache = perturb_statistics(cache, gen, strength=config.perturb)
             ns = len(task.support_y)
             sup, qry = tuple(c[:ns] for c in cache), tuple(c[ns:] for c in cache)
@@ -325,6 +363,10 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
             (loss / config.tasks_per_step).backward()
             total += float(loss.detach()) / config.tasks_per_step
             accs.append(acc)
+        # every rank, every step (a rank whose tasks were all skipped sends zeros): the sum is
+        # the global batch's mean gradient, identical on all ranks, so the replicas stay equal
+        distributed.all_reduce_gradients(trainable)
+        total = distributed.all_reduce_sum([total], device)[0]
         torch.nn.utils.clip_grad_norm_(drift.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -336,7 +378,9 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
             now = score(drift.cpu())
             net.to(device)
             drift.to(device)
-            history.append({"step": step, "loss": running, "train_acc": float(np.mean(accs)),
+            acc_sum, acc_n = distributed.all_reduce_sum([sum(accs), len(accs)], device)
+            train_acc = float(np.mean(accs)) if not ranks.enabled else acc_sum / max(acc_n, 1)
+            history.append({"step": step, "loss": running, "train_acc": train_acc,
                             "val_acc": now[1], "val_in_domain_gain": now[2],
                             "aux_weight": w_aux, "aux_loss": aux_eval_loss(),
                             "seconds": time.perf_counter() - t_start})
@@ -363,6 +407,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
             if now[0]:
                 best = (now[:2], best[1], best[2])
                 break
+    skipped = int(distributed.all_reduce_sum([skipped], device)[0])
     report = {"objective": "outcome", "history": history, "best_step": best[1],
               "damping": damping,
               "val_acc_no_adaptation": base_acc, "val_acc_warm_start": start_acc,
@@ -371,7 +416,9 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
               "layer_gain": drift.velocity_net.layer_gain.tolist(), "skipped_tasks": skipped,
               "seconds": time.perf_counter() - t_start, "config": config.to_dict(),
               "aux_target": target if trajectories is not None else None,
-              "drift_config": drift.config.to_dict(), "val_tasks": len(val_tasks)}
+              "drift_config": drift.config.to_dict(), "val_tasks": len(val_tasks),
+              # training tasks each rank computed (rank 0's list; None elsewhere)
+              "world_size": ranks.world_size, "tasks_by_rank": distributed.gather_to_main(computed)}
     return drift, report
 
 

@@ -233,7 +233,9 @@ def _train_outcome(drift: DriftNet, settings: IntegratorSettings, split: SplitFe
     """Outcome training from the regressed ``drift`` (its re-centring alpha as the gain's start),
     selected on ``count`` fresh val tasks; returns (drift, the device's settings, report).
     ``trajectories`` (regressed with velocity ``target``) feed the auxiliary regression term."""
-    from edgeflow.adapt.outcome import meta_train_outcome, per_task_accuracy
+    from edgeflow import distributed
+    from edgeflow.adapt.outcome import meta_train_outcome, shared_accuracy
+    from edgeflow.train import resolve_device
 
     t0 = time.perf_counter()
     sel = val_tasks(split, val, pre, count=count, seed=seed)
@@ -241,10 +243,13 @@ def _train_outcome(drift: DriftNet, settings: IntegratorSettings, split: SplitFe
     new, rep = meta_train_outcome(base, pre, sel, split, theta0, config=config, warm=drift,
                                   recenter_init=settings.recenter, trajectories=trajectories,
                                   target=target, progress=progress)
-    accs = {"none": per_task_accuracy(None, split, sel, theta0,
-                                      settings=replace(settings, steps=0, recenter=0.0)),
-            "trajectory": per_task_accuracy(drift, split, sel, theta0, settings=settings),
-            "outcome": per_task_accuracy(new, split, sel, theta0, settings=config.settings)}
+    # each rank scores its shard of the selection tasks; every rank gets the full lists
+    dev = distributed.device_for_rank(resolve_device(config.device))
+    accs = {"none": shared_accuracy(None, split, sel, theta0, device=dev,
+                                    settings=replace(settings, steps=0, recenter=0.0)),
+            "trajectory": shared_accuracy(drift, split, sel, theta0, settings=settings, device=dev),
+            "outcome": shared_accuracy(new, split, sel, theta0, settings=config.settings,
+                                       device=dev)}
     rep["selection"] = {name: {"mean": float(np.mean(a))} for name, a in accs.items()}
     for a, b in (("outcome", "none"), ("outcome", "trajectory"), ("trajectory", "none")):
         d = np.asarray(accs[a]) - np.asarray(accs[b])
