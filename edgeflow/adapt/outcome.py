@@ -25,6 +25,11 @@ step also adds ``aux_weight(step)`` times :func:`edgeflow.adapt.meta_train.regre
 minibatch of the stored teacher trajectories (the data the warm start was regressed on), the weight
 falling linearly to 0 at the last step (:func:`aux_weight_at`).
 
+Under ``torchrun`` (``--nproc K``) each rank computes its share of every step's tasks (all ranks
+draw every task, so the global batch is the single process's at any world size) and the gradients
+are summed over ranks each step; the val tasks are scored in shards and re-assembled exactly, so
+every rank takes the same keep / stop / damp decisions and the replicas stay bit-identical.
+
 Example::
 
     drift, report = meta_train_outcome(base, pre, val_tasks, split, theta0, warm=drift0,
@@ -45,6 +50,7 @@ from edgeflow.adapt.apply import IntegratorSettings, prototype_logits
 from edgeflow.adapt.drift import DriftConfig, DriftNet
 from edgeflow.adapt.loop import drift_theta
 from edgeflow.adapt.meta_train import on_device, regression_loss
+from edgeflow.adapt.perturb import perturb_noise, perturb_statistics
 from edgeflow.adapt.recenter import support_pass
 from edgeflow.adapt.signals import stats_dim, support_stats
 from edgeflow.adapt.split import Cache, SplitFeatures, TaskCache
@@ -125,35 +131,6 @@ def aux_weight_at(step: int, *, weight: float, steps: int) -> float:
     if steps <= 1:
         return 0.0
     return weight * (steps - step) / (steps - 1)
-
-
-def perturb_noise(cache: Cache, gen: torch.Generator, *, strength: float) -> list:
-    """The N(0, 1) draws :func:`perturb_statistics` makes for a cache of this layout (per tensor:
-    a (mean, std) pair of (1, C, 1, 1) noises, or None where it passes the tensor through). Ranks
-    call it alone for the tasks other ranks compute, to keep ``gen`` where a single process has it."""
-    return [None if c.dim() != 4 or strength <= 0 else
-            tuple(torch.randn(1, c.shape[1], 1, 1, generator=gen) for _ in range(2))
-            for c in cache]
-
-
-def perturb_statistics(cache: Cache, gen: torch.Generator, *, strength: float) -> Cache:
-    """DSU-style domain perturbation of 4-D cached activations (N, C, H, W): every channel's
-    per-image mean and std moved by ``strength`` x N(0, 1) x their spread over the images, the
-    noise shared by all images of the task (support and queries). Other tensors pass through."""
-    out = []
-    for c, noise in zip(cache, perturb_noise(cache, gen, strength=strength), strict=True):
-        if noise is None:
-            out.append(c)
-            continue
-        mu = c.mean((2, 3), keepdim=True)
-        sig = (c.var((2, 3), keepdim=True, correction=0) + 1e-6).sqrt()  # 1x1 maps: 0, not NaN
-        s_mu = mu.std(0, keepdim=True) if len(c) > 1 else mu.abs().mean(0, keepdim=True)
-        s_sig = sig.std(0, keepdim=True) if len(c) > 1 else sig.mean(0, keepdim=True)
-        e1, e2 = (e.to(c) for e in noise)
-        new_mu = mu + strength * e1 * s_mu
-        new_sig = (sig + strength * e2 * s_sig).clamp_min(1e-3)
-        out.append((c - mu) / sig * new_sig + new_mu)
-    return tuple(out)
 
 
 def query_loss(split: SplitFeatures, drift: DriftNet, support: Cache, support_y: torch.Tensor,

@@ -139,7 +139,8 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
 
     ``method``/``steps`` set the device integrator (``steps=0``: the Euler step count chosen on val).
     Under torchrun the trajectory chunks, the validation tasks and the drift's batches are shared
-    across ranks; on CUDA (``train_config.device``) trajectories and regression run on the GPU.
+    across ranks, and so are the outcome stage's tasks and its selection scoring; on CUDA
+    (``train_config.device``) trajectories and regression run on the GPU.
     """
     from edgeflow import distributed
     from edgeflow.train import resolve_device

@@ -90,7 +90,9 @@ def meta_train(
 
     Data-parallel: add --nproc 2 (or torchrun --nproc-per-node 2 -m edgeflow meta-train ...): the
     trajectory chunks and validation tasks are shared across processes and the drift trains in
-    DDP (--steps and the batch stay global); only rank 0 writes and prints.
+    DDP (--steps and the batch stay global); the outcome stage too: each step's 8 tasks and the
+    --selection-tasks scoring are split across processes (the same tasks as one process); only
+    rank 0 writes and prints.
     """
     from edgeflow import distributed
     from edgeflow.adapt.meta_train import MetaTrainConfig

@@ -154,3 +154,54 @@ def test_two_process_meta_train_shards_trajectories_and_matches_single_process(t
                    "--methods", "none,hyperflow-euler", "--timing-episodes", "1", "--json",
                    tmp=tmp_path)
     assert set(ev["by_shots"]["5"]["methods"]) == {"none", "hyperflow-euler"}
+
+
+@pytest.mark.slow
+def test_two_process_outcome_stage_splits_the_tasks_and_matches_single_process(tmp_path):
+    """``--objective outcome --nproc 2``: each rank computes half of every step's tasks (the same
+    global tasks as one process), the summed gradients train the same drift, and the sharded
+    selection scoring takes the same keep / stop / damp decisions."""
+    import numpy as np
+
+    _edgeflow("train", "--model", "conv4", "--data", "digits", "--epochs", "4", "--size", "16",
+              "--output", tmp_path / "bb.pt", "--device", "cpu", "--json", tmp=tmp_path)
+    # --steps 0: no regression training, whose per-rank row streams legitimately differ with the
+    # world size, so both runs start the outcome stage from the same (bit-identical) drift
+    common = ["meta-train", "--model", "conv4", "--weights", tmp_path / "bb.pt", "--data", "digits",
+              "--val-data", "digits", "--tasks", "50", "--starts", "2", "--steps", "0",
+              "--val-tasks", "6", "--teacher-steps", "8", "--theta-size", "64", "--hidden", "32",
+              "--device", "cpu", "--objective", "outcome", "--outcome-steps", "12",
+              "--selection-tasks", "40", "--json"]
+    one = _edgeflow(*common, "--output", tmp_path / "d1.pt", tmp=tmp_path)
+    two = _edgeflow(*common, "--output", tmp_path / "d2.pt", nproc=2, tmp=tmp_path)
+    assert two["world_size"] == 2 and two["ranks_agree"] is True
+    o1, o2 = one["outcome"], two["outcome"]
+    # the work was split: half of the same number of tasks on each rank
+    (n,) = o1["tasks_by_rank"]
+    assert n > 0 and o2["tasks_by_rank"] == [n // 2, n // 2]
+    for k in ("best_step", "damping", "val_no_harm_in_domain", "skipped_tasks", "val_tasks"):
+        assert o1[k] == o2[k], k
+    assert [h["step"] for h in o1["history"]] == [h["step"] for h in o2["history"]]
+    assert [h.get("damping") for h in o1["history"]] == [h.get("damping") for h in o2["history"]]
+    # val accuracies: a weight change of ~1e-7 could flip at most a borderline query (1/2000)
+    for h1, h2 in zip(o1["history"], o2["history"], strict=True):
+        assert abs(h1["val_acc"] - h2["val_acc"]) < 2e-3
+    for name in ("none", "trajectory", "outcome"):
+        assert abs(o1["selection"][name]["mean"] - o2["selection"][name]["mean"]) < 2e-3, name
+    warm1, _ = load_checkpoint(tmp_path / "d1.trajectory.pt")
+    warm2, _ = load_checkpoint(tmp_path / "d2.trajectory.pt")
+    assert all(np.array_equal(warm1[k].numpy(), warm2[k].numpy()) for k in warm1)
+    # the drifts: equal up to float summation order (one process adds the 8 task gradients in
+    # turn, two add 4 + 4 and then the two sums), a relative error of ~1e-7 in each gradient that
+    # AdamW turns into ~1e-7 in the weights (seen: 1.2e-7, one float32 ulp at 1); 1e-5 is 100x
+    # that and under 1% of what 12 steps move the weights (~1e-3, checked below), so a wrong
+    # average (half a batch, or a doubled one) fails it
+    sd1, _ = load_checkpoint(tmp_path / "d1.pt")
+    sd2, _ = load_checkpoint(tmp_path / "d2.pt")
+    assert sd1.keys() == sd2.keys()
+    for k in sd1:
+        np.testing.assert_allclose(sd2[k].numpy(), sd1[k].numpy(), rtol=0, atol=1e-5, err_msg=k)
+    moved = [float((sd1[k] - warm1[k]).abs().max()) for k in warm1
+             if k in sd1 and sd1[k].shape == warm1[k].shape and sd1[k].is_floating_point()
+             and k.endswith(".weight")]
+    assert max(moved) > 1e-3
