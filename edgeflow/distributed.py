@@ -7,6 +7,7 @@ single process, so the same code path serves both.
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from dataclasses import dataclass
@@ -49,7 +50,16 @@ def setup(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend)
+        # leave the group before the interpreter's teardown: gloo's threads destroyed after
+        # Python's finalisation abort the process ("terminate called without an active
+        # exception", exit -6) now and then, after all the work was done
+        atexit.register(_leave)
     return info()
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for_rank(device: torch.device) -> torch.device:

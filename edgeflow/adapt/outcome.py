@@ -62,6 +62,7 @@ from edgeflow.errors import ConfigError
 from edgeflow.progress import ProgressBar
 
 OBJECTIVES = ("trajectory", "outcome")
+STATS_TASKS = 64  # the first val tasks, whose support statistics set the drift's input scales
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     rng = np.random.default_rng([config.seed, 17])
     dim = split.suffix(val_tasks[0].support_only, theta0).shape[1]
     drift = outcome_drift(warm, split, feature_dim=dim, recenter_init=recenter_init)
-    _set_stats_scales(drift, split, val_tasks[: min(64, len(val_tasks))], theta0)
+    _set_stats_scales(drift, split, val_tasks[:STATS_TASKS], theta0)
     if not config.use_stats:  # prototypes only: the new inputs stay exactly zero
         vn = drift.velocity_net
         with torch.no_grad():

@@ -9,7 +9,8 @@ carries the backbone meta, theta layout, integrator, metric and the val-chosen t
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import Container
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation, select_classes
 from edgeflow.adapt.io import load_drift, save_drift
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
-from edgeflow.adapt.outcome import OBJECTIVES, OutcomeConfig
+from edgeflow.adapt.outcome import OBJECTIVES, STATS_TASKS, OutcomeConfig
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import draw_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune
@@ -59,12 +60,26 @@ def load_backbone(model: str, weights: Path) -> tuple[Backbone, dict, Preprocess
     return net.eval(), meta, preprocess_for(net, meta, None)
 
 
+@dataclass(frozen=True)
+class TaskStub:
+    """A val task's description without its prefix caches (another rank scores it)."""
+
+    ways: int
+    shots: int
+    shift: tuple[str, ...]
+    kind: str
+
+
 def val_tasks(split: SplitFeatures, ds: ImageDataset, pre: Preprocess, *, count: int,
               shots: tuple[int, ...] = (1, 5), ways: int = 5, queries: int = 15,
               shifted_fraction: float = 0.5, instance_fraction: float = 0.3,
-              seed: int = 1) -> list[TaskCache]:
+              seed: int = 1, build: Container[int] | None = None) -> list[TaskCache | TaskStub]:
     """Cached val-split tasks: an ``instance_fraction`` of instance tasks, the rest class episodes;
-    a ``shifted_fraction`` of either kind with a random domain shift."""
+    a ``shifted_fraction`` of either kind with a random domain shift.
+
+    ``build``: the indices to cache (None: all); the others come back as :class:`TaskStub` (the
+    same task, drawn but not run through the backbone prefix, its costly part), for a rank that
+    scores only its shard."""
     samplers = {k: EpisodeSampler(ds.labels, ways=ways, shots=k, queries=queries, seed=seed)
                 for k in shots}
     out = []
@@ -74,6 +89,9 @@ def val_tasks(split: SplitFeatures, ds: ImageDataset, pre: Preprocess, *, count:
         shift = sample_shift(rng, plain_fraction=0.0) if rng.random() < shifted_fraction else ()
         task = draw_task(ds, rng, pre, episode=samplers[k].episode(i),
                          instance_fraction=instance_fraction, shift=shift, seed=[seed, i])
+        if build is not None and i not in build:
+            out.append(TaskStub(ways, len(task.support_y) // ways, shift, task.kind))
+            continue
         out.append(TaskCache(split, task.support_x, task.support_y, task.query_x, task.query_y, ways,
                              shift=shift, kind=task.kind))
     return out
@@ -239,7 +257,9 @@ def _train_outcome(drift: DriftNet, settings: IntegratorSettings, split: SplitFe
     from edgeflow.train import resolve_device
 
     t0 = time.perf_counter()
-    sel = val_tasks(split, val, pre, count=count, seed=seed)
+    # a rank caches only the tasks it scores (its shard) and the ones every rank reads in full
+    build = set(distributed.shard(count)) | set(range(STATS_TASKS))
+    sel = val_tasks(split, val, pre, count=count, seed=seed, build=build)
     t_tasks = time.perf_counter() - t0
     new, rep = meta_train_outcome(base, pre, sel, split, theta0, config=config, warm=drift,
                                   recenter_init=settings.recenter, trajectories=trajectories,

@@ -205,3 +205,21 @@ def test_two_process_outcome_stage_splits_the_tasks_and_matches_single_process(t
              if k in sd1 and sd1[k].shape == warm1[k].shape and sd1[k].is_floating_point()
              and k.endswith(".weight")]
     assert max(moved) > 1e-3
+
+
+@pytest.mark.slow
+def test_gradient_all_reduce_handles_ranks_without_gradients(tmp_path):
+    """A rank whose tasks were all skipped still joins the all-reduce (zeros), a parameter no rank
+    has a gradient for stays without one, and sharded per-item values come back whole."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    out = tmp_path / "grads.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           str(Path(__file__).with_name("grad_reduce_worker.py")), str(out)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    every = json.loads(out.read_text())
+    assert len(every) == 2
+    for rank in every:
+        assert rank == {"a": [1.0] * 3, "b": None, "c": [3.0] * 3,
+                        "full": [0.1, 10.1, 20.1, 30.1, 40.1]}
