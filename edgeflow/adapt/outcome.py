@@ -219,6 +219,8 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     ``trajectories`` (with the velocity ``target`` kind they were regressed with) feed the
     auxiliary regression term (required when ``config.aux_weight`` > 0); when given, every eval
     also records the regression loss on a fixed batch of them (``aux_loss``), weight 0 included.
+    Under torchrun a rank reads the caches of only its shard of ``val_tasks`` and of the first
+    ``STATS_TASKS``; the others may be :class:`~edgeflow.adapt.workflow.TaskStub`.
     """
     if not val_tasks:
         raise ConfigError("outcome meta-training needs validation tasks to keep the best weights")
