@@ -115,8 +115,9 @@ def run(session, images, labels, *, episodes: int, shots: int, seed: int) -> dic
             q = {name: accuracy(th) for name, th in cand.items()}
             acc["oracle"].append(max(q.values()))
             mode = report["mode"]
-            acc["accuracy only"].append(q[choose([(k, (v[f"{mode}_accuracy"],))
-                                                  for k, v in report["scores"].items()])])
+            scores = [(k, (v[f"{mode}_accuracy"], v[f"{mode}_logp"]))
+                      for k, v in report["scores"].items()]
+            acc["accuracy only"].append(q[choose(scores, tie_break=False)])
             match.append(q[report["chosen"]] == max(q.values()))
     out = {k: {"mean": float(np.mean(v)), "ci95": float(1.96 * np.std(v, ddof=1) / np.sqrt(len(v)))}
            for k, v in acc.items() if v}
