@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import traceback
+
 import typer
 
 from edgeflow import __version__
@@ -57,7 +61,24 @@ compile_cmd.register(app)
 
 
 def main() -> None:
-    app()
+    """The ``edgeflow`` entry point; under torchrun each worker ends through
+    :func:`edgeflow.distributed.finish` (see there for why)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        app()
+        return
+    from edgeflow import distributed
+
+    code = 1
+    try:
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int | None):
+            print(exc.code, file=sys.stderr)
+    except BaseException:  # printed here: finish() ends the process without unwinding
+        traceback.print_exc()
+    distributed.finish(code)
 
 
 if __name__ == "__main__":

@@ -59,11 +59,13 @@ def check_model(name: str, *, head: str = "", input_size: int = 32, in_channels:
                 export: bool = True) -> ModelCheck:
     """Build the user model ``name`` (``package.module:build``), describe it, try its export."""
     from edgeflow.adapt import ThetaSpec
-    from edgeflow.models import create_model, is_custom
+    from edgeflow.models import MODELS, create_model, is_custom
 
     if not is_custom(name):
-        raise ConfigError(f"{name!r} is a zoo model; check_model describes your own models "
-                          "(package.module:build)")
+        what = "is a zoo model" if name in MODELS else "is not a package.module:build name"
+        raise ConfigError(f"{name!r} {what}; `edgeflow model inspect` describes your own models: "
+                          "give package.module:build, a callable that returns a torch.nn.Module "
+                          "(e.g. my_models.nets:build)")
     model = create_model(name, num_classes=None, head=head, input_size=input_size,
                          in_channels=in_channels, weights=weights).eval()
     spec = ThetaSpec.from_model(model, max_size=theta_max)

@@ -223,3 +223,29 @@ def test_gradient_all_reduce_handles_ranks_without_gradients(tmp_path):
     for rank in every:
         assert rank == {"a": [1.0] * 3, "b": None, "c": [3.0] * 3,
                         "full": [0.1, 10.1, 20.1, 30.1, 40.1]}
+
+
+@pytest.mark.parametrize(("args", "code", "out", "err"), [
+    (["version", "--json"], 0, '{"edgeflow"', ""),
+    (["model", "inspect", "nosuch"], 1, "", "is not a package.module:build name"),
+    (["version", "--bogus"], 2, "", "No such option"),
+])
+def test_a_torchrun_worker_keeps_its_exit_status_and_output(args, code, out, err, tmp_path):
+    # a worker ends with os._exit (distributed.finish), which flushes nothing by itself: stdout
+    # to a pipe is block-buffered, so a lost flush loses the JSON line
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WORLD_SIZE="2")
+    res = subprocess.run([sys.executable, "-m", "edgeflow", *args], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == code, res.stderr[-2000:]
+    assert res.stdout.startswith(out), res.stdout
+    assert err in res.stderr
+
+
+def test_a_failing_two_process_command_fails_with_its_message(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    res = subprocess.run([sys.executable, "-m", "edgeflow", "train", "--model", "nosuch", "--data",
+                          "digits", "--output", "m.pt", "--nproc", "2"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    assert "nosuch" in res.stderr and "conv4" in res.stderr  # the error lists the valid names
