@@ -9,7 +9,14 @@ Methods, each on identical seeded 5-way episodes (EpisodeSampler, 15 queries per
 - ``outcome``: the outcome-trained drift (``meta-train --objective outcome``), open or closed loop
   as it was trained;
 - ``outcome+guard``: the same with the forward-only guard (theta0 unless the support set's
-  leave-one-out score says a candidate is better).
+  leave-one-out score says a candidate is better);
+- ``teacher-40``: the teacher's val-chosen lr and loss, run for 40 steps (the cost reference);
+- ``trajectory+guard``: the trajectory drift under the same guard.
+
+Per row also: the per-domain oracle (``--oracle-episodes``, default 30: the teacher grid of lr x
+steps on the row's first episodes, the best setting in hindsight, an upper bound nobody can pick on
+a device) with every method's gain on those same episodes, and the outcome drift's accuracy against
+Euler step count (its trained step size, 0 to ``--curve-steps`` steps, all episodes).
 
 Cost, same run: the median wall time of each method's adaptation step (support set -> theta;
 PyTorch, CPU, one thread), and the peak of live PyTorch allocations during it (torch.profiler) on
@@ -36,8 +43,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _outcome_report import render  # noqa: E402  (benchmarks/ is the script's folder)
+
 SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared"))
-METHODS = ("none", "recenter", "teacher", "trajectory", "outcome", "outcome+guard")
+METHODS = ("none", "recenter", "teacher", "teacher-40", "trajectory", "trajectory+guard", "outcome",
+           "outcome+guard")
+ORACLE_LRS = (1e-3, 3e-3, 1e-2, 3e-2)  # benchmarks/adapt.py's grid
+ORACLE_STEPS = (5, 10, 20, 40)
+GUARDED = {"trajectory+guard": ("traj", "traj_settings"), "outcome+guard": ("outcome",
+                                                                            "outcome_settings")}
 
 
 def best_recenter(meta: dict) -> float:
@@ -62,64 +77,90 @@ def load_domain(spec: str, size: int):
 
 
 def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
-                    methods: tuple[str, ...], timing: int, memory: int) -> dict:
+                    methods: tuple[str, ...], timing: int, memory: int, oracle: int = 0,
+                    curve: int = 0) -> dict:
+    import dataclasses
+
     import torch
 
     from edgeflow.adapt.apply import IntegratorSettings
     from edgeflow.adapt.evaluate import peak_memory_bytes
     from edgeflow.adapt.guard import guard_theta
-    from edgeflow.adapt.loop import drift_theta
+    from edgeflow.adapt.loop import drift_path, drift_theta
     from edgeflow.adapt.meta_train import task_accuracy
     from edgeflow.adapt.split import TaskCache
     from edgeflow.adapt.tasks import make_task
-    from edgeflow.adapt.teacher import finetune
+    from edgeflow.adapt.teacher import TeacherConfig, finetune
     from edgeflow.data import EpisodeSampler
 
     split, theta0 = ctx["split"], ctx["theta0"]
     recenter = IntegratorSettings(steps=0, recenter=ctx["alpha"])
+    teacher40 = dataclasses.replace(ctx["teacher"], steps=40)
+    choices: list = []  # the guard's (mode, chosen) per call
+
+    def guarded(m: str, tc):
+        drift, settings = (ctx[k] for k in GUARDED[m])
+        theta, report = guard_theta(split, drift, tc.support_only, tc.support_y, tc.ways, theta0,
+                                    settings=settings, views=tc.views)
+        choices.append((report["mode"], report["chosen"]))
+        return theta
+
     steps: dict = {
         "none": lambda tc: theta0,
         "recenter": lambda tc: drift_theta(split, None, tc.support_only, tc.support_y, tc.ways,
                                            theta0, settings=recenter),
         "teacher": lambda tc: finetune(split, tc.support, tc.support_y, tc.ways, theta0,
                                        config=ctx["teacher"]).path[-1],
+        "teacher-40": lambda tc: finetune(split, tc.support, tc.support_y, tc.ways, theta0,
+                                          config=teacher40).path[-1],
         "trajectory": lambda tc: drift_theta(split, ctx["traj"], tc.support_only, tc.support_y,
                                              tc.ways, theta0, settings=ctx["traj_settings"]),
         "outcome": lambda tc: drift_theta(split, ctx["outcome"], tc.support_only, tc.support_y,
                                           tc.ways, theta0, settings=ctx["outcome_settings"]),
-        "outcome+guard": lambda tc: guarded(guard_theta(
-            split, ctx["outcome"], tc.support_only, tc.support_y, tc.ways, theta0,
-            settings=ctx["outcome_settings"], views=tc.views)),
+        **{m: (lambda tc, m=m: guarded(m, tc)) for m in GUARDED},
     }
-    choices: list = []  # the guard's choice per call (a report's mode and chosen candidate)
-
-    def guarded(result):
-        choices.append((result[1]["mode"], result[1]["chosen"]))
-        return result[0]
-
+    # accuracy against step count: the outcome drift at its trained step size, run on past the end
+    osettings = ctx["outcome_settings"]
+    curve_settings = dataclasses.replace(
+        osettings, steps=curve, dt=osettings.dt or 1.0 / max(1, osettings.steps)) if curve else None
     sampler = EpisodeSampler(ds.labels, ways=5, shots=shots, queries=15, seed=seed)
     acc = {m: [] for m in methods}
-    picks: dict[str, int] = {}  # how often the guard chose each candidate (episodes)
-    modes: dict[str, int] = {}
+    picks = {m: {} for m in methods if m in GUARDED}  # guard's candidate -> episodes
+    modes = {m: {} for m in methods if m in GUARDED}
     ms = {m: [] for m in methods}
     peak = {m: [] for m in methods}
+    grid: dict[str, list[float]] = {}
+    by_step: list[list[float]] = []
     for i in range(episodes):
         t = make_task(ds, sampler.episode(i), ctx["pre"])
         tc = TaskCache(split, t.support_x, t.support_y, t.query_x, t.query_y, 5)
         for m in methods:
             t0 = time.perf_counter()
-            with torch.no_grad() if m != "teacher" else torch.enable_grad():
+            with torch.no_grad() if not m.startswith("teacher") else torch.enable_grad():
                 theta = steps[m](tc)
             if i < timing:
                 ms[m].append(1000 * (time.perf_counter() - t0))
             if i < memory:
                 peak[m].append(peak_memory_bytes(lambda m=m, tc=tc: steps[m](tc)))
             acc[m].append(task_accuracy(split, tc, theta.detach()))
-            if m == "outcome+guard":
+            if m in GUARDED:
                 del choices[1:]  # the memory measurement ran the guard again
                 mode, chosen = choices.pop()
-                picks[str(chosen)] = picks.get(str(chosen), 0) + 1
-                modes[str(mode)] = modes.get(str(mode), 0) + 1
+                picks[m][str(chosen)] = picks[m].get(str(chosen), 0) + 1
+                modes[m][str(mode)] = modes[m].get(str(mode), 0) + 1
+        if i < oracle:  # the teacher grid, query accuracy after every step
+            for lr in ORACLE_LRS:
+                res = finetune(split, tc.support, tc.support_y, 5, theta0,
+                               config=TeacherConfig(**{**ctx["teacher"].to_dict(), "lr": lr,
+                                                       "steps": max(ORACLE_STEPS)}),
+                               query=tc.query, query_y=tc.query_y)
+                for s in ORACLE_STEPS:
+                    grid.setdefault(f"{lr:g}@{s}", []).append(float(res.query_acc[s]))
+        if curve_settings is not None:
+            with torch.no_grad():
+                path = drift_path(split, ctx["outcome"], tc.support_only, tc.support_y, 5, theta0,
+                                  settings=curve_settings)
+                by_step.append([task_accuracy(split, tc, th) for th in path])
     out = {}
     base = np.asarray(acc["none"])
     for m in methods:
@@ -128,10 +169,20 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
         out[m] = {"mean": float(100 * a.mean()), "ci95": float(196 * a.std(ddof=1) / np.sqrt(len(a))),
                   "gain": float(100 * d.mean()),
                   "gain_ci95": float(196 * d.std(ddof=1) / np.sqrt(len(d))) if m != "none" else 0.0,
+                  "gain_first": float(100 * d[:oracle].mean()) if oracle else None,
                   "adapt_ms": statistics.median(ms[m]) if ms[m] else None,
                   "adapt_peak_mib": max(peak[m]) / 2**20 if peak[m] else None}
-    if "outcome+guard" in out:
-        out["outcome+guard"].update(guard_chosen=picks, guard_mode=modes)
+        if m in GUARDED:
+            out[m].update(guard_chosen=picks[m], guard_mode=modes[m])
+    if grid:
+        means = {k: 100 * statistics.fmean(v) for k, v in grid.items()}
+        best = max(means, key=means.get)
+        out["oracle"] = {"episodes": oracle, "best": best, "settings": means,
+                         "gain": means[best] - float(100 * base[:oracle].mean())}
+    if by_step:
+        curve_acc = 100 * np.asarray(by_step).mean(0)
+        out["steps_curve"] = {"dt": curve_settings.dt, "trained_steps": osettings.steps,
+                              "gain": [float(c - 100 * base.mean()) for c in curve_acc]}
     return out
 
 
@@ -147,8 +198,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--timing-episodes", type=int, default=30)
     ap.add_argument("--memory-episodes", type=int, default=2)
+    ap.add_argument("--oracle-episodes", type=int, default=30, help="0: no oracle")
+    ap.add_argument("--curve-steps", type=int, default=8, help="0: no step-count curve")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--merge", default=None, help="comma-separated OUT.json files of runs over "
+                    "different --data (same checkpoints and settings): write one report of them")
     args = ap.parse_args(argv)
+    if args.merge:
+        return merge([Path(p) for p in args.merge.split(",")], args.out)
 
     import torch
 
@@ -176,60 +233,43 @@ def main(argv: list[str] | None = None) -> dict:
         for shots in (int(s) for s in args.shots.split(",")):
             results.setdefault(spec_, {})[str(shots)] = evaluate_domain(
                 ctx, ds, shots=shots, episodes=args.episodes, seed=args.seed, methods=methods,
-                timing=args.timing_episodes, memory=args.memory_episodes)
+                timing=args.timing_episodes, memory=args.memory_episodes,
+                oracle=args.oracle_episodes, curve=args.curve_steps)
             print(spec_, shots, {m: round(r["mean"], 2) for m, r in
-                                 results[spec_][str(shots)].items()}, flush=True)
+                                 results[spec_][str(shots)].items() if m in methods},
+                  flush=True)
     out = {"command": "python benchmarks/outcome.py " + " ".join(argv or sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "seconds":
            time.perf_counter() - t0, "episodes": args.episodes, "seed": args.seed,
            "recenter_alpha": ctx["alpha"], "outcome_settings": osettings.to_dict(),
            "trajectory_settings": tsettings.to_dict(), "teacher": ometa["teacher"],
            "selection": ometa.get("report", {}).get("outcome", {}).get("selection"),
+           "offline_seconds": ometa.get("report", {}).get("seconds"), "methods": list(methods),
            "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    return write(out, args.out)
+
+
+def write(out: dict, path: Path) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
     # OUT.json and OUT.md (appended, not with_suffix: "damped_0.5" has no suffix to replace)
-    (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(out, indent=1))
-    (args.out.parent / f"{args.out.name}.md").write_text(render(out))
+    (path.parent / f"{path.name}.json").write_text(json.dumps(out, indent=1))
+    (path.parent / f"{path.name}.md").write_text(render(out))
     return out
 
 
-def render(out: dict) -> str:
-    methods = next(iter(next(iter(out["results"].values())).values())).keys()
-    lines = ["# Adaptation on data nobody tuned for: every method on the same episodes", "",
-             f"`{out['command']}` ({out['machine']}, {out['seconds'] / 60:.1f} min); 5-way, 15 "
-             f"queries per class, {out['episodes']} episodes per row (EpisodeSampler seed "
-             f"{out['seed']}). Accuracy in % with its 95% interval; gain over none with the "
-             "paired 95% interval in brackets.", "",
-             f"Outcome drift: {out['outcome_settings']}; trajectory drift: "
-             f"{out['trajectory_settings']}; re-centring alone at alpha {out['recenter_alpha']}; "
-             f"teacher {out['teacher']}.", "",
-             "| data | shots | " + " | ".join(methods) + " |",
-             "|---|---|" + "---|" * len(methods)]
-    for data, by_shots in out["results"].items():
-        for shots, row in by_shots.items():
-            cells = [f"{r['mean']:.2f} ± {r['ci95']:.2f}" + (
-                "" if m == "none" else f" ({r['gain']:+.2f} [{r['gain_ci95']:.2f}])")
-                for m, r in row.items()]
-            lines.append(f"| {data} | {shots} | " + " | ".join(cells) + " |")
-    lines += ["", "Cost of the adaptation step (median ms / peak MiB of live PyTorch allocations), "
-              "last row:", ""]
-    last = next(iter(out["results"].values()))
-    row = last[next(iter(last))]
-    lines += ["| " + " | ".join(methods) + " |", "|" + "---|" * len(methods),
-              "| " + " | ".join(f"{r['adapt_ms']:.1f} / {r['adapt_peak_mib']:.2f}"
-                                if r["adapt_ms"] is not None and r["adapt_peak_mib"] is not None
-                                else "-" for r in row.values()) + " |", ""]
-    picks = [f"{data} {shots}-shot: {row['outcome+guard']['guard_chosen']} "
-             f"(mode {row['outcome+guard'].get('guard_mode')})"
-             for data, by_shots in out["results"].items() for shots, row in by_shots.items()
-             if "guard_chosen" in row.get("outcome+guard", {})]
-    if picks:
-        lines += ["The guard's choices (episodes per candidate): " + "; ".join(picks), ""]
-    if out.get("selection"):
-        lines += ["Selection (fresh val tasks inside meta-training, mean accuracy): " +
-                  ", ".join(f"{k} {100 * v['mean']:+.2f}" if " - " in k else
-                            f"{k} {100 * v['mean']:.2f}" for k, v in out["selection"].items()), ""]
-    return "\n".join(lines)
+def merge(parts: list[Path], path: Path) -> dict:
+    """One report of runs that split the domains between processes (e.g. one per core)."""
+    runs = [json.loads(p.read_text()) for p in parts]
+    same = ("episodes", "seed", "recenter_alpha", "outcome_settings", "trajectory_settings",
+            "teacher", "methods")
+    for r in runs[1:]:
+        diff = [k for k in same if r.get(k) != runs[0].get(k)]
+        if diff:
+            raise SystemExit(f"cannot merge runs that differ in {diff}")
+    out = {**runs[0], "command": " ; ".join(r["command"] for r in runs) + " (run side by side, "
+           "one thread each, then --merge)", "seconds": max(r["seconds"] for r in runs),
+           "results": {d: row for r in runs for d, row in r["results"].items()}}
+    return write(out, path)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,25 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     bad = run("evaluate", "--model", "conv4", "--weights", weights, "--drift", drift, "--data",
               "digits", "--shots", "one")
     assert bad.exit_code == 1 and "comma-separated integers" in bad.output
+    # every method on the same episodes, the per-domain oracle and the step-count curve
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "outcome.py"), "--backbone",
+                           str(weights), "--drift", str(drift), "--data", "digits:5-9", "--shots",
+                           "2", "--episodes", "3", "--oracle-episodes", "2", "--curve-steps", "5",
+                           "--timing-episodes", "1", "--memory-episodes", "0", "--out",
+                           str(tmp_path / "oc")], capture_output=True, text=True, timeout=600,
+                          cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads((tmp_path / "oc.json").read_text())["results"]["digits:5-9"]["2"]
+    assert {"teacher-40", "trajectory+guard", "outcome+guard"} <= set(row)
+    assert sum(row["outcome+guard"]["guard_chosen"].values()) == 3
+    # the oracle's grid holds teacher-40's recipe (lr 0.01, 40 steps): it can only do better
+    assert "0.01@40" in row["oracle"]["settings"]
+    assert row["oracle"]["gain"] >= row["teacher-40"]["gain_first"] - 1e-9
+    curve = row["steps_curve"]
+    # the curve at the drift's own step count is the outcome method itself
+    assert len(curve["gain"]) == 6 and curve["trained_steps"] == 4
+    assert abs(curve["gain"][4] - row["outcome"]["gain"]) < 1e-6
+    assert "Per-domain oracle" in (tmp_path / "oc.md").read_text()
 
 
 @pytest.mark.slow
