@@ -268,7 +268,10 @@ def merge(parts: list[Path], path: Path) -> dict:
             raise SystemExit(f"cannot merge runs that differ in {diff}")
     out = {**runs[0], "command": " ; ".join(r["command"] for r in runs) + " (run side by side, "
            "one thread each, then --merge)", "seconds": max(r["seconds"] for r in runs),
-           "results": {d: row for r in runs for d, row in r["results"].items()}}
+           "results": {}}
+    for r in runs:  # runs may split domains or shot counts
+        for d, by_shots in r["results"].items():
+            out["results"].setdefault(d, {}).update(by_shots)
     return write(out, path)
 
 
