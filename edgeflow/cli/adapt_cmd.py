@@ -78,6 +78,9 @@ def meta_train(
                                      "the trajectory regression as an auxiliary term of this "
                                      "weight, falling linearly to 0 by the last outcome step "
                                      "(0: off, the outcome loss alone)."),
+    stats: bool = typer.Option(True, "--stats/--no-stats", help="Outcome drift: read the support "
+                               "statistics at the theta layers (--no-stats: class prototypes "
+                               "only, an ablation)."),
     device: str = DEVICE_OPT,
     nproc: int = NPROC_OPT,
     as_json: bool = JSON_OPT,
@@ -117,7 +120,8 @@ def meta_train(
                          outcome_config=OutcomeConfig(steps=outcome_steps, euler_steps=euler_steps,
                                                       loop_every=loop_every, seed=seed,
                                                       eval_every=max(1, outcome_steps // 6),
-                                                      aux_weight=aux_weight, device=device))
+                                                      aux_weight=aux_weight, use_stats=stats,
+                                                      device=device))
     if not distributed.info().is_main:
         return
     emit(res, as_json=as_json,

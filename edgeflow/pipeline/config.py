@@ -112,6 +112,9 @@ class AdaptSection:
     aux_weight: float = field(default=0.0, metadata={
         "help": "Outcome drift: weight of the trajectory regression kept as an auxiliary term, "
                 "falling linearly to 0 by the last outcome step (0: off)."})
+    stats: bool = field(default=True, metadata={
+        "help": "Outcome drift: read the support statistics at the theta layers (false: class "
+                "prototypes only, an ablation)."})
 
 
 @dataclass(frozen=True)

@@ -120,3 +120,21 @@ def test_aux_weight_round_trips_and_old_configs_load(tmp_path):
     assert build_config(file=f).adapt.aux_weight == AdaptSection().aux_weight
     with pytest.raises(ConfigError, match="aux_weight"):
         build_config(overrides={"adapt.aux_weight": -0.5})
+
+
+def test_stats_switch_round_trips_and_reaches_the_outcome_training(tmp_path):
+    """[adapt] stats (the prototypes-only ablation): a --adapt-stats flag, saved, read back,
+    passed on as use_stats; old configs without the key keep the statistics on."""
+    from edgeflow.adapt.outcome import OutcomeConfig
+    from edgeflow.pipeline.adapt_stages import outcome_config
+
+    assert outcome_config(build_config()).use_stats is OutcomeConfig().use_stats is True
+    assert ("adapt.stats", "adapt-stats") in {(k, f) for k, f, *_ in flag_fields()}
+    cfg = build_config(overrides={"adapt.stats": False})
+    text = cfg.to_toml()
+    assert "stats = false" in text
+    f = tmp_path / "config.toml"
+    f.write_text(text)
+    assert build_config(file=f) == cfg and outcome_config(cfg).use_stats is False
+    f.write_text("\n".join(line for line in text.splitlines() if not line.startswith("stats ")))
+    assert build_config(file=f).adapt.stats is True
