@@ -213,3 +213,30 @@ def open_runners(bundle: Bundle, *, backend: str = "auto", precision: str | None
     opened = open_ort(bundle, precision=ort_precision, threads=threads)
     opened.fallback_reason = reason
     return opened
+
+
+def choose_for_target(bundle: Bundle, target: Any, backend: str, precision: str | None,
+                      build_options: Any) -> tuple[str, str | None, Any]:
+    """Backend, precision and TensorRT options from a target profile, where the caller left them.
+
+    The fastest precision both the bundle carries for the backend and the device runs (TensorRT
+    builds FP16 from the FP32 graph, and INT8 from the TensorRT Q/DQ graph or the calibration
+    sample); a CPU target never tries TensorRT.
+    """
+    from edgeflow.targets import Target
+
+    t = target if isinstance(target, Target) else Target.load(target)
+    if backend == "auto" and t.backend == "onnxruntime":
+        backend = "onnxruntime"
+    trt = backend in ("auto", "tensorrt") and t.backend == "tensorrt"
+    if precision is None:
+        # per backend: what TensorRT can build from this bundle (its INT8 needs the TensorRT Q/DQ
+        # graph or the calibration sample), else what ONNX Runtime runs
+        usable = trt and (backend == "tensorrt" or tensorrt_available() is None)
+        precision = t.pick_precision(trt_precisions(bundle) if usable
+                                     else list(bundle.manifest["precisions"]))
+    if build_options is None and trt:
+        from edgeflow.runtime.trt_build import BuildOptions
+
+        build_options = BuildOptions.from_target(t, precision=precision)
+    return backend, precision, build_options

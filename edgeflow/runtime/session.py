@@ -18,7 +18,7 @@ import numpy as np
 
 from edgeflow.errors import BundleError, DataError
 from edgeflow.integrate import integrate
-from edgeflow.runtime.backends import open_runners
+from edgeflow.runtime.backends import choose_for_target, open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
 from edgeflow.runtime.drift_loop import drift_inputs, drift_path
 from edgeflow.runtime.guard import flip_width, run_guard
@@ -28,41 +28,12 @@ from edgeflow.runtime.openset import fit as openset_fit
 from edgeflow.runtime.protos import prototype_logits, prototypes, softmax
 from edgeflow.runtime.signals import support_stats
 from edgeflow.runtime.support import Support
-from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen
+from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen, merged_class_names
 from edgeflow.runtime.trust import check_expected, verify_signature
 
 log = logging.getLogger("edgeflow.runtime")
 UNKNOWN = -1  # the label predict(reject=...) gives a query from none of the task's classes
 __all__ = ["TASK_FORMAT", "UNKNOWN", "Session", "Task", "prototype_logits", "prototypes", "softmax"]
-
-
-def _per_target(bundle: Bundle, target: Any, backend: str, precision: str | None,
-                build_options: Any) -> tuple[str, str | None, Any]:
-    """Backend, precision and TensorRT options from a target profile, where the caller left them.
-
-    The fastest precision both the bundle carries for the backend and the device runs (TensorRT
-    builds FP16 from the FP32 graph, and INT8 from the TensorRT Q/DQ graph or the calibration
-    sample); a CPU target never tries TensorRT.
-    """
-    from edgeflow.targets import Target
-
-    t = target if isinstance(target, Target) else Target.load(target)
-    if backend == "auto" and t.backend == "onnxruntime":
-        backend = "onnxruntime"
-    trt = backend in ("auto", "tensorrt") and t.backend == "tensorrt"
-    if precision is None:
-        from edgeflow.runtime.backends import tensorrt_available, trt_precisions
-
-        # per backend: what TensorRT can build from this bundle (its INT8 needs the TensorRT Q/DQ
-        # graph or the calibration sample), else what ONNX Runtime runs
-        usable = trt and (backend == "tensorrt" or tensorrt_available() is None)
-        precision = t.pick_precision(trt_precisions(bundle) if usable
-                                     else list(bundle.manifest["precisions"]))
-    if build_options is None and trt:
-        from edgeflow.runtime.trt_build import BuildOptions
-
-        build_options = BuildOptions.from_target(t, precision=precision)
-    return backend, precision, build_options
 
 
 class Session:
@@ -96,8 +67,8 @@ class Session:
         else:
             self.bundle = load_bundle(bundle, verify=verify, expect=expect, trusted_keys=trusted_keys)
         if target is not None:  # a device profile (name, path or Target) chooses what is unset
-            backend, precision, build_options = _per_target(self.bundle, target, backend, precision,
-                                                            build_options)
+            backend, precision, build_options = choose_for_target(
+                self.bundle, target, backend, precision, build_options)
         opened = open_runners(self.bundle, backend=backend, precision=precision, threads=threads,
                               engine_cache=engine_cache, build_options=build_options)
         self.backend, self.precision = opened.backend, opened.precision
@@ -262,7 +233,7 @@ class Session:
         x = self.prepare(images, what="support images")
         check_labels(labels, len(x), min_classes=1)  # e.g. more shots of one known class
         new = np.asarray(labels).astype(np.int64)
-        names = self._merged_names(task, new, class_names)
+        names = merged_class_names(task, new, class_names)
         merged = support.concat(self._support(x, new))
         return self._adapt(merged, names=names, steps=steps, guard=guard)
 
@@ -374,28 +345,6 @@ class Session:
             raise DataError("this task's support cache was made by another backend or precision of "
                             "this bundle; update it with the Session that adapted it")
         return task.support
-
-    @staticmethod
-    def _merged_names(task: Task, labels: np.ndarray, class_names: Sequence[str] | None
-                      ) -> dict[int, str] | None:
-        if task.class_names is None:
-            if class_names is not None:
-                raise DataError("the task has no class names; update it with labels only")
-            return None
-        names = {int(c): n for c, n in zip(task.classes, task.class_names, strict=True)}
-        if class_names is None:
-            new = sorted({int(c) for c in labels} - set(names))
-            if new:
-                raise DataError(f"new classes {new[:5]} need class_names (the task has names)")
-            return names
-        for c in np.unique(labels):
-            if not 0 <= c < len(class_names):
-                raise DataError(f"label {int(c)} has no entry in class_names ({len(class_names)})")
-            given = str(class_names[int(c)])
-            if names.get(int(c), given) != given:
-                raise DataError(f"label {int(c)} is {names[int(c)]!r} in the task but {given!r} here")
-            names[int(c)] = given
-        return names
 
     def logits(self, images: np.ndarray | Sequence[np.ndarray], task: Task) -> np.ndarray:
         """Raw prototype scores (Q, W) of query images (columns follow ``task.classes``)."""

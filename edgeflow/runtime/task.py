@@ -17,6 +17,7 @@ import re
 import tempfile
 import time
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,3 +236,27 @@ def _remove_stale(path: Path) -> None:
                 ours = head[:4] == b"PK\x03\x04" and head[30:] == MEMBERS[0].encode()
             if ours:
                 p.unlink()
+
+
+def merged_class_names(task: Task, labels: np.ndarray, class_names: Sequence[str] | None
+                       ) -> dict[int, str] | None:
+    """The names of ``task``'s classes and of the ``labels`` an update adds (None: a task without
+    names); a clear error when a new class has no name or a known one would be renamed."""
+    if task.class_names is None:
+        if class_names is not None:
+            raise DataError("the task has no class names; update it with labels only")
+        return None
+    names = {int(c): n for c, n in zip(task.classes, task.class_names, strict=True)}
+    if class_names is None:
+        new = sorted({int(c) for c in labels} - set(names))
+        if new:
+            raise DataError(f"new classes {new[:5]} need class_names (the task has names)")
+        return names
+    for c in np.unique(labels):
+        if not 0 <= c < len(class_names):
+            raise DataError(f"label {int(c)} has no entry in class_names ({len(class_names)})")
+        given = str(class_names[int(c)])
+        if names.get(int(c), given) != given:
+            raise DataError(f"label {int(c)} is {names[int(c)]!r} in the task but {given!r} here")
+        names[int(c)] = given
+    return names
