@@ -176,6 +176,14 @@ def render_report(metrics: dict[str, Any], out: Path) -> Path:
                   f"Val accuracy without adaptation {_pct(none)}; with the drift, by Euler steps: "
                   + ", ".join(f"{k}: {_pct(by[k])}" for k in sorted(by, key=int))
                   + f". Device integrator: {adapt.get('integrator')}.", ""]
+        data_cfg = (metrics.get("config") or {}).get("data") or {}
+        if "val" in data_cfg and not data_cfg["val"]:
+            lines += ["**Note.** No `[data] val` was given, so the val tasks are drawn from the "
+                      "base classes' held-out images: classes the backbone was trained on. They "
+                      "cannot show what the drift does to classes it never saw (the few-shot "
+                      "section above can); on the default digits compile they rewarded drifts "
+                      "that lose on the held-out digits. Where you have classes disjoint from "
+                      "base and novel, give them as `[data] val`.", ""]
         rec = adapt.get("val_acc_by_recenter") or {}
         if rec:  # re-centring alone is the steps-0 column of the selection grid
             lines += ["Re-centring alone (no drift), by alpha: "

@@ -101,3 +101,15 @@ def test_the_outcome_section_reports_selection_and_in_domain_harm(tmp_path):
     adapt["outcome"] = {**outcome, "val_no_harm_in_domain": False}
     text = render_report({**METRICS, "adapt": adapt}, tmp_path / "harm").read_text()
     assert "No weights did no harm in-domain" in text and "guard=True" in text
+
+
+def test_val_tasks_from_the_base_classes_are_called_out(tmp_path):
+    adapt = {"val_acc_by_euler_steps": {"0": 0.6, "4": 0.62}, "val_acc_no_adaptation": 0.6,
+             "integrator": {"method": "euler", "steps": 4}}
+    note = "No `[data] val` was given"
+    for val, shown in (("", True), ("../shared/data/tiny-imagenet/val.zip", False)):
+        metrics = {**METRICS, "adapt": adapt, "config": {"data": {"val": val}}}
+        text = render_report(metrics, tmp_path / str(shown)).read_text()
+        assert (note in text) is shown
+    # reports of metrics without a config (older ones) say nothing they cannot know
+    assert note not in render_report({**METRICS, "adapt": adapt}, tmp_path / "old").read_text()
