@@ -36,7 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from outcome import load_domain  # noqa: E402  (benchmarks/ is the script's folder)
+from _episodes import episode_tasks  # noqa: E402  (benchmarks/ is the script's folder)
+from outcome import load_domain  # noqa: E402
 
 
 def drifts(run: Path, variants: dict[str, str]) -> tuple[dict, object, object]:
@@ -58,19 +59,6 @@ def drifts(run: Path, variants: dict[str, str]) -> tuple[dict, object, object]:
             raise SystemExit(f"{other} was meta-trained on another backbone than {run}")
         rows[label] = (d, s)
     return rows, spec, theta0
-
-
-def episodes_of(split, ds, pre, *, shots: int, episodes: int, seed: int) -> list:
-    from edgeflow.adapt.split import TaskCache
-    from edgeflow.adapt.tasks import make_task
-    from edgeflow.data import EpisodeSampler
-
-    sampler = EpisodeSampler(ds.labels, ways=5, shots=shots, queries=15, seed=seed)
-    out = []
-    for i in range(episodes):
-        t = make_task(ds, sampler.episode(i), pre)
-        out.append(TaskCache(split, t.support_x, t.support_y, t.query_x, t.query_y, 5))
-    return out
 
 
 def gains(accs: dict[str, np.ndarray]) -> dict:
@@ -101,8 +89,8 @@ def run_one(run: Path, variants: dict[str, str], args) -> dict:
     for spec_ in args.data:
         ds = load_domain(spec_, data.preprocess.size)
         for shots in (5, 1):
-            sets[f"{spec_} {shots}-shot"] = episodes_of(split, ds, data.preprocess, shots=shots,
-                                                        episodes=args.episodes, seed=args.seed)
+            sets[f"{spec_} {shots}-shot"] = list(episode_tasks(
+                split, ds, data.preprocess, shots=shots, episodes=args.episodes, seed=args.seed))
     out = {}
     for name, tasks in sets.items():
         accs = {label: np.asarray(per_task_accuracy(d, split, tasks, theta0, settings=s))

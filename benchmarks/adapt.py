@@ -29,14 +29,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _episodes import episode_tasks, teacher_grid  # noqa: E402  (benchmarks/ is on the path)
 
 from edgeflow.adapt.meta_train import MetaTrainConfig  # noqa: E402
-from edgeflow.adapt.split import TaskCache  # noqa: E402
-from edgeflow.adapt.tasks import make_task  # noqa: E402
-from edgeflow.adapt.teacher import TeacherConfig, finetune  # noqa: E402
+from edgeflow.adapt.teacher import TeacherConfig  # noqa: E402
 from edgeflow.adapt.trajectories import TrajectoryConfig  # noqa: E402
 from edgeflow.adapt.workflow import load_backbone, run_evaluate, run_meta_train  # noqa: E402
-from edgeflow.data import EpisodeSampler, load_dataset  # noqa: E402
+from edgeflow.data import load_dataset  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared")) / "data"
 DOMAINS = {
@@ -48,8 +49,6 @@ DOMAINS = {
 }
 CROSS = ("cifar10", "gtsrb", "mnist", "omniglot")
 SWEEP = (1, 2, 5, 10, 20, 50)
-ORACLE_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
-ORACLE_STEPS = (5, 10, 20, 40)
 
 
 def quick_backbone(out: Path) -> Path:
@@ -81,19 +80,13 @@ def oracle(model: str, weights: Path, drift: Path, data: str, *, episodes: int, 
     _, spec, theta0, _, _ = load_drift(drift)
     split = SplitFeatures(net, spec)
     ds = load_dataset(data, size=pre.size)
-    sampler = EpisodeSampler(ds.labels, ways=5, shots=shots, queries=15, seed=seed)
     table: dict[str, list[float]] = {}
     none: list[float] = []
-    for i in range(episodes):
-        task = make_task(ds, sampler.episode(i), pre)
-        tc = TaskCache(split, task.support_x, task.support_y, task.query_x, task.query_y, 5)
-        for lr in ORACLE_LRS:
-            acc = finetune(split, tc.support, tc.support_y, 5, theta0,
-                           config=TeacherConfig(lr=lr, steps=max(ORACLE_STEPS)), query=tc.query,
-                           query_y=tc.query_y).query_acc
-            for s in ORACLE_STEPS:
-                table.setdefault(f"{lr:g}@{s}", []).append(float(acc[s]))
-        none.append(float(acc[0]))
+    for tc in episode_tasks(split, ds, pre, shots=shots, episodes=episodes, seed=seed):
+        grid, start = teacher_grid(split, tc, theta0, base=TeacherConfig())
+        for k, acc in grid.items():
+            table.setdefault(k, []).append(acc)
+        none.append(start)
     means = {k: statistics.fmean(v) for k, v in table.items()}
     best = max(means, key=means.get)
     return {"episodes": episodes, "shots": shots, "none": statistics.fmean(none),

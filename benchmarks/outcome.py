@@ -44,13 +44,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _outcome_report import render  # noqa: E402  (benchmarks/ is the script's folder)
+from _episodes import episode_tasks, teacher_grid  # noqa: E402  (benchmarks/ is on the path)
+from _outcome_report import render  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared"))
 METHODS = ("none", "recenter", "teacher", "teacher-40", "trajectory", "trajectory+guard", "outcome",
            "outcome+guard")
-ORACLE_LRS = (1e-3, 3e-3, 1e-2, 3e-2)  # benchmarks/adapt.py's grid
-ORACLE_STEPS = (5, 10, 20, 40)
 GUARDED = {"trajectory+guard": ("traj", "traj_settings"), "outcome+guard": ("outcome",
                                                                             "outcome_settings")}
 
@@ -88,10 +87,7 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
     from edgeflow.adapt.guard import guard_theta
     from edgeflow.adapt.loop import drift_path, drift_theta
     from edgeflow.adapt.meta_train import task_accuracy
-    from edgeflow.adapt.split import TaskCache
-    from edgeflow.adapt.tasks import make_task
-    from edgeflow.adapt.teacher import TeacherConfig, finetune
-    from edgeflow.data import EpisodeSampler
+    from edgeflow.adapt.teacher import finetune
 
     split, theta0 = ctx["split"], ctx["theta0"]
     recenter = IntegratorSettings(steps=0, recenter=ctx["alpha"])
@@ -123,7 +119,6 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
     osettings = ctx["outcome_settings"]
     curve_settings = dataclasses.replace(
         osettings, steps=curve, dt=osettings.dt or 1.0 / max(1, osettings.steps)) if curve else None
-    sampler = EpisodeSampler(ds.labels, ways=5, shots=shots, queries=15, seed=seed)
     acc = {m: [] for m in methods}
     picks = {m: {} for m in methods if m in GUARDED}  # guard's candidate -> episodes
     modes = {m: {} for m in methods if m in GUARDED}
@@ -131,9 +126,8 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
     peak = {m: [] for m in methods}
     grid: dict[str, list[float]] = {}
     by_step: list[list[float]] = []
-    for i in range(episodes):
-        t = make_task(ds, sampler.episode(i), ctx["pre"])
-        tc = TaskCache(split, t.support_x, t.support_y, t.query_x, t.query_y, 5)
+    for i, tc in enumerate(episode_tasks(split, ds, ctx["pre"], shots=shots, episodes=episodes,
+                                         seed=seed)):
         for m in methods:
             t0 = time.perf_counter()
             with torch.no_grad() if not m.startswith("teacher") else torch.enable_grad():
@@ -149,13 +143,8 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                 picks[m][str(chosen)] = picks[m].get(str(chosen), 0) + 1
                 modes[m][str(mode)] = modes[m].get(str(mode), 0) + 1
         if i < oracle:  # the teacher grid, query accuracy after every step
-            for lr in ORACLE_LRS:
-                res = finetune(split, tc.support, tc.support_y, 5, theta0,
-                               config=TeacherConfig(**{**ctx["teacher"].to_dict(), "lr": lr,
-                                                       "steps": max(ORACLE_STEPS)}),
-                               query=tc.query, query_y=tc.query_y)
-                for s in ORACLE_STEPS:
-                    grid.setdefault(f"{lr:g}@{s}", []).append(float(res.query_acc[s]))
+            for k, a in teacher_grid(split, tc, theta0, base=ctx["teacher"])[0].items():
+                grid.setdefault(k, []).append(a)
         if curve_settings is not None:
             with torch.no_grad():
                 path = drift_path(split, ctx["outcome"], tc.support_only, tc.support_y, 5, theta0,
