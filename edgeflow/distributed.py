@@ -52,9 +52,9 @@ def setup(device: torch.device) -> DistInfo:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend)
-        # leave the group before the interpreter's teardown: gloo's threads destroyed after
-        # Python's finalisation abort the process ("terminate called without an active
-        # exception", exit -6) now and then, after all the work was done
+        # leave the group before the interpreter's teardown (library callers under torchrun);
+        # it makes gloo's abort at exit rarer but does not prevent it: the CLI ends its
+        # workers through finish() instead
         atexit.register(_leave)
     return info()
 

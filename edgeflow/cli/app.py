@@ -72,9 +72,9 @@ def main() -> None:
     try:
         app()
         code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, int | None):
+    except SystemExit as exc:  # sys.exit("message") prints the message and exits 1, as Python does
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if code == 1 and not isinstance(exc.code, int):
             print(exc.code, file=sys.stderr)
     except BaseException:  # printed here: finish() ends the process without unwinding
         traceback.print_exc()
