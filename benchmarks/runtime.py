@@ -153,7 +153,7 @@ def run_latency(bundle: Path, work: Path, *, repeats: int, warmup: int) -> dict:
                                                 lambda xt=xt: features_with_theta(model, xt, theta0, spec),
                                                 repeats=repeats, warmup=warmup)
         task = s.adapt(sx, sy)
-        z, stats = s.embed_task(task.prototypes), s.task_stats(task)
+        z, stats = s.first_inputs(task)
         zt = torch.from_numpy(z)
         st = None if stats is None else torch.from_numpy(stats)
         res["drift_step"] = _pair(lambda: s.velocity(s.theta0, 0.5, z, stats),

@@ -5,7 +5,12 @@ only runs the velocity part at every integration step:
 
 - ``TaskEncoder``: class prototypes (B, W, D) + a validity mask (B, W) -> z (B, E). A learnable task
   token attends over the prototypes through pre-norm transformer blocks; the padding mask makes any
-  number of ways (up to the padded W) work. z is the token's output.
+  number of ways (up to the padded W) work. z is the token's output. With ``shot_tokens`` it also
+  reads the individual support features (B, N, D) and their one-hot classes (B, N, W): each shot
+  becomes a token of (its offset from its class prototype, that prototype), a second set block
+  pools them, and a zero-initialised projection adds the result to z (so the shot path starts as
+  a no-op on a warm-started encoder, and the prototypes alone do not have to carry the support
+  set's spread).
 - ``VelocityNet``: theta (B, P), t (B, 1), z (B, E) [, stats (B, S)] -> velocity (B, P). Each
   input is linearly embedded to H and summed, then residual blocks (RMSNorm -> Linear(H, 2H) ->
   SwiGLU -> Linear(H, H)); the output layer is zero-initialised so an untrained drift adapts
@@ -31,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgeflow.adapt.theta import prototypes
+
 
 @dataclass(frozen=True)
 class DriftConfig:
@@ -45,6 +52,7 @@ class DriftConfig:
     blocks: int = 3
     stats_dim: int = 0  # 0: no support statistics input (the trajectory-regressed drift)
     layer_sizes: tuple[int, ...] = ()  # theta entries per layer (for the per-layer gain)
+    shot_tokens: bool = False  # the task encoder also reads the individual shot features
 
     def __post_init__(self) -> None:
         if self.stats_dim and sum(self.layer_sizes) != self.theta_dim:
@@ -92,8 +100,46 @@ class _SetBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _pool(token: nn.Parameter, tokens: torch.Tensor, mask: torch.Tensor,
+          blocks: nn.ModuleList) -> torch.Tensor:
+    """The learnable ``token``'s output after ``blocks`` over [token, tokens] (B, 1 + N, E);
+    ``mask`` (B, N) is 1 for real tokens (padding gets no attention)."""
+    x = torch.cat([token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+    valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).to(x.dtype)
+    key_bias = (1.0 - valid) * -1e9
+    for block in blocks:
+        x = block(x, key_bias)
+    return x[:, 0]
+
+
+class ShotEncoder(nn.Module):
+    """(prototypes (B, W, D), shots (B, N, D), one-hot classes (B, N, W)) -> a z offset (B, E).
+
+    A shot's token is (shot - its class prototype, that prototype); rows of zeros in the one-hot
+    pad. The output projection starts at zero: adding this to a trained encoder changes nothing
+    until training moves it."""
+
+    def __init__(self, config: DriftConfig) -> None:
+        super().__init__()
+        d, e = config.feature_dim, config.task_dim
+        self.inp = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, e))
+        self.token = nn.Parameter(torch.zeros(1, 1, e))
+        self.blocks = nn.ModuleList([_SetBlock(e, config.heads)])
+        self.norm = nn.LayerNorm(e)
+        self.out = nn.Linear(e, e)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, prototypes: torch.Tensor, shots: torch.Tensor,
+                shot_labels: torch.Tensor) -> torch.Tensor:
+        own = shot_labels @ prototypes  # (B, N, D): each shot's class prototype
+        tokens = self.inp(torch.cat([shots - own, own], dim=-1))
+        return self.out(self.norm(_pool(self.token, tokens, shot_labels.sum(-1), self.blocks)))
+
+
 class TaskEncoder(nn.Module):
-    """(prototypes (B, W, D), mask (B, W) with 1 = real class) -> z (B, task_dim)."""
+    """(prototypes (B, W, D), mask (B, W) with 1 = real class[, shots (B, N, D), one-hot classes
+    (B, N, W)]) -> z (B, task_dim)."""
 
     def __init__(self, config: DriftConfig) -> None:
         super().__init__()
@@ -103,15 +149,19 @@ class TaskEncoder(nn.Module):
         self.blocks = nn.ModuleList(_SetBlock(config.task_dim, config.heads)
                                     for _ in range(config.encoder_layers))
         self.norm = nn.LayerNorm(config.task_dim)
+        self.shots = ShotEncoder(config) if config.shot_tokens else None
 
-    def forward(self, prototypes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b = prototypes.shape[0]
-        x = torch.cat([self.token.expand(b, -1, -1), self.inp(prototypes)], dim=1)
-        valid = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1).to(x.dtype)
-        key_bias = (1.0 - valid) * -1e9  # padded ways get no attention
-        for block in self.blocks:
-            x = block(x, key_bias)
-        return self.norm(x[:, 0])
+    def forward(self, prototypes: torch.Tensor, mask: torch.Tensor,
+                shots: torch.Tensor | None = None,
+                shot_labels: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.norm(_pool(self.token, self.inp(prototypes), mask, self.blocks))
+        if self.shots is None or shots is None:
+            # no shots (trajectory regression's rows hold prototypes only): the shot path's
+            # contribution is left out, as for an encoder without one
+            return z
+        if shot_labels is None:
+            raise ValueError("shots need their one-hot classes (shot_labels)")
+        return z + self.shots(prototypes, shots, shot_labels.to(shots.dtype))
 
 
 class _ResBlock(nn.Module):
@@ -193,10 +243,22 @@ class DriftNet(nn.Module):
         self.task_encoder = TaskEncoder(config)
         self.velocity_net = VelocityNet(config)
 
-    def embed_task(self, prototypes: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_task(self, prototypes: torch.Tensor, mask: torch.Tensor | None = None,
+                   shots: torch.Tensor | None = None,
+                   shot_labels: torch.Tensor | None = None) -> torch.Tensor:
         if mask is None:
             mask = torch.ones(prototypes.shape[:2], dtype=prototypes.dtype, device=prototypes.device)
-        return self.task_encoder(prototypes, mask)
+        return self.task_encoder(prototypes, mask, shots, shot_labels)
+
+    def embed_support(self, features: torch.Tensor, labels: torch.Tensor,
+                      ways: int) -> torch.Tensor:
+        """z (1, E) of one support set: its features (N, D) with episode labels 0..ways-1 (the
+        prototypes, and the shots themselves for an encoder with ``shot_tokens``)."""
+        protos = prototypes(features, labels, ways)[None]
+        if not self.config.shot_tokens:
+            return self.embed_task(protos)
+        onehot = F.one_hot(labels, ways).to(features.dtype)
+        return self.embed_task(protos, shots=features[None], shot_labels=onehot[None])
 
     @property
     def uses_stats(self) -> bool:

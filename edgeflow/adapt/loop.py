@@ -1,12 +1,13 @@
 """The drift's adaptation procedure in PyTorch, open or closed loop: one definition for
 meta-training (with gradients), validation, evaluation and the reference the device reproduces.
 
-From one suffix pass over the support set at theta0: prototypes -> z (and, for a drift that reads
-them, the support statistics of :mod:`edgeflow.adapt.signals`); integrate the drift. Closed loop
-(``settings.loop_every`` = r > 0): every r Euler steps the support set is passed through the suffix
-again at the current theta and z and the statistics are refreshed, so the drift sees what its own
-steps did. r = 0 is the paper's open loop. The legacy re-centring move (``settings.recenter``, from
-the theta0 pass) is added to every point of the path.
+From one suffix pass over the support set at theta0: prototypes (and, for an encoder with
+``shot_tokens``, the shots) -> z (and, for a drift that reads them, the support statistics of
+:mod:`edgeflow.adapt.signals`); integrate the drift. Closed loop (``settings.loop_every`` = r > 0):
+every r Euler steps the support set is passed through the suffix again at the current theta and z
+and the statistics are refreshed, so the drift sees what its own steps did. r = 0 is the paper's
+open loop. The legacy re-centring move (``settings.recenter``, from the theta0 pass) is added to
+every point of the path.
 
 What the drift is fed is a constant of the task (computed without gradients); the drift's weights
 (task encoder and velocity) get gradients through every Euler step when the caller enables them.
@@ -21,7 +22,6 @@ from edgeflow.adapt.drift import DriftNet
 from edgeflow.adapt.recenter import recenter_move, support_pass
 from edgeflow.adapt.signals import support_stats
 from edgeflow.adapt.split import Cache, SplitFeatures
-from edgeflow.adapt.theta import prototypes
 from edgeflow.integrate import integrate
 
 
@@ -46,7 +46,7 @@ def drift_path(split: SplitFeatures, drift: DriftNet | None, cache: Cache, label
         if k:  # closed loop: see the support set again at the current theta
             with torch.no_grad():
                 feats, means = support_pass(split, cache, theta.detach(), means=uses_stats)
-        z = drift.embed_task(prototypes(feats, labels, ways)[None])
+        z = drift.embed_support(feats, labels, ways)
         stats = (support_stats(feats, means, labels, ways, theta.detach())[None].to(theta0.device)
                  if uses_stats else None)
         n = min(every, steps - k)

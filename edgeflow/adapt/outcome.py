@@ -79,6 +79,7 @@ class OutcomeConfig:
     lr: float = 3e-4
     weight_decay: float = 1e-4
     use_stats: bool = True  # False (an ablation): statistics input and gain frozen at zero
+    shot_tokens: bool = False  # the task encoder also reads the individual shots (drift.ShotEncoder)
     perturb: float = 1.0  # DSU noise scale on the cached activations (0: off)
     perturb_fraction: float = 0.5
     # weights are kept only if they do not lose more than this on the val class episodes without a
@@ -147,9 +148,10 @@ def query_loss(split: SplitFeatures, drift: DriftNet, support: Cache, support_y:
 
 def outcome_drift(warm: DriftNet | None, split: SplitFeatures, *, feature_dim: int,
                   hidden: int = 256, task_dim: int = 128, blocks: int = 3,
-                  recenter_init: float = 0.0) -> DriftNet:
+                  recenter_init: float = 0.0, shot_tokens: bool = False) -> DriftNet:
     """A drift that reads support statistics, warm-started from ``warm`` (a stats-free drift of the
-    same theta) when given; its per-layer gain starts at ``-recenter_init`` (re-centring alpha)."""
+    same theta) when given; its per-layer gain starts at ``-recenter_init`` (re-centring alpha).
+    ``shot_tokens``: its task encoder also reads the individual shots (a path that starts at zero)."""
     spec = split.spec
     base = warm.config if warm is not None else DriftConfig(theta_dim=spec.size,
                                                              feature_dim=feature_dim,
@@ -159,11 +161,12 @@ def outcome_drift(warm: DriftNet | None, split: SplitFeatures, *, feature_dim: i
         raise ConfigError(f"the warm-start drift has theta_dim {base.theta_dim}, the backbone's "
                           f"theta has {spec.size}")
     cfg = DriftConfig(**{**base.to_dict(), "stats_dim": stats_dim(spec.size),
-                         "layer_sizes": list(spec.sizes)})
+                         "layer_sizes": list(spec.sizes), "shot_tokens": shot_tokens})
     drift = DriftNet(cfg)
     if warm is not None:
         missing, unexpected = drift.load_state_dict(warm.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith("velocity_net.") for k in missing), missing
+        new = ("velocity_net.", "task_encoder.shots.")  # the parts a stats-free drift lacks
+        assert not unexpected and all(k.startswith(new) for k in missing), missing
     with torch.no_grad():
         drift.velocity_net.layer_gain.fill_(-recenter_init)
     return drift
@@ -236,7 +239,8 @@ def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[Task
     gen = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng([config.seed, 17])
     dim = split.suffix(val_tasks[0].support_only, theta0).shape[1]
-    drift = outcome_drift(warm, split, feature_dim=dim, recenter_init=recenter_init)
+    drift = outcome_drift(warm, split, feature_dim=dim, recenter_init=recenter_init,
+                          shot_tokens=config.shot_tokens)
     _set_stats_scales(drift, split, val_tasks[:STATS_TASKS], theta0)
     if not config.use_stats:  # prototypes only: the new inputs stay exactly zero
         vn = drift.velocity_net

@@ -81,6 +81,9 @@ def meta_train(
     stats: bool = typer.Option(True, "--stats/--no-stats", help="Outcome drift: read the support "
                                "statistics at the theta layers (--no-stats: class prototypes "
                                "only, an ablation)."),
+    shot_tokens: bool = typer.Option(False, "--shot-tokens/--no-shot-tokens", help="Outcome "
+                                     "drift: its task encoder also reads each support image's "
+                                     "features, not only the class prototypes."),
     device: str = DEVICE_OPT,
     nproc: int = NPROC_OPT,
     as_json: bool = JSON_OPT,
@@ -121,6 +124,7 @@ def meta_train(
                                                       loop_every=loop_every, seed=seed,
                                                       eval_every=max(1, outcome_steps // 6),
                                                       aux_weight=aux_weight, use_stats=stats,
+                                                      shot_tokens=shot_tokens,
                                                       device=device))
     if not distributed.info().is_main:
         return

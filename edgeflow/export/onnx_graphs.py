@@ -1,7 +1,8 @@
 """ONNX export of the three bundle graphs, each checked by ``onnx.checker`` and against PyTorch.
 
 - ``backbone.onnx``: images float32 (N, C, H, W) [dynamic N], theta float32 (P,) -> features (N, D)
-- ``task_encoder.onnx``: prototypes (1, W, D) [dynamic W], mask (1, W) -> z (1, E)
+- ``task_encoder.onnx``: prototypes (1, W, D) [dynamic W], mask (1, W) [, shots (1, N, D),
+  shot_labels (1, N, W) one-hot, for a drift with ``shot_tokens``; dynamic N] -> z (1, E)
 - ``drift.onnx``: theta (1, P), t (1, 1), z (1, E) -> velocity (1, P)
 
 The TorchScript-based exporter (``dynamo=False``, opset 17) is used: it gives compact graphs with
@@ -38,8 +39,10 @@ class _TaskEncoderGraph(nn.Module):
         super().__init__()
         self.enc = drift.task_encoder
 
-    def forward(self, prototypes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.enc(prototypes, mask)
+    def forward(self, prototypes: torch.Tensor, mask: torch.Tensor,
+                shots: torch.Tensor | None = None,
+                shot_labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.enc(prototypes, mask, shots, shot_labels)
 
 
 class _VelocityGraph(nn.Module):
@@ -103,9 +106,15 @@ def export_drift(drift: DriftNet, directory: str | Path) -> tuple[Path, Path]:
     cfg = drift.config
     directory = Path(directory)
     protos, mask = torch.randn(1, 5, cfg.feature_dim), torch.ones(1, 5)
-    enc = _export(_TaskEncoderGraph(drift), (protos, mask), directory / "task_encoder.onnx",
-                  inputs=["prototypes", "mask"], outputs=["z"],
-                  dynamic={"prototypes": {1: "W"}, "mask": {1: "W"}})
+    args, names = (protos, mask), ["prototypes", "mask"]
+    dynamic = {"prototypes": {1: "W"}, "mask": {1: "W"}}
+    if cfg.shot_tokens:  # the individual shots too, N of them (a batch-like count of images)
+        labels = torch.eye(5).repeat(2, 1)[None]
+        args = (*args, torch.randn(1, 10, cfg.feature_dim), labels)
+        names += ["shots", "shot_labels"]
+        dynamic |= {"shots": {1: "N"}, "shot_labels": {1: "N", 2: "W"}}
+    enc = _export(_TaskEncoderGraph(drift), args, directory / "task_encoder.onnx",
+                  inputs=names, outputs=["z"], dynamic=dynamic)
     theta, t, z = torch.zeros(1, cfg.theta_dim), torch.zeros(1, 1), torch.zeros(1, cfg.task_dim)
     args, names = (theta, t, z), ["theta", "t", "z"]
     if cfg.stats_dim:  # the outcome drift also reads the support statistics (adapt.signals)
@@ -174,12 +183,21 @@ def backbone_parity(model: nn.Module, spec: ThetaSpec, path: str | Path, images:
 
 
 def drift_parity(drift: DriftNet, directory: str | Path, protos: np.ndarray, theta: np.ndarray, *,
-                 tol: float = PARITY_TOL) -> dict[str, float]:
-    """Max |ORT - PyTorch| of both drift graphs on real prototypes ``protos`` (W, D)."""
+                 shots: np.ndarray | None = None, tol: float = PARITY_TOL) -> dict[str, float]:
+    """Max |ORT - PyTorch| of both drift graphs on real prototypes ``protos`` (W, D); a drift with
+    ``shot_tokens`` also needs the real ``shots`` (N, D) they are the means of, N a multiple of W
+    in class order 0..W-1 repeated (labels ``arange(N) % W``)."""
     directory = Path(directory)
     enc, vel = _ort_session(directory / "task_encoder.onnx"), _ort_session(directory / "drift.onnx")
     p = protos[None].astype(np.float32)
     mask = np.ones(p.shape[:2], np.float32)
+    shot_feed, shot_args = {}, {}
+    if drift.config.shot_tokens:
+        if shots is None:
+            raise ConfigError("this drift reads the individual shots; pass shots= to drift_parity")
+        onehot = np.eye(p.shape[1], dtype=np.float32)[np.arange(len(shots)) % p.shape[1]][None]
+        shot_feed = {"shots": shots[None].astype(np.float32), "shot_labels": onehot}
+        shot_args = {k: torch.from_numpy(v) for k, v in shot_feed.items()}
     th = theta[None].astype(np.float32)
     t = np.full((1, 1), 0.3, np.float32)
     feed = {"theta": th, "t": t}
@@ -189,10 +207,10 @@ def drift_parity(drift: DriftNet, directory: str | Path, protos: np.ndarray, the
         stats = (vn.stats_center + vn.stats_scale * torch.linspace(-1, 1, vn.stats_dim))[None]
         feed["stats"] = stats.numpy().astype(np.float32)
     with torch.no_grad():
-        z_ref = drift.embed_task(torch.from_numpy(p), torch.from_numpy(mask)).numpy()
+        z_ref = drift.embed_task(torch.from_numpy(p), torch.from_numpy(mask), **shot_args).numpy()
         v_ref = drift.velocity(torch.from_numpy(th), torch.from_numpy(t), torch.from_numpy(z_ref),
                                stats)
-    z = enc.run(["z"], {"prototypes": p, "mask": mask})[0]
+    z = enc.run(["z"], {"prototypes": p, "mask": mask, **shot_feed})[0]
     v = vel.run(["velocity"], {**feed, "z": z_ref})[0]
     out = {"max_abs_diff_z": float(np.max(np.abs(z - z_ref))),
            "max_abs_diff_velocity": float(np.max(np.abs(v - v_ref.numpy()))),

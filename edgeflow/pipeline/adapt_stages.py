@@ -21,7 +21,8 @@ def outcome_config(cfg: CompileConfig) -> OutcomeConfig:
     a = cfg.adapt
     return OutcomeConfig(steps=a.outcome_steps, euler_steps=a.euler_steps,
                          loop_every=a.loop_every, eval_every=max(1, a.outcome_steps // 6),
-                         aux_weight=a.aux_weight, use_stats=a.stats, seed=cfg.seed,
+                         aux_weight=a.aux_weight, use_stats=a.stats,
+                         shot_tokens=a.shot_tokens, seed=cfg.seed,
                          device=cfg.device)
 
 

@@ -115,6 +115,9 @@ class AdaptSection:
     stats: bool = field(default=True, metadata={
         "help": "Outcome drift: read the support statistics at the theta layers (false: class "
                 "prototypes only, an ablation)."})
+    shot_tokens: bool = field(default=False, metadata={
+        "help": "Outcome drift: its task encoder also reads each support image's features, not "
+                "only the class prototypes."})
 
 
 @dataclass(frozen=True)

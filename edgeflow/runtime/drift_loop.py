@@ -1,8 +1,9 @@
 """The drift's adaptation path on the device, open or closed loop (numpy; the reference is
 :func:`edgeflow.adapt.loop.drift_path`, and a test holds the two together).
 
-From the support pass at theta0: prototypes -> z (task encoder), and for a drift whose graph reads
-them, the support statistics (:mod:`edgeflow.runtime.signals`); then Euler steps of ``drift.onnx``.
+From the support pass at theta0: prototypes (and the shots, for a task encoder that reads them)
+-> z (task encoder), and for a drift whose graph reads them, the support statistics
+(:mod:`edgeflow.runtime.signals`); then Euler steps of ``drift.onnx``.
 Closed loop (the manifest's ``integrator.loop_every`` = r > 0): every r steps one suffix pass over
 the support set's cache at the current theta refreshes z and the statistics.
 """
@@ -38,7 +39,7 @@ def drift_path(session: Any, cache: dict[str, np.ndarray], ep: np.ndarray, w: in
             names = ("features", "theta_means") if uses_stats else ("features",)
             got = session._suffix(cache, theta.astype(np.float32), *names)
             feats, means = got[0], (got[1] if uses_stats else None)
-        z = session.embed_task(prototypes(feats, ep, w))
+        z = session.embed_task(prototypes(feats, ep, w), shots=feats, labels=ep)
         stats = (support_stats(feats, means, ep, w, theta, scale=10.0)[None]
                  if uses_stats else None)
         n = min(every, steps - k)

@@ -94,6 +94,9 @@ class Session:
         self.loop_every = int(integ.get("loop_every", 0))
         # an outcome-trained drift also reads support statistics (edgeflow.runtime.signals)
         self.drift_stats = self.bundle.has_drift and "stats" in drift_inputs(self)
+        # a task encoder with shot tokens also reads the individual support features
+        self.drift_shots = self.bundle.has_drift and "shots" in {
+            i.name for i in self.runners["task_encoder"].inputs}
         if self.drift_stats and "theta_means" not in {
                 o.name for o in self.runners["backbone"].outputs}:
             raise BundleError("drift.onnx reads support statistics but backbone.onnx has no "
@@ -153,10 +156,19 @@ class Session:
                               "theta": theta}) for i in range(0, n, self.batch_size)]
         return [np.concatenate([o[k] for o in outs]) for k in names]
 
-    def embed_task(self, protos: np.ndarray) -> np.ndarray:
+    def embed_task(self, protos: np.ndarray, *, shots: np.ndarray | None = None,
+                   labels: np.ndarray | None = None) -> np.ndarray:
+        """z (1, E) of class prototypes (W, D); a task encoder with shot tokens also needs the
+        support features ``shots`` (N, D) and their episode ``labels`` (N,) in 0..W-1."""
         p = protos[None].astype(np.float32)
-        return self.runners["task_encoder"].infer({"prototypes": p,
-                                                   "mask": np.ones(p.shape[:2], np.float32)})["z"]
+        feed = {"prototypes": p, "mask": np.ones(p.shape[:2], np.float32)}
+        if self.drift_shots:
+            if shots is None or labels is None:
+                raise BundleError("this bundle's task encoder reads the individual shots; pass "
+                                  "shots= and labels= (or adapt through Session.adapt)")
+            onehot = np.eye(p.shape[1], dtype=np.float32)[np.asarray(labels)]
+            feed |= {"shots": shots[None].astype(np.float32), "shot_labels": onehot[None]}
+        return self.runners["task_encoder"].infer(feed)["z"]
 
     def velocity(self, theta: np.ndarray, t: float, z: np.ndarray,
                  stats: np.ndarray | None = None) -> np.ndarray:
@@ -170,15 +182,18 @@ class Session:
             feed["stats"] = stats.astype(np.float32)
         return self.runners["drift"].infer(feed)["velocity"][0]
 
-    def task_stats(self, task: Task) -> np.ndarray | None:
-        """(1, S) support statistics of ``task``'s support set at theta0, what a drift that reads
-        them is fed on its first step (:mod:`edgeflow.runtime.signals`); None for other drifts."""
-        if not self.drift_stats:
-            return None
+    def first_inputs(self, task: Task) -> tuple[np.ndarray, np.ndarray | None]:
+        """(z (1, E), support statistics (1, S) or None) of ``task``'s support set at theta0: what
+        the drift reads on its first step (:mod:`edgeflow.runtime.signals`; no statistics for a
+        drift that does not read them)."""
         support = self._task_support(task)
         _, ep = np.unique(support.labels, return_inverse=True)
-        feats, means = self._suffix(support.cache, self.theta0, "features", "theta_means")
-        return support_stats(feats, means, ep, int(ep.max()) + 1, self.theta0)[None]
+        w = int(ep.max()) + 1
+        names = ("features", "theta_means") if self.drift_stats else ("features",)
+        got = self._suffix(support.cache, self.theta0, *names)
+        z = self.embed_task(prototypes(got[0], ep, w), shots=got[0], labels=ep)
+        return z, (support_stats(got[0], got[1], ep, w, self.theta0)[None]
+                   if self.drift_stats else None)
 
     def integrate_theta(self, z: np.ndarray, *, steps: int | None = None,
                         method: str | None = None) -> np.ndarray:

@@ -192,5 +192,10 @@ def test_meta_train_aux_weight_flag_reaches_the_outcome_config(monkeypatch):
               "--val-data", "digits", "--output", "d.pt", "--aux-weight", "0.3")
     assert isinstance(res.exception, RuntimeError), res.output
     assert seen["outcome_config"].aux_weight == 0.3
+    assert seen["outcome_config"].shot_tokens is False
+    res = run("meta-train", "--model", "conv4", "--weights", "w.pt", "--data", "digits",
+              "--val-data", "digits", "--output", "d.pt", "--shot-tokens")
+    assert isinstance(res.exception, RuntimeError), res.output
+    assert seen["outcome_config"].shot_tokens is True
     assert run("meta-train", "--model", "conv4", "--weights", "w.pt", "--data", "digits",
                "--val-data", "digits", "--output", "d.pt", "--aux-weight", "-1").exit_code == 2

@@ -138,3 +138,21 @@ def test_stats_switch_round_trips_and_reaches_the_outcome_training(tmp_path):
     assert build_config(file=f) == cfg and outcome_config(cfg).use_stats is False
     f.write_text("\n".join(line for line in text.splitlines() if not line.startswith("stats ")))
     assert build_config(file=f).adapt.stats is True
+
+
+def test_shot_tokens_switch_round_trips_and_reaches_the_outcome_training(tmp_path):
+    """[adapt] shot_tokens: a --adapt-shot-tokens flag, saved, read back, passed on; configs
+    written before it (no key) keep the prototypes-only encoder."""
+    from edgeflow.adapt.outcome import OutcomeConfig
+    from edgeflow.pipeline.adapt_stages import outcome_config
+
+    assert outcome_config(build_config()).shot_tokens is OutcomeConfig().shot_tokens is False
+    assert ("adapt.shot_tokens", "adapt-shot-tokens") in {(k, f) for k, f, *_ in flag_fields()}
+    cfg = build_config(overrides={"adapt.shot_tokens": True})
+    text = cfg.to_toml()
+    assert "shot_tokens = true" in text
+    f = tmp_path / "config.toml"
+    f.write_text(text)
+    assert build_config(file=f) == cfg and outcome_config(cfg).shot_tokens is True
+    f.write_text("\n".join(line for line in text.splitlines() if "shot_tokens" not in line))
+    assert build_config(file=f).adapt.shot_tokens is False

@@ -69,6 +69,12 @@ def test_profile_shapes_cover_dynamic_dims_only():
     shapes = profile_shapes(enc, BuildOptions(ways=(2, 5, 20)))
     assert shapes["prototypes"] == ((1, 2, 64), (1, 5, 64), (1, 20, 64))
     assert shapes["mask"][2] == (1, 20)
+    # a shot-token encoder: its shots count images ("N", the batch range), one-hot over "W"
+    shots = [TensorSpec("shots", (1, "N", 64), "float32"),
+             TensorSpec("shot_labels", (1, "N", "W"), "float32")]
+    shapes = profile_shapes(shots, BuildOptions(batch=(1, 16, 64), ways=(2, 5, 20)))
+    assert shapes["shots"] == ((1, 1, 64), (1, 16, 64), (1, 64, 64))
+    assert shapes["shot_labels"] == ((1, 1, 2), (1, 16, 5), (1, 64, 20))
 
 
 def test_cache_key_changes_with_every_ingredient():
