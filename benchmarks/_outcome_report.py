@@ -63,8 +63,9 @@ def _cross_means(out: dict, methods: list[str]) -> list[str]:
 def _cost(out: dict, methods: list[str]) -> list[str]:
     last = next(iter(out["results"].values()))
     row = last[next(iter(last))]
-    lines = ["", "Cost of the adaptation step (median ms / peak MiB of live PyTorch allocations, "
-             "PyTorch on this CPU, one thread), first row:", "",
+    lines = ["", "Cost of the adaptation step, support set -> a ready classifier (theta and the "
+             "prototypes at it; none pays that support pass too), median ms / peak MiB of live "
+             "PyTorch allocations, PyTorch on this CPU, one thread, first row:", "",
              "| " + " | ".join(methods) + " |", "|" + "---|" * len(methods),
              "| " + " | ".join(f"{row[m]['adapt_ms']:.1f} / {row[m]['adapt_peak_mib']:.2f}"
                                if row[m]["adapt_ms"] is not None

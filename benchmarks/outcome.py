@@ -18,9 +18,11 @@ steps on the row's first episodes, the best setting in hindsight, an upper bound
 a device) with every method's gain on those same episodes, and the outcome drift's accuracy against
 Euler step count (its trained step size, 0 to ``--curve-steps`` steps, all episodes).
 
-Cost, same run: the median wall time of each method's adaptation step (support set -> theta;
-PyTorch, CPU, one thread), and the peak of live PyTorch allocations during it (torch.profiler) on
-a few episodes. The domains given to ``--data`` are evaluated as they are: none was used to choose
+Cost, same run: the median wall time of each method's adaptation step (support set -> a ready
+classifier: the adapted theta and the support prototypes at it, as the library's evaluation
+measures it, so none pays the prototypes' pass too; PyTorch, CPU, one thread, forward-only methods
+without autograd), and the peak of live PyTorch allocations during it (torch.profiler) on a few
+episodes. The domains given to ``--data`` are evaluated as they are: none was used to choose
 anything (selection happens on val tasks inside meta-training).
 
     OMP_NUM_THREADS=1 python benchmarks/outcome.py --backbone RUN/stages/recover/recovered.pt \\
@@ -88,6 +90,7 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
     from edgeflow.adapt.loop import drift_path, drift_theta
     from edgeflow.adapt.meta_train import task_accuracy
     from edgeflow.adapt.teacher import finetune
+    from edgeflow.adapt.theta import prototypes
 
     split, theta0 = ctx["split"], ctx["theta0"]
     recenter = IntegratorSettings(steps=0, recenter=ctx["alpha"])
@@ -115,6 +118,18 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                                           tc.ways, theta0, settings=ctx["outcome_settings"]),
         **{m: (lambda tc, m=m: guarded(m, tc)) for m in GUARDED},
     }
+
+    def ready(m: str, tc) -> tuple:
+        """(theta, prototypes): the support set -> a ready classifier, what the cost measures (as
+        :meth:`edgeflow.adapt.evaluate.Adapter.adapt_step`): none pays the prototypes' support
+        pass too, so a method's extra over none is what adapting adds. Forward-only methods run
+        without autograd, as on the device (a graph recorded for weights nobody differentiates
+        would count as their cost)."""
+        with torch.no_grad() if not m.startswith("teacher") else torch.enable_grad():
+            theta = steps[m](tc).detach()
+        with torch.no_grad():
+            return theta, prototypes(split.suffix(tc.support_only, theta), tc.support_y, tc.ways)
+
     # accuracy against step count: the outcome drift at its trained step size, run on past the end
     osettings = ctx["outcome_settings"]
     curve_settings = dataclasses.replace(
@@ -130,12 +145,11 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                                          seed=seed)):
         for m in methods:
             t0 = time.perf_counter()
-            with torch.no_grad() if not m.startswith("teacher") else torch.enable_grad():
-                theta = steps[m](tc)
+            theta = ready(m, tc)[0]
             if i < timing:
                 ms[m].append(1000 * (time.perf_counter() - t0))
             if i < memory:
-                peak[m].append(peak_memory_bytes(lambda m=m, tc=tc: steps[m](tc)))
+                peak[m].append(peak_memory_bytes(lambda m=m, tc=tc: ready(m, tc)))
             acc[m].append(task_accuracy(split, tc, theta.detach()))
             if m in GUARDED:
                 del choices[1:]  # the memory measurement ran the guard again

@@ -111,13 +111,17 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "outcome.py"), "--backbone",
                            str(weights), "--drift", str(drift), "--data", "digits:5-9", "--shots",
                            "2", "--episodes", "3", "--oracle-episodes", "2", "--curve-steps", "5",
-                           "--timing-episodes", "1", "--memory-episodes", "0", "--out",
+                           "--timing-episodes", "1", "--memory-episodes", "1", "--out",
                            str(tmp_path / "oc")], capture_output=True, text=True, timeout=600,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads((tmp_path / "oc.json").read_text())["results"]["digits:5-9"]["2"]
     assert {"teacher-40", "trajectory+guard", "outcome+guard"} <= set(row)
     assert sum(row["outcome+guard"]["guard_chosen"].values()) == 3
+    # cost = support set -> a ready classifier: none pays the prototypes' support pass too, and
+    # the forward-only drift adds less peak memory to it than back-propagating teacher-40 does
+    peak = {m: row[m]["adapt_peak_mib"] for m in ("none", "outcome", "teacher-40")}
+    assert peak["none"] > 0 and peak["outcome"] - peak["none"] < peak["teacher-40"] - peak["none"]
     # the oracle's grid holds teacher-40's recipe (lr 0.01, 40 steps): it can only do better
     assert "0.01@40" in row["oracle"]["settings"]
     assert row["oracle"]["gain"] >= row["teacher-40"]["gain_first"] - 1e-9
