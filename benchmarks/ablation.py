@@ -61,10 +61,11 @@ def drifts(run: Path, variants: dict[str, str]) -> tuple[dict, object, object]:
     return rows, spec, theta0
 
 
-def gains(accs: dict[str, np.ndarray]) -> dict:
-    base = accs["none"]
-    return {k: {"mean": float(100 * a.mean()), "gain": float(100 * (a - base).mean()),
-                "ci95": float(196 * (a - base).std(ddof=1) / np.sqrt(len(a)))}
+def gains(accs: dict[str, np.ndarray], base: str = "none") -> dict:
+    """Each row's mean accuracy and its paired gain over row ``base`` (points, 95% interval)."""
+    ref = accs[base]
+    return {k: {"mean": float(100 * a.mean()), "gain": float(100 * (a - ref).mean()),
+                "ci95": float(196 * (a - ref).std(ddof=1) / np.sqrt(len(a)))}
             for k, a in accs.items()}
 
 
@@ -96,6 +97,8 @@ def run_one(run: Path, variants: dict[str, str], args) -> dict:
         accs = {label: np.asarray(per_task_accuracy(d, split, tasks, theta0, settings=s))
                 for label, (d, s) in rows.items()}
         out[name] = {"tasks": len(tasks), "rows": gains(accs)}
+        if args.versus:  # every variant against one of them, paired on the same tasks
+            out[name]["versus"] = gains(accs, args.versus)
         print(run, name, {k: round(v["gain"], 2) for k, v in out[name]["rows"].items()}, flush=True)
     return {"seed": cfg.seed, "settings": {label: None if d is None else s.to_dict()
                                            for label, (d, s) in rows.items()}, "sets": out}
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--episodes", type=int, default=300)
     ap.add_argument("--val-count", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0, help="episode seed of the --data sets")
+    ap.add_argument("--versus", default=None, help="LABEL: also each row's paired difference "
+                    "against that row (e.g. 'outcome'), not only against none")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     import torch
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = {str(r): run_one(r, variants, args) for r in args.runs}
     out = {"command": "python benchmarks/ablation.py " + " ".join(argv or sys.argv[1:]),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-           "seconds": time.perf_counter() - t0, "runs": runs}
+           "seconds": time.perf_counter() - t0, "versus": args.versus, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     (args.out.parent / f"{args.out.name}.json").write_text(json.dumps(out, indent=1))
     (args.out.parent / f"{args.out.name}.md").write_text(render(out))
@@ -149,6 +154,17 @@ def render(out: dict) -> str:
             lines.append(f"| {s} | {r['sets'][s]['tasks']} | {row['none']['mean']:.2f} | " +
                          " | ".join(f"{row[lab]['gain']:+.2f} ± {row[lab]['ci95']:.2f}"
                                     for lab in labels) + " |")
+        base = out.get("versus")
+        if base:
+            others = [lab for lab in labels if lab != base]
+            lines += ["", f"Seed {r['seed']}, paired difference against `{base}` (points, 95% "
+                      "interval):", "", "| tasks | " + " | ".join(others) + " |",
+                      "|---|" + "---|" * len(others)]
+            for s in sets:
+                row = r["sets"][s]["versus"]
+                lines.append(f"| {s} | " + " | ".join(f"{row[lab]['gain']:+.2f} ± "
+                                                      f"{row[lab]['ci95']:.2f}" for lab in others)
+                             + " |")
         lines += ["", "Settings: " + "; ".join(f"{k}: {v}" for k, v in r["settings"].items()
                                               if v is not None)]
     return "\n".join(lines) + "\n"
