@@ -70,7 +70,7 @@ def gains(accs: dict[str, np.ndarray], base: str = "none") -> dict:
 
 
 def run_one(run: Path, variants: dict[str, str], args) -> dict:
-    from edgeflow.adapt.outcome import per_task_accuracy
+    from edgeflow.adapt.scores import per_task_accuracy
     from edgeflow.adapt.split import SplitFeatures
     from edgeflow.adapt.workflow import val_tasks
     from edgeflow.pipeline.config import build_config

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from edgeflow.adapt.io import load_drift
-    from edgeflow.adapt.outcome import per_task_accuracy
+    from edgeflow.adapt.scores import per_task_accuracy
     from edgeflow.adapt.split import SplitFeatures
     from edgeflow.adapt.workflow import val_tasks
     from edgeflow.pipeline.config import build_config

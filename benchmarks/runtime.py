@@ -131,6 +131,7 @@ def run_latency(bundle: Path, work: Path, *, repeats: int, warmup: int) -> dict:
     from edgeflow.adapt import features_with_theta, hyperflow_adapt, prototype_logits, prototypes
     from edgeflow.data import EpisodeSampler, load_dataset, preprocess
     from edgeflow.runtime import Session
+    from edgeflow.runtime.drift_loop import first_inputs
 
     torch.set_num_threads(THREADS)
     model, spec, drift, settings = torch_side(bundle, work)
@@ -153,7 +154,7 @@ def run_latency(bundle: Path, work: Path, *, repeats: int, warmup: int) -> dict:
                                                 lambda xt=xt: features_with_theta(model, xt, theta0, spec),
                                                 repeats=repeats, warmup=warmup)
         task = s.adapt(sx, sy)
-        z, stats = s.first_inputs(task)
+        z, stats = first_inputs(s, task)
         zt = torch.from_numpy(z)
         st = None if stats is None else torch.from_numpy(stats)
         res["drift_step"] = _pair(lambda: s.velocity(s.theta0, 0.5, z, stats),

@@ -52,6 +52,7 @@ from edgeflow.adapt.loop import drift_theta
 from edgeflow.adapt.meta_train import on_device, regression_loss
 from edgeflow.adapt.perturb import perturb_noise, perturb_statistics
 from edgeflow.adapt.recenter import support_pass
+from edgeflow.adapt.scores import shared_accuracy
 from edgeflow.adapt.signals import stats_dim, support_stats
 from edgeflow.adapt.split import Cache, SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import draw_task, sample_shift
@@ -183,33 +184,6 @@ def _set_stats_scales(drift: DriftNet, split: SplitFeatures, tasks: list[TaskCac
     vn = drift.velocity_net
     vn.stats_center.copy_(s.mean(0))
     vn.stats_scale.copy_(s.std(0).nan_to_num(1.0).clamp_min(1e-3))
-
-
-def per_task_accuracy(drift: DriftNet | None, split: SplitFeatures, tasks: list[TaskCache],
-                      theta0: torch.Tensor, *, settings: IntegratorSettings,
-                      metric: str = "cosine") -> list[float]:
-    """Query accuracy of every task after adaptation with ``settings`` (no gradients)."""
-    from edgeflow.adapt.meta_train import task_accuracy
-
-    with torch.no_grad():
-        return [task_accuracy(split, t, drift_theta(split, drift, t.support_only, t.support_y,
-                                                    t.ways, theta0, settings=settings),
-                              metric=metric) for t in tasks]
-
-
-def shared_accuracy(drift: DriftNet | None, split: SplitFeatures, tasks: list[TaskCache],
-                    theta0: torch.Tensor, *, settings: IntegratorSettings, metric: str = "cosine",
-                    device: torch.device | str = "cpu") -> list[float]:
-    """:func:`per_task_accuracy` of every task, each rank scoring only its :func:`shard
-    <edgeflow.distributed.shard>` of them: every rank gets the same list, bit for bit the single
-    process's, so decisions taken from it agree everywhere. ``device``: where the all-reduce runs
-    (the process group's device: CUDA under nccl)."""
-    from edgeflow import distributed
-
-    mine = distributed.shard(len(tasks))
-    accs = per_task_accuracy(drift, split, [tasks[i] for i in mine], theta0, settings=settings,
-                             metric=metric)
-    return distributed.shard_values(accs, len(tasks), torch.device(device))
 
 
 def meta_train_outcome(base: ImageDataset, pre: Preprocess, val_tasks: list[TaskCache],

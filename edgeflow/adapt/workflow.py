@@ -253,7 +253,8 @@ def _train_outcome(drift: DriftNet, settings: IntegratorSettings, split: SplitFe
     selected on ``count`` fresh val tasks; returns (drift, the device's settings, report).
     ``trajectories`` (regressed with velocity ``target``) feed the auxiliary regression term."""
     from edgeflow import distributed
-    from edgeflow.adapt.outcome import meta_train_outcome, shared_accuracy
+    from edgeflow.adapt.outcome import meta_train_outcome
+    from edgeflow.adapt.scores import shared_accuracy
     from edgeflow.train import resolve_device
 
     t0 = time.perf_counter()

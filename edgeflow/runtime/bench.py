@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeflow.progress import ProgressBar
+from edgeflow.runtime.drift_loop import first_inputs
 from edgeflow.runtime.session import Session
 
 
@@ -51,7 +52,7 @@ def bench_session(bundle: str | Path, *, backend: str = "onnxruntime", precision
             cases[f"backbone_b{b}"] = lambda x=x, r=runner: r.infer({"images": x, "theta": s.theta0})
         task = s.adapt(support, labels)
         if s.bundle.has_drift:
-            z, stats = s.first_inputs(task)
+            z, stats = first_inputs(s, task)
             cases["drift_step"] = lambda: s.velocity(s.theta0, 0.5, z, stats)
         cases[f"adapt_{ways}w{shots}s"] = lambda: s.adapt(support, labels)
         cases[f"adapt_no_drift_{ways}w{shots}s"] = lambda: s.adapt(support, labels, steps=0)

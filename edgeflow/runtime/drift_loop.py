@@ -48,3 +48,17 @@ def drift_path(session: Any, cache: dict[str, np.ndarray], ep: np.ndarray, w: in
         path += [np.asarray(p, np.float32) for p in seg[1:]]
         theta, k = path[-1], k + n
     return path
+
+
+def first_inputs(session: Any, task: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """(z (1, E), support statistics (1, S) or None) of ``task``'s support set at theta0: what
+    the bundle's drift reads on its first step (no statistics for a drift that does not read
+    them); for timing one drift evaluation without adapting."""
+    support = session._task_support(task)
+    _, ep = np.unique(support.labels, return_inverse=True)
+    w = int(ep.max()) + 1
+    names = ("features", "theta_means") if session.drift_stats else ("features",)
+    got = session._suffix(support.cache, session.theta0, *names)
+    z = session.embed_task(prototypes(got[0], ep, w), shots=got[0], labels=ep)
+    return z, (support_stats(got[0], got[1], ep, w, session.theta0)[None]
+               if session.drift_stats else None)

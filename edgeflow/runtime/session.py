@@ -26,7 +26,6 @@ from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
 from edgeflow.runtime.openset import fit as openset_fit
 from edgeflow.runtime.protos import prototype_logits, prototypes, softmax
-from edgeflow.runtime.signals import support_stats
 from edgeflow.runtime.support import Support
 from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen, merged_class_names
 from edgeflow.runtime.trust import check_expected, verify_signature
@@ -181,19 +180,6 @@ class Session:
                                   "Session.adapt, which computes them")
             feed["stats"] = stats.astype(np.float32)
         return self.runners["drift"].infer(feed)["velocity"][0]
-
-    def first_inputs(self, task: Task) -> tuple[np.ndarray, np.ndarray | None]:
-        """(z (1, E), support statistics (1, S) or None) of ``task``'s support set at theta0: what
-        the drift reads on its first step (:mod:`edgeflow.runtime.signals`; no statistics for a
-        drift that does not read them)."""
-        support = self._task_support(task)
-        _, ep = np.unique(support.labels, return_inverse=True)
-        w = int(ep.max()) + 1
-        names = ("features", "theta_means") if self.drift_stats else ("features",)
-        got = self._suffix(support.cache, self.theta0, *names)
-        z = self.embed_task(prototypes(got[0], ep, w), shots=got[0], labels=ep)
-        return z, (support_stats(got[0], got[1], ep, w, self.theta0)[None]
-                   if self.drift_stats else None)
 
     def integrate_theta(self, z: np.ndarray, *, steps: int | None = None,
                         method: str | None = None) -> np.ndarray:

@@ -12,6 +12,7 @@ from edgeflow.adapt.apply import hyperflow_adapt
 from edgeflow.adapt.drift import DriftConfig, DriftNet
 from edgeflow.errors import BundleError
 from edgeflow.runtime import Session
+from edgeflow.runtime.drift_loop import first_inputs
 from tests.export.helpers import CIFAR_PRE, as_float, cifar_test, episode, resnet20
 from tests.runtime.test_drift_loop import stats_drift
 
@@ -78,7 +79,7 @@ def test_first_inputs_equal_pytorch_and_shots_are_required(shots_bundle):
         z_ref = drift.embed_support(feats, torch.as_tensor(sy), 5).numpy()
     with Session(out, backend="onnxruntime") as s:
         task = s.adapt(sx, sy, steps=0)
-        z, stats = s.first_inputs(task)
+        z, stats = first_inputs(s, task)
         with pytest.raises(BundleError, match="reads the individual shots"):
             s.embed_task(task.prototypes)
     np.testing.assert_allclose(z, z_ref, atol=1e-4)
