@@ -122,37 +122,24 @@ def test_aux_weight_round_trips_and_old_configs_load(tmp_path):
         build_config(overrides={"adapt.aux_weight": -0.5})
 
 
-def test_stats_switch_round_trips_and_reaches_the_outcome_training(tmp_path):
-    """[adapt] stats (the prototypes-only ablation): a --adapt-stats flag, saved, read back,
-    passed on as use_stats; old configs without the key keep the statistics on."""
+@pytest.mark.parametrize(("key", "field", "default"), [("stats", "use_stats", True),
+                                                      ("shot_tokens", "shot_tokens", False)])
+def test_adapt_switches_round_trip_and_reach_the_outcome_training(tmp_path, key, field, default):
+    """[adapt] stats (off: the prototypes-only ablation) and shot_tokens (on: the encoder reads
+    each support image): a --adapt-KEY flag, saved, read back, passed on to OutcomeConfig.FIELD;
+    configs written before the key keep the default."""
     from edgeflow.adapt.outcome import OutcomeConfig
     from edgeflow.pipeline.adapt_stages import outcome_config
 
-    assert outcome_config(build_config()).use_stats is OutcomeConfig().use_stats is True
-    assert ("adapt.stats", "adapt-stats") in {(k, f) for k, f, *_ in flag_fields()}
-    cfg = build_config(overrides={"adapt.stats": False})
+    assert getattr(outcome_config(build_config()), field) is getattr(OutcomeConfig(), field)
+    assert getattr(OutcomeConfig(), field) is default
+    flag = "adapt-" + key.replace("_", "-")
+    assert (f"adapt.{key}", flag) in {(k, f) for k, f, *_ in flag_fields()}
+    cfg = build_config(overrides={f"adapt.{key}": not default})
     text = cfg.to_toml()
-    assert "stats = false" in text
+    assert f"{key} = {str(not default).lower()}" in text
     f = tmp_path / "config.toml"
     f.write_text(text)
-    assert build_config(file=f) == cfg and outcome_config(cfg).use_stats is False
-    f.write_text("\n".join(line for line in text.splitlines() if not line.startswith("stats ")))
-    assert build_config(file=f).adapt.stats is True
-
-
-def test_shot_tokens_switch_round_trips_and_reaches_the_outcome_training(tmp_path):
-    """[adapt] shot_tokens: a --adapt-shot-tokens flag, saved, read back, passed on; configs
-    written before it (no key) keep the prototypes-only encoder."""
-    from edgeflow.adapt.outcome import OutcomeConfig
-    from edgeflow.pipeline.adapt_stages import outcome_config
-
-    assert outcome_config(build_config()).shot_tokens is OutcomeConfig().shot_tokens is False
-    assert ("adapt.shot_tokens", "adapt-shot-tokens") in {(k, f) for k, f, *_ in flag_fields()}
-    cfg = build_config(overrides={"adapt.shot_tokens": True})
-    text = cfg.to_toml()
-    assert "shot_tokens = true" in text
-    f = tmp_path / "config.toml"
-    f.write_text(text)
-    assert build_config(file=f) == cfg and outcome_config(cfg).shot_tokens is True
-    f.write_text("\n".join(line for line in text.splitlines() if "shot_tokens" not in line))
-    assert build_config(file=f).adapt.shot_tokens is False
+    assert build_config(file=f) == cfg and getattr(outcome_config(cfg), field) is (not default)
+    f.write_text("\n".join(line for line in text.splitlines() if not line.startswith(f"{key} ")))
+    assert getattr(build_config(file=f).adapt, key) is default

@@ -29,21 +29,26 @@ def stats_drift(spec: ThetaSpec, *, feature_dim: int = 64, seed: int = 0) -> Dri
     return drift.eval()
 
 
-@pytest.fixture(scope="module")
-def stats_bundle(tmp_path_factory):
+def drift_bundle(out, make_drift, *, settings: IntegratorSettings):
+    """(bundle path, model, spec, drift) of ResNet-20 with ``make_drift(spec)``, exported to out."""
     from edgeflow.data import Preprocess
     from edgeflow.export import export_bundle
 
     torch.set_num_threads(1)
     model = resnet20()
     spec = ThetaSpec.from_model(model, max_size=256)
-    drift = stats_drift(spec)
-    settings = IntegratorSettings(steps=4, loop_every=2)
-    out = tmp_path_factory.mktemp("stats") / "b"
+    drift = make_drift(spec)
     export_bundle(model, output=out, preprocess_spec=Preprocess(**CIFAR_PRE),
                   parity_images=cifar_test().images[:16], spec=spec, drift=drift,
                   settings=settings)
-    return out, model, spec, drift, settings
+    return out, model, spec, drift
+
+
+@pytest.fixture(scope="module")
+def stats_bundle(tmp_path_factory):
+    settings = IntegratorSettings(steps=4, loop_every=2)
+    return (*drift_bundle(tmp_path_factory.mktemp("stats") / "b", stats_drift,
+                          settings=settings), settings)
 
 
 @pytest.mark.parametrize("loop_every", [2, 0, 1])

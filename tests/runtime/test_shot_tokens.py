@@ -13,31 +13,26 @@ from edgeflow.adapt.drift import DriftConfig, DriftNet
 from edgeflow.errors import BundleError
 from edgeflow.runtime import Session
 from edgeflow.runtime.drift_loop import first_inputs
-from tests.export.helpers import CIFAR_PRE, as_float, cifar_test, episode, resnet20
-from tests.runtime.test_drift_loop import stats_drift
+from tests.export.helpers import as_float, episode
+from tests.runtime.test_drift_loop import drift_bundle, stats_drift
 
 
-@pytest.fixture(scope="module")
-def shots_bundle(tmp_path_factory):
-    from edgeflow.data import Preprocess
-    from edgeflow.export import export_bundle
-
-    torch.set_num_threads(1)
-    model = resnet20()
-    spec = ThetaSpec.from_model(model, max_size=256)
+def shots_drift(spec: ThetaSpec) -> DriftNet:
+    """:func:`stats_drift` with a shot path whose (random, not zero) output matters."""
     base = stats_drift(spec)
     drift = DriftNet(DriftConfig(**{**base.config.to_dict(), "shot_tokens": True}))
     missing, _ = drift.load_state_dict(base.state_dict(), strict=False)
     assert all(k.startswith("task_encoder.shots.") for k in missing)
     torch.manual_seed(1)
-    torch.nn.init.normal_(drift.task_encoder.shots.out.weight, std=0.3)  # the shots matter
-    drift.eval()
-    settings = IntegratorSettings(steps=4, loop_every=2)
-    out = tmp_path_factory.mktemp("shots") / "b"
-    export_bundle(model, output=out, preprocess_spec=Preprocess(**CIFAR_PRE),
-                  parity_images=cifar_test().images[:16], spec=spec, drift=drift,
-                  settings=settings)
-    return out, model, spec, drift, base
+    torch.nn.init.normal_(drift.task_encoder.shots.out.weight, std=0.3)
+    return drift.eval()
+
+
+@pytest.fixture(scope="module")
+def shots_bundle(tmp_path_factory):
+    out = drift_bundle(tmp_path_factory.mktemp("shots") / "b", shots_drift,
+                       settings=IntegratorSettings(steps=4, loop_every=2))
+    return (*out, stats_drift(out[2]))
 
 
 def test_the_graph_takes_the_shots_and_parity_was_checked(shots_bundle):
