@@ -9,12 +9,14 @@ Rows, for every compile folder RUN given (one per seed):
   statistics, open loop unless RUN says otherwise);
 - one row per ``--variant NAME=LABEL``: the drift of the folder ``RUN-NAME``, a copy of RUN resumed
   with one ``[adapt]`` setting changed (``--no-adapt-stats``: prototypes only; ``--adapt-loop-every
-  1``: closed loop), so the backbone, trajectories and regression warm start are RUN's own.
+  1``: closed loop; ``--adapt-shot-tokens``: the encoder reads each support image), so the
+  backbone, trajectories and regression warm start are RUN's own.
 
 Task sets: ``--val-count`` fresh val tasks (seed = config seed + 1 + 1000, as
 ``outcome_paired.py --offset 1000``: no choice has seen them) and ``--episodes`` seeded 5-way episodes
 (15 queries) per ``--data`` set and shot count. Gains over none with paired 95% intervals; the
-summary averages the gains over the runs.
+summary averages the gains over the runs. ``--versus LABEL`` adds every row's paired difference
+against that row (e.g. ``outcome``), per run.
 
     OMP_NUM_THREADS=1 python benchmarks/ablation.py /tmp/aux/d0 /tmp/aux/s1a0 \\
         --variant nostats="outcome, prototypes only" --variant closed="outcome, closed loop" \\
