@@ -132,7 +132,7 @@ def export_bundle(model: nn.Module, *, output: str | Path, preprocess_spec: Prep
                 feats = features_with_theta(model, torch.from_numpy(x[:n]), theta0, spec)
                 protos = prototypes(feats, lab, int(lab.max()) + 1).numpy()
             parity["drift"] = drift_parity(drift, w.tmp, protos, theta0.numpy(),
-                                           shots=feats.numpy())
+                                           shots=feats.numpy(), shot_labels=lab.numpy())
             for g in ("task_encoder", "drift"):
                 graphs[g] = {"file": f"{g}.onnx", **graph_io(w.tmp / f"{g}.onnx")}
         manifest = {

@@ -183,19 +183,21 @@ def backbone_parity(model: nn.Module, spec: ThetaSpec, path: str | Path, images:
 
 
 def drift_parity(drift: DriftNet, directory: str | Path, protos: np.ndarray, theta: np.ndarray, *,
-                 shots: np.ndarray | None = None, tol: float = PARITY_TOL) -> dict[str, float]:
+                 shots: np.ndarray | None = None, shot_labels: np.ndarray | None = None,
+                 tol: float = PARITY_TOL) -> dict[str, float]:
     """Max |ORT - PyTorch| of both drift graphs on real prototypes ``protos`` (W, D); a drift with
-    ``shot_tokens`` also needs the real ``shots`` (N, D) they are the means of, N a multiple of W
-    in class order 0..W-1 repeated (labels ``arange(N) % W``)."""
+    ``shot_tokens`` also needs the real ``shots`` (N, D) they are the means of and their episode
+    ``shot_labels`` (N,) in 0..W-1."""
     directory = Path(directory)
     enc, vel = _ort_session(directory / "task_encoder.onnx"), _ort_session(directory / "drift.onnx")
     p = protos[None].astype(np.float32)
     mask = np.ones(p.shape[:2], np.float32)
     shot_feed, shot_args = {}, {}
     if drift.config.shot_tokens:
-        if shots is None:
-            raise ConfigError("this drift reads the individual shots; pass shots= to drift_parity")
-        onehot = np.eye(p.shape[1], dtype=np.float32)[np.arange(len(shots)) % p.shape[1]][None]
+        if shots is None or shot_labels is None:
+            raise ConfigError("this drift reads the individual shots; pass shots= and "
+                              "shot_labels= to drift_parity")
+        onehot = np.eye(p.shape[1], dtype=np.float32)[np.asarray(shot_labels)][None]
         shot_feed = {"shots": shots[None].astype(np.float32), "shot_labels": onehot}
         shot_args = {k: torch.from_numpy(v) for k, v in shot_feed.items()}
     th = theta[None].astype(np.float32)

@@ -19,9 +19,28 @@ from edgeflow.runtime.protos import prototypes
 from edgeflow.runtime.signals import support_stats
 
 
-def drift_inputs(session: Any) -> set[str]:
-    """Input names of the bundle's ``drift.onnx`` (``stats`` for a drift reading statistics)."""
-    return {i.name for i in session.runners["drift"].inputs}
+def graph_inputs(session: Any, graph: str) -> set[str]:
+    """Input names of one of the bundle's graphs: ``stats`` in ``drift`` for a drift reading
+    statistics, ``shots`` in ``task_encoder`` for an encoder reading the individual shots."""
+    return {i.name for i in session.runners[graph].inputs}
+
+
+def support_pass(session: Any, cache: dict[str, np.ndarray], theta: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features, theta-layer means or None) of a support cache at ``theta``: the means only for
+    a drift that reads statistics."""
+    if session.drift_stats:
+        feats, means = session._suffix(cache, theta.astype(np.float32), "features", "theta_means")
+        return feats, means
+    return session._suffix(cache, theta.astype(np.float32), "features")[0], None
+
+
+def drift_inputs_of(session: Any, feats: np.ndarray, means: np.ndarray | None, ep: np.ndarray,
+                    w: int, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(z (1, E), support statistics (1, S) or None) from one support pass (``feats``, ``means``)
+    at ``theta``: what the drift reads (no statistics for a drift that does not read them)."""
+    z = session.embed_task(prototypes(feats, ep, w), shots=feats, labels=ep)
+    return z, (support_stats(feats, means, ep, w, theta)[None] if session.drift_stats else None)
 
 
 def drift_path(session: Any, cache: dict[str, np.ndarray], ep: np.ndarray, w: int,
@@ -29,19 +48,14 @@ def drift_path(session: Any, cache: dict[str, np.ndarray], ep: np.ndarray, w: in
     """[theta0, theta_1, ..., theta_steps] of the bundle's drift on one support set (without the
     re-centring move, which the caller adds); ``feats0``/``means0`` are the support pass at
     theta0 (``means0`` is needed by a drift reading statistics)."""
-    uses_stats = session.drift_stats
     every = session.loop_every or max(1, steps)
     dt = session.dt if session.dt is not None else 1.0 / max(1, steps)
     theta, feats, means = session.theta0, feats0, means0
     path, k = [theta], 0
     while k < steps:
         if k:  # closed loop: see the support set again at the current theta
-            names = ("features", "theta_means") if uses_stats else ("features",)
-            got = session._suffix(cache, theta.astype(np.float32), *names)
-            feats, means = got[0], (got[1] if uses_stats else None)
-        z = session.embed_task(prototypes(feats, ep, w), shots=feats, labels=ep)
-        stats = (support_stats(feats, means, ep, w, theta, scale=10.0)[None]
-                 if uses_stats else None)
+            feats, means = support_pass(session, cache, theta)
+        z, stats = drift_inputs_of(session, feats, means, ep, w, theta)
         n = min(every, steps - k)
         seg = integrate(lambda t, th, z=z, s=stats: session.velocity(th, t, z, s), theta,
                         steps=n, dt=dt, t0=k * dt, method=session.method, return_path=True)
@@ -56,9 +70,5 @@ def first_inputs(session: Any, task: Any) -> tuple[np.ndarray, np.ndarray | None
     them); for timing one drift evaluation without adapting."""
     support = session._task_support(task)
     _, ep = np.unique(support.labels, return_inverse=True)
-    w = int(ep.max()) + 1
-    names = ("features", "theta_means") if session.drift_stats else ("features",)
-    got = session._suffix(support.cache, session.theta0, *names)
-    z = session.embed_task(prototypes(got[0], ep, w), shots=got[0], labels=ep)
-    return z, (support_stats(got[0], got[1], ep, w, session.theta0)[None]
-               if session.drift_stats else None)
+    feats, means = support_pass(session, support.cache, session.theta0)
+    return drift_inputs_of(session, feats, means, ep, int(ep.max()) + 1, session.theta0)

@@ -20,7 +20,7 @@ from edgeflow.errors import BundleError, DataError
 from edgeflow.integrate import integrate
 from edgeflow.runtime.backends import choose_for_target, open_runners
 from edgeflow.runtime.bundle import Bundle, load_bundle
-from edgeflow.runtime.drift_loop import drift_inputs, drift_path
+from edgeflow.runtime.drift_loop import drift_path, graph_inputs
 from edgeflow.runtime.guard import flip_width, run_guard
 from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
@@ -92,10 +92,10 @@ class Session:
         # closed loop every r steps (0: open loop); bundles from before it have none
         self.loop_every = int(integ.get("loop_every", 0))
         # an outcome-trained drift also reads support statistics (edgeflow.runtime.signals)
-        self.drift_stats = self.bundle.has_drift and "stats" in drift_inputs(self)
+        self.drift_stats = self.bundle.has_drift and "stats" in graph_inputs(self, "drift")
         # a task encoder with shot tokens also reads the individual support features
-        self.drift_shots = self.bundle.has_drift and "shots" in {
-            i.name for i in self.runners["task_encoder"].inputs}
+        self.drift_shots = (self.bundle.has_drift
+                            and "shots" in graph_inputs(self, "task_encoder"))
         if self.drift_stats and "theta_means" not in {
                 o.name for o in self.runners["backbone"].outputs}:
             raise BundleError("drift.onnx reads support statistics but backbone.onnx has no "
