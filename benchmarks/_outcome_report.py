@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CROSS = ("cifar10", "gtsrb", "mnist", "omniglot")
 
 
@@ -11,9 +13,11 @@ def _methods(out: dict) -> list[str]:
 
 
 def _name(data: str) -> str:
-    for d in (*CROSS, "tiny-imagenet"):
+    for d in CROSS:
         if d in data:
             return d
+    if "tiny-imagenet" in data:  # its val classes are a row of their own (in-domain, selection's)
+        return "tiny-imagenet val" if Path(data).stem == "val" else "tiny-imagenet"
     return data
 
 

@@ -9,7 +9,10 @@ Methods, each on identical seeded 5-way episodes (EpisodeSampler, 15 queries per
 - ``outcome``: the outcome-trained drift (``meta-train --objective outcome``), open or closed loop
   as it was trained;
 - ``outcome+guard``: the same with the forward-only guard (theta0 unless the support set's
-  leave-one-out score says a candidate is better);
+  leave-one-out score says a candidate is better); its candidates include re-centring alone at
+  the drift's ``guard_recenter`` (a drift compiled before it existed gets the value its compile
+  would store now: val's best strength for re-centring alone, the ``recenter`` row's);
+- ``outcome+guard-recenter``: that guard without the re-centring candidate (the guard before it);
 - ``teacher-40``: the teacher's val-chosen lr and loss, run for 40 steps (the cost reference);
 - ``trajectory+guard``: the trajectory drift under the same guard.
 
@@ -33,6 +36,7 @@ anything (selection happens on val tasks inside meta-training).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -51,16 +55,17 @@ from _outcome_report import render  # noqa: E402
 
 SHARED = Path(os.environ.get("EDGEFLOW_SHARED", ROOT.parent / "shared"))
 METHODS = ("none", "recenter", "teacher", "teacher-40", "trajectory", "trajectory+guard", "outcome",
-           "outcome+guard")
-GUARDED = {"trajectory+guard": ("traj", "traj_settings"), "outcome+guard": ("outcome",
-                                                                            "outcome_settings")}
+           "outcome+guard", "outcome+guard-recenter")
+GUARDED = {"trajectory+guard": ("traj", "traj_settings"),
+           "outcome+guard": ("outcome", "outcome_settings"),
+           "outcome+guard-recenter": ("outcome", "outcome_settings_no_recenter")}
 
 
 def best_recenter(meta: dict) -> float:
     """The re-centring strength val scored best at 0 drift steps (the trajectory drift's table)."""
-    table = meta.get("report", {}).get("val_acc_by_recenter") or {}
-    scores = {float(a): row.get("0") for a, row in table.items() if row.get("0") is not None}
-    return max(scores, key=lambda a: (scores[a], -a)) if scores else 0.0
+    from edgeflow.adapt.recenter import best_alone
+
+    return best_alone(meta.get("report", {}).get("val_acc_by_recenter") or {})
 
 
 def load_domain(spec: str, size: int):
@@ -80,8 +85,6 @@ def load_domain(spec: str, size: int):
 def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                     methods: tuple[str, ...], timing: int, memory: int, oracle: int = 0,
                     curve: int = 0) -> dict:
-    import dataclasses
-
     import torch
 
     from edgeflow.adapt.apply import IntegratorSettings
@@ -225,9 +228,14 @@ def main(argv: list[str] | None = None) -> dict:
     outcome, spec, theta0, osettings, ometa = load_drift(args.drift)
     traj, _, _, tsettings, _ = load_drift(args.drift.with_name(args.drift.stem +
                                                                    ".trajectory.pt"))
+    alpha = best_recenter(ometa)
+    if not osettings.guard_alpha:  # compiled before the guard had its re-centring candidate
+        osettings = dataclasses.replace(osettings, guard_recenter=alpha)
     ctx = {"split": SplitFeatures(net, spec), "theta0": theta0, "pre": pre, "outcome": outcome,
-           "outcome_settings": osettings, "traj": traj, "traj_settings": tsettings,
-           "alpha": best_recenter(ometa), "teacher": TeacherConfig(**ometa["teacher"])}
+           "outcome_settings": osettings,
+           "outcome_settings_no_recenter": dataclasses.replace(osettings, guard_recenter=0.0),
+           "traj": traj, "traj_settings": tsettings,
+           "alpha": alpha, "teacher": TeacherConfig(**ometa["teacher"])}
     methods = tuple(args.methods.split(","))
     t0 = time.perf_counter()
     results: dict = {}

@@ -39,12 +39,22 @@ class IntegratorSettings:
     # closed loop: every ``loop_every`` steps the support set is seen again at the current theta
     # (prototypes, and statistics for a drift that reads them); 0 = open loop (the paper's)
     loop_every: int = 0
+    # the forward-only guard's "re-centring alone" candidate (edgeflow.adapt.guard): its strength
+    # when the settings' own ``recenter`` is 0 (an outcome drift re-centres inside itself, with a
+    # learned gain, so its settings have none); the compile stores val's best alpha at 0 steps
+    guard_recenter: float = 0.0
+
+    @property
+    def guard_alpha(self) -> float:
+        """The strength of the guard's re-centring-alone candidate (0: no such candidate)."""
+        return self.recenter or self.guard_recenter
 
     def __post_init__(self) -> None:
         if self.method not in STEPPERS:
             raise unknown_name("integrator", self.method, list(STEPPERS))
-        if not 0.0 <= self.recenter <= 2.0:
-            raise ConfigError(f"recenter (alpha) must be in [0, 2], got {self.recenter}")
+        for name in ("recenter", "guard_recenter"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise ConfigError(f"{name} (alpha) must be in [0, 2], got {getattr(self, name)}")
         if self.loop_every < 0:
             raise ConfigError(f"loop_every must be >= 0 (0: open loop), got {self.loop_every}")
 

@@ -1,10 +1,10 @@
 """The forward-only guard in PyTorch: the reference :mod:`edgeflow.runtime.guard` reproduces, and
 what the evaluation harness and benchmarks run (method ``hyperflow-guard``).
 
-Candidates: theta0, re-centring alone (when the settings re-centre), and the drift's path after k
-of its Euler steps (open or closed loop, plus the re-centring move). Each is scored on the support
-set alone, theta0 kept unless a candidate is strictly better by (accuracy, mean log-probability of
-the true class):
+Candidates: theta0, re-centring alone (at ``settings.guard_alpha``: the settings' own re-centring
+strength, else ``guard_recenter``), and the drift's path after k of its Euler steps (open or
+closed loop, plus the re-centring move). Each is scored on the support set alone, theta0 kept
+unless a candidate is strictly better by (accuracy, mean log-probability of the true class):
 
 - mode ``"loo"`` (every class has 2 shots): leave-one-out prototype scores;
 - mode ``"flip"`` (some class has 1 shot): the support images flipped along width (``x.flip(3)``,
@@ -47,7 +47,8 @@ def guard_theta(split: SplitFeatures, drift: DriftNet | None, cache: Cache, labe
                 views: Cache | None = None) -> tuple[torch.Tensor, dict]:
     """(theta, report); ``views``: the prefix cache of the support images flipped along width,
     row for row, scored with when some class has 1 shot (report ``chosen`` None without it)."""
-    need_means = settings.recenter > 0 or (drift is not None and drift.uses_stats)
+    alpha = settings.guard_alpha
+    need_means = alpha > 0 or (drift is not None and drift.uses_stats)
     first = support_pass(split, cache, theta0, means=need_means)
     n = settings.steps if drift is not None else 0
     path = drift_path(split, drift, cache, labels, ways, theta0, settings=settings, first=first) \
@@ -58,9 +59,8 @@ def guard_theta(split: SplitFeatures, drift: DriftNet | None, cache: Cache, labe
             theta0, first[1].mean(0), alpha=settings.recenter) if settings.recenter else 0.0)
         return own, {"mode": None, "chosen": None, "scores": {}}
     cands = {"theta0": theta0}
-    if settings.recenter:
-        cands["recenter"] = theta0 + recenter_move(theta0, first[1].mean(0),
-                                                   alpha=settings.recenter)
+    if alpha:
+        cands["recenter"] = theta0 + recenter_move(theta0, first[1].mean(0), alpha=alpha)
     if path is not None:
         ks = (1, max(1, n // 2), n) if ks is None else ks
         for k in sorted({int(k) for k in ks if 1 <= int(k) <= n}):

@@ -83,3 +83,11 @@ def recentered(theta0: torch.Tensor, means: torch.Tensor, *, alpha: float) -> to
     if alpha == 0:
         return theta0
     return theta0 + recenter_move(theta0, means.mean(0), alpha=alpha)
+
+
+def best_alone(table: dict) -> float:
+    """The re-centring strength that scored best *alone* (0 drift steps) in a selection table
+    ``{alpha: {steps: val accuracy}}`` (``meta_train``'s ``val_acc_by_recenter``; alpha 0 at 0 steps
+    is no adaptation), the smaller on ties; 0 when nothing beat no adaptation."""
+    scores = {float(a): row.get("0") for a, row in table.items() if row.get("0") is not None}
+    return max(scores, key=lambda a: (scores[a], -a)) if scores else 0.0

@@ -23,6 +23,7 @@ from edgeflow.adapt.evaluate import EvalConfig, evaluate_adaptation, select_clas
 from edgeflow.adapt.io import load_drift, save_drift
 from edgeflow.adapt.meta_train import MetaTrainConfig, meta_train
 from edgeflow.adapt.outcome import OBJECTIVES, STATS_TASKS, OutcomeConfig
+from edgeflow.adapt.recenter import best_alone
 from edgeflow.adapt.split import SplitFeatures, TaskCache
 from edgeflow.adapt.tasks import draw_task, sample_shift
 from edgeflow.adapt.teacher import TeacherConfig, finetune
@@ -189,8 +190,10 @@ def meta_train_backbone(net: Backbone, meta: dict, *, base: ImageDataset, val: I
     drift, report = meta_train(data_t, vtasks, split, theta0, config=train_config,
                                progress=progress)
     chosen = IntegratorSettings(**report["integrator"])
+    # the guard's re-centring-alone candidate: val's best strength for re-centring alone
     settings = IntegratorSettings(method=method, steps=steps or chosen.steps,
-                                  recenter=chosen.recenter)
+                                  recenter=chosen.recenter,
+                                  guard_recenter=best_alone(report["val_acc_by_recenter"]))
     outcome_report = None
     if objective not in OBJECTIVES:
         raise unknown_name("objective", objective, OBJECTIVES)
@@ -278,7 +281,7 @@ def _train_outcome(drift: DriftNet, settings: IntegratorSettings, split: SplitFe
         rep["selection"][f"{a} - {b}"] = {"mean": float(d.mean()),
                                           "ci95": float(1.96 * d.std(ddof=1) / np.sqrt(len(d)))}
     rep["seconds"] += t_tasks
-    return new, config.settings, rep
+    return new, replace(config.settings, guard_recenter=settings.guard_recenter), rep
 
 
 def run_meta_train(*, model: str, weights: Path, data: str, val_data: str, output: Path,

@@ -4,7 +4,9 @@ Adaptation can lower accuracy on data nobody tuned for (issue 17). The guard sco
 candidate thetas on the task's own support set, with passes of the backbone suffix only, and keeps
 the best; theta0 (no adaptation) wins ties, so a move is kept only when it is *better* there:
 
-- candidates: theta0; re-centring alone (when the bundle re-centres); the drift's trajectory after
+- candidates: theta0; re-centring alone (at the bundle's re-centring strength, else at the
+  manifest's ``integrator.guard_recenter``: val's best strength for re-centring alone, which an
+  outcome drift's bundle carries since its drift re-centres inside itself); the drift's trajectory after
   k of its Euler steps (plus the re-centring move, as the bundle combines them);
 - score, mode ``"loo"`` (every class has 2 shots): leave-one-out nearest-prototype accuracy of the
   support images (each image against the prototype of its class's other shots and the other
@@ -38,6 +40,7 @@ import numpy as np
 
 from edgeflow.runtime.drift_loop import drift_path
 from edgeflow.runtime.protos import loo_logits, prototypes
+from edgeflow.runtime.signals import recenter_move
 
 Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -90,12 +93,14 @@ def candidates(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.nda
                means: np.ndarray | None, steps: int | None,
                guard: bool | Sequence[int]) -> list[Candidate]:
     """theta0, re-centring alone and the drift after k steps (+ the re-centring move), from the
-    support pass at theta0 (its features, and its theta-layer means when the bundle re-centres or
-    the drift reads statistics); the drift's path is the bundle's own, open or closed loop."""
-    move = 0.0 if not session.recenter else -session.recenter * (means.mean(0) - session.theta0)
-    cands = [Candidate("theta0", session.theta0)]
-    if session.recenter:
-        cands.append(Candidate("recenter", session.theta0 + move))
+    support pass at theta0 (its features, and its theta-layer means when the bundle or its guard
+    re-centres or the drift reads statistics); the drift's path is the bundle's own, open or closed loop."""
+    theta0 = session.theta0
+    move = recenter_move(theta0, means, alpha=session.recenter) if session.recenter else 0.0
+    cands = [Candidate("theta0", theta0)]
+    if session.guard_alpha:  # the bundle's own strength, else its guard_recenter
+        cands.append(Candidate("recenter", theta0 + recenter_move(theta0, means,
+                                                                  alpha=session.guard_alpha)))
     n = session.steps if steps is None else steps
     if session.bundle.has_drift and n > 0:
         ks = sorted({int(k) for k in ((1, max(1, n // 2), n) if guard is True else guard)

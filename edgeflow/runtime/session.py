@@ -26,6 +26,7 @@ from edgeflow.runtime.inputs import check_labels, check_steps, prepare_images
 from edgeflow.runtime.openset import OpenSetStats
 from edgeflow.runtime.openset import fit as openset_fit
 from edgeflow.runtime.protos import prototype_logits, prototypes, softmax
+from edgeflow.runtime.signals import recenter_move
 from edgeflow.runtime.support import Support
 from edgeflow.runtime.task import TASK_FORMAT, Task, _frozen, merged_class_names
 from edgeflow.runtime.trust import check_expected, verify_signature
@@ -89,6 +90,8 @@ class Session:
         self.method, self.steps, self.dt = integ["method"], int(integ["steps"]), integ.get("dt")
         # re-centring strength (edgeflow.adapt.recenter); bundles from before it have none
         self.recenter = float(integ.get("recenter", 0.0))
+        # the guard's re-centring-alone candidate (IntegratorSettings.guard_alpha); older: none
+        self.guard_alpha = self.recenter or float(integ.get("guard_recenter", 0.0))
         # closed loop every r steps (0: open loop); bundles from before it have none
         self.loop_every = int(integ.get("loop_every", 0))
         # an outcome-trained drift also reads support statistics (edgeflow.runtime.signals)
@@ -100,7 +103,8 @@ class Session:
                 o.name for o in self.runners["backbone"].outputs}:
             raise BundleError("drift.onnx reads support statistics but backbone.onnx has no "
                               "theta_means output; export the bundle again with this EdgeFlow")
-        if self.recenter and "theta_means" not in {o.name for o in self.runners["backbone"].outputs}:
+        if self.guard_alpha and "theta_means" not in {
+                o.name for o in self.runners["backbone"].outputs}:
             raise BundleError("the manifest asks for re-centring but backbone.onnx has no "
                               "theta_means output; export the bundle again with this EdgeFlow")
         self.metric, self.scale = self.bundle.metric, self.bundle.scale
@@ -288,7 +292,7 @@ class Session:
         w = len(classes)
         cache = support.cache
         # one support pass at theta0: the prototypes for z and the means re-centring reads
-        if self.recenter or self.drift_stats:
+        if self.recenter or self.drift_stats or (guard and self.guard_alpha):
             feats, means = self._suffix(cache, self.theta0, "features", "theta_means")
         else:
             (feats,), means = self._suffix(cache, self.theta0, "features"), None
@@ -309,7 +313,7 @@ class Session:
                 theta = drift_path(self, cache, ep, w, feats, means, n)[-1]
                 mode = "hyperflow"
             if self.recenter:  # the re-centring move adds to the drift's (IntegratorSettings)
-                theta = theta - self.recenter * (means.mean(0) - self.theta0)
+                theta = theta + recenter_move(self.theta0, means, alpha=self.recenter)
                 mode = mode if mode == "hyperflow" else "recenter"
             if theta is not self.theta0:
                 theta = theta.astype(np.float32)

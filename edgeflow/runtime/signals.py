@@ -4,6 +4,7 @@
 ``support_stats(features, means, labels, ways, theta)`` -> (3P + 3,) float32: mean drift of the
 theta layers' outputs from theta, within- and between-class spread of those means, and the
 leave-one-out accuracy, mean log-probability and a 1 (all 0 when a class has one shot).
+``recenter_move`` is re-centring's one formula on the device.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from edgeflow.runtime.protos import loo_logits, prototype_logits
+
+
+def recenter_move(theta0: np.ndarray, means: np.ndarray, *, alpha: float) -> np.ndarray:
+    """The re-centring move ``-alpha * (mean - theta0)`` for the support images' theta-layer means
+    ``means`` (N, P): :func:`edgeflow.adapt.recenter.recenter_move`, added to any theta."""
+    return -alpha * (means.mean(0) - theta0)
 
 
 def support_stats(features: np.ndarray, means: np.ndarray, labels: np.ndarray, ways: int,

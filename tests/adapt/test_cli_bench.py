@@ -33,6 +33,13 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
     assert {"none", "trajectory", "outcome", "outcome - none"} <= set(sel)
     assert out["outcome"]["val_tasks"] == 4 and out["integrator"]["steps"] == 4
     assert isinstance(out["outcome"]["val_no_harm_in_domain"], bool)  # the selection rule ran
+    # the guard's re-centring-alone candidate: val's best strength alone, stored with the drift
+    from edgeflow.adapt.io import load_drift
+    from edgeflow.adapt.recenter import best_alone
+
+    alone = best_alone(out["val_acc_by_recenter"])
+    assert out["integrator"]["guard_recenter"] == alone == load_drift(drift)[3].guard_recenter
+    assert out["integrator"]["recenter"] == 0.0  # the outcome drift re-centres inside itself
     assert out["integrator"]["method"] == "euler" and out["trajectory_rows"] == 6
     gain = out["trajectory_gain"]
     assert gain["all"]["rows"] == 6 == sum(gain[k]["rows"] for k in ("class", "instance") if k in gain)
@@ -116,7 +123,7 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads((tmp_path / "oc.json").read_text())["results"]["digits:5-9"]["2"]
-    assert {"teacher-40", "trajectory+guard", "outcome+guard"} <= set(row)
+    assert {"teacher-40", "trajectory+guard", "outcome+guard", "outcome+guard-recenter"} <= set(row)
     assert sum(row["outcome+guard"]["guard_chosen"].values()) == 3
     # cost = support set -> a ready classifier: none pays the prototypes' support pass too, and
     # the forward-only drift adds less peak memory to it than back-propagating teacher-40 does

@@ -1,10 +1,19 @@
 """Re-centring: exact on the first theta layer, no move without BatchNorm, and its selection."""
 
+import pytest
 import torch
 
 from edgeflow.adapt import ThetaSpec
-from edgeflow.adapt.recenter import recenter_layers, recentered, support_pass, theta_means
+from edgeflow.adapt.apply import IntegratorSettings
+from edgeflow.adapt.recenter import (
+    best_alone,
+    recenter_layers,
+    recentered,
+    support_pass,
+    theta_means,
+)
 from edgeflow.adapt.split import SplitFeatures
+from edgeflow.errors import ConfigError
 from edgeflow.models import create_model
 
 
@@ -67,3 +76,19 @@ def test_conv_bias_entries_do_not_move():
     _, means = support_pass(split, split.prefix(torch.randn(4, 3, 32, 32)), theta0)
     moved = recentered(theta0, means, alpha=1.0) - theta0
     assert torch.all(moved[:8] == 0) and moved[8:].abs().max() > 0
+
+
+def test_best_alone_reads_the_zero_step_column_and_keeps_no_adaptation_unless_beaten():
+    table = {"0.0": {"0": 0.60, "2": 0.71}, "0.5": {"0": 0.63, "2": 0.70},
+             "1.0": {"0": 0.63, "2": 0.50}}
+    assert best_alone(table) == 0.5  # the drift's columns do not count; ties go to the smaller
+    assert best_alone({"0.0": {"0": 0.60, "2": 0.9}, "0.5": {"0": 0.59}}) == 0.0
+    assert best_alone({}) == 0.0
+
+
+def test_the_guards_recentring_strength_is_the_settings_own_else_guard_recenter():
+    assert IntegratorSettings(recenter=0.5, guard_recenter=0.75).guard_alpha == 0.5
+    assert IntegratorSettings(guard_recenter=0.75).guard_alpha == 0.75
+    assert IntegratorSettings().guard_alpha == 0.0
+    with pytest.raises(ConfigError, match="guard_recenter"):
+        IntegratorSettings(guard_recenter=2.5)

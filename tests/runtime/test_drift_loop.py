@@ -46,7 +46,9 @@ def drift_bundle(out, make_drift, *, settings: IntegratorSettings):
 
 @pytest.fixture(scope="module")
 def stats_bundle(tmp_path_factory):
-    settings = IntegratorSettings(steps=4, loop_every=2)
+    # as the compile writes an outcome drift's: no re-centring of its own (the drift re-centres
+    # inside), and the guard's re-centring-alone candidate at val's best strength
+    settings = IntegratorSettings(steps=4, loop_every=2, guard_recenter=0.75)
     return (*drift_bundle(tmp_path_factory.mktemp("stats") / "b", stats_drift,
                           settings=settings), settings)
 
@@ -77,20 +79,34 @@ def test_closed_loop_differs_from_open_loop(stats_bundle):
 
 
 def test_the_guard_follows_the_bundles_closed_loop_path(stats_bundle):
-    """The guard's candidates are points of the bundle's own closed-loop path (PyTorch's)."""
+    """The guard's candidates are points of the bundle's own closed-loop path (PyTorch's), and
+    re-centring alone at the manifest's guard_recenter, which plain adapt does not apply."""
     from edgeflow.adapt.loop import drift_path
+    from edgeflow.adapt.recenter import recentered, theta_means
     from edgeflow.adapt.split import SplitFeatures
 
     _, model, spec, drift, settings = stats_bundle
     sx, sy, _, _ = episode(4)
     split = SplitFeatures(model, spec)
+    theta0 = spec.get(model)
     with torch.no_grad():
-        path = drift_path(split, drift, split.prefix(torch.from_numpy(as_float(sx))),
-                          torch.as_tensor(sy), 5, spec.get(model), settings=settings)
-    ref = {"theta0": path[0], "drift-2": path[2], "drift-4": path[4]}
+        cache = split.prefix(torch.from_numpy(as_float(sx)))
+        path = drift_path(split, drift, cache, torch.as_tensor(sy), 5, theta0, settings=settings)
+        alone = recentered(theta0, theta_means(split, cache, theta0), alpha=0.75)
+    ref = {"theta0": path[0], "recenter": alone, "drift-2": path[2], "drift-4": path[4]}
     with Session(stats_bundle[0], backend="onnxruntime") as s:
         task = s.adapt(sx, sy, guard=[2, 4])
         plain = s.adapt(sx, sy)
+        # every candidate's theta, not only the chosen one's
+        from edgeflow.runtime.guard import candidates
+
+        cache = s.support_cache(s.prepare(sx))
+        feats0, means = s._suffix(cache, s.theta0, "features", "theta_means")
+        got = {c.name: c.theta for c in candidates(s, cache, np.asarray(sy), 5, feats0, means,
+                                                     None, [2, 4])}
+    assert set(got) == set(ref)
+    for name, theta in got.items():
+        np.testing.assert_allclose(theta, ref[name].numpy(), atol=2e-4, err_msg=name)
     report = task.info["guard"]
     assert set(report["scores"]) == set(ref)
     best = max(report["scores"].items(), key=lambda kv: (kv[1]["loo_accuracy"], kv[1]["loo_logp"]))

@@ -81,6 +81,7 @@ BAD = [  # (edit, the field the error must name)
     (_pop("adaptation", "integrator", "steps"), "integrator.steps: missing"),
     (_set("adaptation", "integrator", "dt", value=0), "integrator.dt: 0 is outside"),
     (_set("adaptation", "integrator", "recenter", value=-1), "integrator.recenter"),
+    (_set("adaptation", "integrator", "guard_recenter", value=-0.5), "integrator.guard_recenter"),
     (_set("adaptation", "integrator", "method", value="magic"), "integrator.method"),
     (_set("adaptation", "scale", value=0), "adaptation.scale"),
     (_set("adaptation", "metric", value="dot"), "adaptation.metric"),
