@@ -137,4 +137,16 @@ def _guard(out: dict, methods: list[str]) -> list[str]:
                  if "guard_chosen" in r.get(m, {})]
         if picks:
             lines += [f"{m}, the guard's choices (episodes per candidate): " + "; ".join(picks), ""]
+        rows = [(d, s, r[m]) for d, by in out["results"].items() for s, r in by.items()
+                if "guard_matches_best" in r.get(m, {})]
+        if rows:
+            lines += [f"{m}: every candidate scored on the queries too. The guard's gain, the "
+                      "best candidate's in hindsight (an upper bound for any selector over these "
+                      "candidates: it reads the query labels), and how often the guard's choice "
+                      "was a query-best one (ties count):", "",
+                      "| data | shots | guard | best candidate | guard = query-best |",
+                      "|---|---|---|---|---|"]
+            lines += [f"| {_name(d)} | {s} | {r['gain']:+.2f} | {r['best_candidate_gain']:+.2f} "
+                      f"| {100 * r['guard_matches_best']:.0f}% |" for d, s, r in rows]
+            lines.append("")
     return lines

@@ -98,13 +98,13 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
     split, theta0 = ctx["split"], ctx["theta0"]
     recenter = IntegratorSettings(steps=0, recenter=ctx["alpha"])
     teacher40 = dataclasses.replace(ctx["teacher"], steps=40)
-    choices: list = []  # the guard's (mode, chosen) per call
+    choices: list = []  # the guard's (mode, chosen, candidate thetas) per call
 
     def guarded(m: str, tc):
         drift, settings = (ctx[k] for k in GUARDED[m])
         theta, report = guard_theta(split, drift, tc.support_only, tc.support_y, tc.ways, theta0,
-                                    settings=settings, views=tc.views)
-        choices.append((report["mode"], report["chosen"]))
+                                    settings=settings, views=tc.views, with_thetas=True)
+        choices.append((report["mode"], report["chosen"], report.get("thetas", {})))
         return theta
 
     steps: dict = {
@@ -140,6 +140,7 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
     acc = {m: [] for m in methods}
     picks = {m: {} for m in methods if m in GUARDED}  # guard's candidate -> episodes
     modes = {m: {} for m in methods if m in GUARDED}
+    hindsight = {m: [] for m in methods if m in GUARDED}  # (episode, chose a best, best acc)
     ms = {m: [] for m in methods}
     peak = {m: [] for m in methods}
     grid: dict[str, list[float]] = {}
@@ -156,8 +157,13 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
             acc[m].append(task_accuracy(split, tc, theta.detach()))
             if m in GUARDED:
                 del choices[1:]  # the memory measurement ran the guard again
-                mode, chosen = choices.pop()
+                mode, chosen, thetas = choices.pop()
                 picks[m][str(chosen)] = picks[m].get(str(chosen), 0) + 1
+                # every candidate on the queries: is the guard's the best (ties count), and
+                # what would the best candidate in hindsight gain
+                cand = {k: task_accuracy(split, tc, th) for k, th in thetas.items()}
+                if cand:
+                    hindsight[m].append((i, cand[chosen] == max(cand.values()), max(cand.values())))
                 modes[m][str(mode)] = modes[m].get(str(mode), 0) + 1
         if i < oracle:  # the teacher grid, query accuracy after every step
             for k, a in teacher_grid(split, tc, theta0, base=ctx["teacher"])[0].items():
@@ -180,6 +186,10 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                   "adapt_peak_mib": max(peak[m]) / 2**20 if peak[m] else None}
         if m in GUARDED:
             out[m].update(guard_chosen=picks[m], guard_mode=modes[m])
+            if hindsight[m]:
+                h = np.asarray(hindsight[m], float)
+                out[m].update(guard_matches_best=float(h[:, 1].mean()), best_candidate_gain=float(
+                    100 * (h[:, 2] - base[h[:, 0].astype(int)]).mean()))
     if grid:
         means = {k: 100 * statistics.fmean(v) for k, v in grid.items()}
         best = max(means, key=means.get)

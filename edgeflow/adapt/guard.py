@@ -44,9 +44,12 @@ def flip_score(features: torch.Tensor, views: torch.Tensor, labels: torch.Tensor
 def guard_theta(split: SplitFeatures, drift: DriftNet | None, cache: Cache, labels: torch.Tensor,
                 ways: int, theta0: torch.Tensor, *, settings: IntegratorSettings,
                 ks: Sequence[int] | None = None, metric: str = "cosine", scale: float = 10.0,
-                views: Cache | None = None) -> tuple[torch.Tensor, dict]:
+                views: Cache | None = None, with_thetas: bool = False
+                ) -> tuple[torch.Tensor, dict]:
     """(theta, report); ``views``: the prefix cache of the support images flipped along width,
-    row for row, scored with when some class has 1 shot (report ``chosen`` None without it)."""
+    row for row, scored with when some class has 1 shot (report ``chosen`` None without it).
+    ``with_thetas``: the report also holds every candidate's theta (``"thetas"``: name -> theta),
+    for a benchmark that scores them on the queries (how often the guard picks the best)."""
     alpha = settings.guard_alpha
     need_means = alpha > 0 or (drift is not None and drift.uses_stats)
     first = support_pass(split, cache, theta0, means=need_means)
@@ -82,5 +85,8 @@ def guard_theta(split: SplitFeatures, drift: DriftNet | None, cache: Cache, labe
     for name, score in scores.items():
         if score[:width] > scores[chosen][:width]:
             chosen = name
-    return cands[chosen], {"mode": mode, "chosen": chosen, "scores": {
+    report = {"mode": mode, "chosen": chosen, "scores": {
         k: {f"{mode}_accuracy": a, f"{mode}_logp": lp} for k, (a, lp) in scores.items()}}
+    if with_thetas:
+        report["thetas"] = cands
+    return cands[chosen], report
