@@ -84,7 +84,7 @@ def load_domain(spec: str, size: int):
 
 def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                     methods: tuple[str, ...], timing: int, memory: int, oracle: int = 0,
-                    curve: int = 0) -> dict:
+                    curve: int = 0, records: list | None = None) -> dict:
     import torch
 
     from edgeflow.adapt.apply import IntegratorSettings
@@ -104,7 +104,8 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
         drift, settings = (ctx[k] for k in GUARDED[m])
         theta, report = guard_theta(split, drift, tc.support_only, tc.support_y, tc.ways, theta0,
                                     settings=settings, views=tc.views, with_thetas=True)
-        choices.append((report["mode"], report["chosen"], report.get("thetas", {})))
+        choices.append((report["mode"], report["chosen"], report.get("thetas", {}),
+                        report["scores"]))
         return theta
 
     steps: dict = {
@@ -157,13 +158,17 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
             acc[m].append(task_accuracy(split, tc, theta.detach()))
             if m in GUARDED:
                 del choices[1:]  # the memory measurement ran the guard again
-                mode, chosen, thetas = choices.pop()
+                mode, chosen, thetas, scores = choices.pop()
                 picks[m][str(chosen)] = picks[m].get(str(chosen), 0) + 1
                 # every candidate on the queries: is the guard's the best (ties count), and
                 # what would the best candidate in hindsight gain
                 cand = {k: task_accuracy(split, tc, th) for k, th in thetas.items()}
                 if cand:
                     hindsight[m].append((i, cand[chosen] == max(cand.values()), max(cand.values())))
+                    if records is not None:  # for studying other choice rules offline
+                        records.append({"method": m, "episode": i, "mode": mode, "chosen": chosen,
+                                        "none": acc["none"][i] if len(acc.get("none", ())) > i else None,
+                                        "support": scores, "query": cand})
                 modes[m][str(mode)] = modes[m].get(str(mode), 0) + 1
         if i < oracle:  # the teacher grid, query accuracy after every step
             for k, a in teacher_grid(split, tc, theta0, base=ctx["teacher"])[0].items():
@@ -217,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--oracle-episodes", type=int, default=30, help="0: no oracle")
     ap.add_argument("--curve-steps", type=int, default=8, help="0: no step-count curve")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--candidates", type=Path, default=None, help="also write every guard "
+                    "candidate's support scores and query accuracy, per episode (JSON lines)")
     ap.add_argument("--merge", default=None, help="comma-separated OUT.json files of runs over "
                     "different --data (same checkpoints and settings): write one report of them")
     args = ap.parse_args(argv)
@@ -252,10 +259,15 @@ def main(argv: list[str] | None = None) -> dict:
     for spec_ in args.data:
         ds = load_domain(spec_, pre.size)
         for shots in (int(s) for s in args.shots.split(",")):
+            records: list | None = [] if args.candidates else None
             results.setdefault(spec_, {})[str(shots)] = evaluate_domain(
                 ctx, ds, shots=shots, episodes=args.episodes, seed=args.seed, methods=methods,
                 timing=args.timing_episodes, memory=args.memory_episodes,
-                oracle=args.oracle_episodes, curve=args.curve_steps)
+                oracle=args.oracle_episodes, curve=args.curve_steps, records=records)
+            if records:
+                with args.candidates.open("a") as f:
+                    f.writelines(json.dumps({"data": spec_, "shots": shots, **r}) + "\n"
+                                 for r in records)
             print(spec_, shots, {m: round(r["mean"], 2) for m, r in
                                  results[spec_][str(shots)].items() if m in methods},
                   flush=True)
