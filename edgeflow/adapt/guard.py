@@ -2,9 +2,10 @@
 what the evaluation harness and benchmarks run (method ``hyperflow-guard``).
 
 Candidates: theta0, re-centring alone (at ``settings.guard_alpha``: the settings' own re-centring
-strength, else ``guard_recenter``), and the drift's path after k of its Euler steps (open or
-closed loop, plus the re-centring move). Each is scored on the support set alone, theta0 kept
-unless a candidate is strictly better by (accuracy, mean log-probability of the true class):
+strength, else ``guard_recenter``, which only mode ``"loo"`` uses), and the drift's path after k
+of its Euler steps (open or closed loop, plus the re-centring move). Each is scored on the support
+set alone, theta0 kept unless a candidate is strictly better by (accuracy, mean log-probability of
+the true class):
 
 - mode ``"loo"`` (every class has 2 shots): leave-one-out prototype scores;
 - mode ``"flip"`` (some class has 1 shot): the support images flipped along width (``x.flip(3)``,
@@ -50,13 +51,14 @@ def guard_theta(split: SplitFeatures, drift: DriftNet | None, cache: Cache, labe
     row for row, scored with when some class has 1 shot (report ``chosen`` None without it).
     ``with_thetas``: the report also holds every candidate's theta (``"thetas"``: name -> theta),
     for a benchmark that scores them on the queries (how often the guard picks the best)."""
-    alpha = settings.guard_alpha
+    mode = "loo" if torch.bincount(labels, minlength=ways).min() >= 2 else "flip"
+    # guard_recenter's candidate in leave-one-out mode only (see edgeflow.runtime.guard)
+    alpha = settings.guard_alpha if mode == "loo" else settings.recenter
     need_means = alpha > 0 or (drift is not None and drift.uses_stats)
     first = support_pass(split, cache, theta0, means=need_means)
     n = settings.steps if drift is not None else 0
     path = drift_path(split, drift, cache, labels, ways, theta0, settings=settings, first=first) \
         if n else None
-    mode = "loo" if torch.bincount(labels, minlength=ways).min() >= 2 else "flip"
     if mode == "flip" and views is None:
         own = path[-1] if path is not None else theta0 + (recenter_move(
             theta0, first[1].mean(0), alpha=settings.recenter) if settings.recenter else 0.0)

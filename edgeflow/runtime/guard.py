@@ -4,9 +4,10 @@ Adaptation can lower accuracy on data nobody tuned for (issue 17). The guard sco
 candidate thetas on the task's own support set, with passes of the backbone suffix only, and keeps
 the best; theta0 (no adaptation) wins ties, so a move is kept only when it is *better* there:
 
-- candidates: theta0; re-centring alone (at the bundle's re-centring strength, else at the
-  manifest's ``integrator.guard_recenter``: val's best strength for re-centring alone, which an
-  outcome drift's bundle carries since its drift re-centres inside itself); the drift's trajectory after
+- candidates: theta0; re-centring alone (at the bundle's re-centring strength, else, in mode
+  ``"loo"`` only, at the manifest's ``integrator.guard_recenter``: val's best strength for
+  re-centring alone, which an outcome drift's bundle carries since its drift re-centres inside
+  itself; at 1 shot it let MNIST lose 0.5 point on both digits compiles); the drift's trajectory after
   k of its Euler steps (plus the re-centring move, as the bundle combines them);
 - score, mode ``"loo"`` (every class has 2 shots): leave-one-out nearest-prototype accuracy of the
   support images (each image against the prototype of its class's other shots and the other
@@ -91,16 +92,16 @@ def choose(scores: list[tuple[str, tuple[float, float]]], *, tie_break: bool = T
 
 def candidates(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.ndarray,
                means: np.ndarray | None, steps: int | None,
-               guard: bool | Sequence[int]) -> list[Candidate]:
+               guard: bool | Sequence[int], *, mode: str = "loo") -> list[Candidate]:
     """theta0, re-centring alone and the drift after k steps (+ the re-centring move), from the
     support pass at theta0 (its features, and its theta-layer means when the bundle or its guard
     re-centres or the drift reads statistics); the drift's path is the bundle's own, open or closed loop."""
     theta0 = session.theta0
     move = recenter_move(theta0, means, alpha=session.recenter) if session.recenter else 0.0
     cands = [Candidate("theta0", theta0)]
-    if session.guard_alpha:  # the bundle's own strength, else its guard_recenter
-        cands.append(Candidate("recenter", theta0 + recenter_move(theta0, means,
-                                                                  alpha=session.guard_alpha)))
+    alpha = session.guard_alpha if mode == "loo" else session.recenter
+    if alpha:  # the bundle's own strength, else (leave-one-out) its guard_recenter
+        cands.append(Candidate("recenter", theta0 + recenter_move(theta0, means, alpha=alpha)))
     n = session.steps if steps is None else steps
     if session.bundle.has_drift and n > 0:
         ks = sorted({int(k) for k in ((1, max(1, n // 2), n) if guard is True else guard)
@@ -122,7 +123,7 @@ def run_guard(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.ndar
     n = len(ep)
     both = None if mode == "loo" else {k: np.concatenate([cache[k], views[k]]) for k in cache}
     scores, feats_of = [], {}
-    for c in candidates(session, cache, ep, w, feats0, means, steps, guard):
+    for c in candidates(session, cache, ep, w, feats0, means, steps, guard, mode=mode):
         if mode == "loo":
             f = feats0 if c.name == "theta0" else session._suffix(cache, c.theta, "features")[0]
             score = loo_score(f, ep, w, session._similarity)

@@ -132,6 +132,7 @@ def test_pytorch_guard_makes_the_runtimes_choice(stats_bundle):
                 split, drift, split.prefix(torch.from_numpy(as_float(sx))), torch.as_tensor(sy),
                 5, spec.get(model), settings=settings)
             assert_same_guard(task, theta, ref, "loo")
+            assert "recenter" in ref["scores"]
 
 
 def assert_same_guard(task, theta: torch.Tensor, ref: dict, mode: str) -> None:
@@ -166,6 +167,8 @@ def test_pytorch_guard_makes_the_runtimes_choice_at_one_shot(stats_bundle):
             theta, ref = guard_theta(split, drift, tc.support_only, y, 5, spec.get(model),
                                      settings=settings, views=tc.views)
             assert_same_guard(task, theta, ref, "flip")
+            # guard_recenter's candidate is scored leave-one-out only
+            assert "recenter" not in ref["scores"]
             chosen.add(ref["chosen"])
             # without views PyTorch keeps the settings' own move, as the device does
             own, blind = guard_theta(split, drift, tc.support_only, y, 5, spec.get(model),
