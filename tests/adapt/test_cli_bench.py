@@ -119,12 +119,27 @@ def test_meta_train_then_evaluate_cli(tmp_path, digits_backbone):
                            str(weights), "--drift", str(drift), "--data", "digits:5-9", "--shots",
                            "2", "--episodes", "3", "--oracle-episodes", "2", "--curve-steps", "5",
                            "--timing-episodes", "1", "--memory-episodes", "1", "--out",
-                           str(tmp_path / "oc")], capture_output=True, text=True, timeout=600,
-                          cwd=ROOT)
+                           str(tmp_path / "oc"), "--candidates", str(tmp_path / "cands.jsonl")],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.loads((tmp_path / "oc.json").read_text())["results"]["digits:5-9"]["2"]
     assert {"teacher-40", "trajectory+guard", "outcome+guard", "outcome+guard-recenter"} <= set(row)
     assert sum(row["outcome+guard"]["guard_chosen"].values()) == 3
+    # every candidate scored on the queries: the best in hindsight is at least the guard's choice
+    g = row["outcome+guard"]
+    assert 0.0 <= g["guard_matches_best"] <= 1.0 and g["best_candidate_gain"] >= g["gain"] - 1e-9
+    # the recorded candidates replayed: the guard's own rule gives the guard's own gain, and no
+    # rule beats the best candidate per episode
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import guard_rules
+
+    rules = guard_rules.main([str(tmp_path / "cands.jsonl"), "--choose-on", "digits",
+                              "--out", str(tmp_path / "rules")])
+    replayed = rules["rows"]["digits:5-9 2-shot outcome+guard"]
+    assert replayed["episodes"] == 3 and abs(replayed["acc>logp"]["gain"] - g["gain"]) < 1e-9
+    assert all(replayed["hindsight"]["gain"] >= replayed[k]["gain"] - 1e-9
+               for k in (*guard_rules.RULES, "fixed"))
+    assert rules["chosen"]["rule"] in guard_rules.RULES
     # cost = support set -> a ready classifier: none pays the prototypes' support pass too, and
     # the forward-only drift adds less peak memory to it than back-propagating teacher-40 does
     peak = {m: row[m]["adapt_peak_mib"] for m in ("none", "outcome", "teacher-40")}
