@@ -95,7 +95,9 @@ def candidates(session: Any, cache: dict, ep: np.ndarray, w: int, feats0: np.nda
                guard: bool | Sequence[int], *, mode: str = "loo") -> list[Candidate]:
     """theta0, re-centring alone and the drift after k steps (+ the re-centring move), from the
     support pass at theta0 (its features, and its theta-layer means when the bundle or its guard
-    re-centres or the drift reads statistics); the drift's path is the bundle's own, open or closed loop."""
+    re-centres or the drift reads statistics); the drift's path is the bundle's own, open or
+    closed loop. ``guard_recenter``'s candidate is in ``mode`` "loo" only; a bundle's own
+    re-centring is a candidate in both modes."""
     theta0 = session.theta0
     move = recenter_move(theta0, means, alpha=session.recenter) if session.recenter else 0.0
     cands = [Candidate("theta0", theta0)]
