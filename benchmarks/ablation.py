@@ -84,18 +84,25 @@ def run_one(run: Path, variants: dict[str, str], args) -> dict:
     net = load_pruned(run / "stages" / "recover" / "recovered.pt").eval()
     rows, spec, theta0 = drifts(run, variants)
     split = SplitFeatures(net, spec)
-    sets = {}
-    val = val_tasks(split, data.val, data.preprocess, count=args.val_count, seed=cfg.seed + 1001)
-    sets["val"] = val
-    for k in sorted({t.shots for t in val}, reverse=True):
-        sets[f"val {k}-shot"] = [t for t in val if t.shots == k]
-    for spec_ in args.data:
-        ds = load_domain(spec_, data.preprocess.size)
-        for shots in (5, 1):
-            sets[f"{spec_} {shots}-shot"] = list(episode_tasks(
-                split, ds, data.preprocess, shots=shots, episodes=args.episodes, seed=args.seed))
+
+    def sets():
+        """(name, tasks), built one set at a time: a task keeps its images' prefix activations,
+        so holding every domain's at once took over 15 GB on the Tiny-ImageNet recipe."""
+        val = val_tasks(split, data.val, data.preprocess, count=args.val_count,
+                        seed=cfg.seed + 1001)
+        yield "val", val
+        for k in sorted({t.shots for t in val}, reverse=True):
+            yield f"val {k}-shot", [t for t in val if t.shots == k]
+        del val
+        for spec_ in args.data:
+            ds = load_domain(spec_, data.preprocess.size)
+            for shots in (5, 1):
+                yield f"{spec_} {shots}-shot", list(episode_tasks(
+                    split, ds, data.preprocess, shots=shots, episodes=args.episodes,
+                    seed=args.seed))
+
     out = {}
-    for name, tasks in sets.items():
+    for name, tasks in sets():
         accs = {label: np.asarray(per_task_accuracy(d, split, tasks, theta0, settings=s))
                 for label, (d, s) in rows.items()}
         out[name] = {"tasks": len(tasks), "rows": gains(accs)}
