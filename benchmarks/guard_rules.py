@@ -34,29 +34,32 @@ from pathlib import Path
 
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from edgeflow.runtime.guard import choose  # noqa: E402  (numpy only: the device's rule)
+
 Score = tuple[float, float]
 
 
-def _best(cands: dict[str, Score], width: int) -> str:
-    chosen = "theta0"
-    for name, score in cands.items():
-        if score[:width] > cands[chosen][:width]:
-            chosen = name
-    return chosen
+def _best(cands: dict[str, tuple[float, ...]], *, tie_break: bool) -> str:
+    """The device guard's own choice (:func:`edgeflow.runtime.guard.choose`): theta0 unless a
+    candidate is strictly better, by (accuracy, log-probability) or the first score alone."""
+    return choose([("theta0", cands["theta0"]), *((k, v) for k, v in cands.items()
+                                                 if k != "theta0")], tie_break=tie_break)
 
 
 def _margin(d: float) -> Callable[[dict[str, Score]], str]:
     def rule(cands: dict[str, Score]) -> str:
         a0, l0 = cands["theta0"]
         return _best({k: v for k, v in cands.items()
-                      if k == "theta0" or (v[0] >= a0 and v[1] > l0 + d)}, 2)
+                      if k == "theta0" or (v[0] >= a0 and v[1] > l0 + d)}, tie_break=True)
     return rule
 
 
 RULES: dict[str, Callable[[dict[str, Score]], str]] = {
-    "acc>logp": lambda c: _best(c, 2),
-    "acc": lambda c: _best(c, 1),
-    "logp": lambda c: _best({k: (v[1],) for k, v in c.items()}, 1),
+    "acc>logp": lambda c: _best(c, tie_break=True),
+    "acc": lambda c: _best(c, tie_break=False),
+    "logp": lambda c: _best({k: (v[1],) for k, v in c.items()}, tie_break=False),
     **{f"acc>=,logp+{d}": _margin(d) for d in (0.02, 0.05, 0.1)},
 }
 

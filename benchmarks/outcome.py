@@ -61,13 +61,6 @@ GUARDED = {"trajectory+guard": ("traj", "traj_settings"),
            "outcome+guard-recenter": ("outcome", "outcome_settings_no_recenter")}
 
 
-def best_recenter(meta: dict) -> float:
-    """The re-centring strength val scored best at 0 drift steps (the trajectory drift's table)."""
-    from edgeflow.adapt.recenter import best_alone
-
-    return best_alone(meta.get("report", {}).get("val_acc_by_recenter") or {})
-
-
 def load_domain(spec: str, size: int):
     from edgeflow.data import load_dataset
     from edgeflow.pipeline.config import parse_int_list
@@ -164,7 +157,8 @@ def evaluate_domain(ctx: dict, ds, *, shots: int, episodes: int, seed: int,
                 # what would the best candidate in hindsight gain
                 cand = {k: task_accuracy(split, tc, th) for k, th in thetas.items()}
                 if cand:
-                    hindsight[m].append((i, cand[chosen] == max(cand.values()), max(cand.values())))
+                    top = max(cand.values())
+                    hindsight[m].append((i, cand[chosen] == top, top))
                     if records is not None:  # for studying other choice rules offline
                         records.append({"method": m, "episode": i, "mode": mode, "chosen": chosen,
                                         "none": acc["none"][i] if len(acc.get("none", ())) > i else None,
@@ -245,7 +239,10 @@ def main(argv: list[str] | None = None) -> dict:
     outcome, spec, theta0, osettings, ometa = load_drift(args.drift)
     traj, _, _, tsettings, _ = load_drift(args.drift.with_name(args.drift.stem +
                                                                    ".trajectory.pt"))
-    alpha = best_recenter(ometa)
+    from edgeflow.adapt.recenter import best_alone
+
+    # the re-centring strength val scored best alone (0 drift steps), as the compile stores it
+    alpha = best_alone(ometa.get("report", {}).get("val_acc_by_recenter") or {})
     if not osettings.guard_alpha:  # compiled before the guard had its re-centring candidate
         osettings = dataclasses.replace(osettings, guard_recenter=alpha)
     ctx = {"split": SplitFeatures(net, spec), "theta0": theta0, "pre": pre, "outcome": outcome,
